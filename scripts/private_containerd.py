@@ -1,0 +1,752 @@
+#!/usr/bin/env python3
+"""A throwaway containerd daemon (1.6, 1.7 or 2.1) whose config, sockets, state and content live in one directory.
+
+Why it exists: the e2e tests and demos need a *real* containerd that finds our shim on its PATH, without touching
+the node's /var/lib/containerd, /run/containerd/containerd.sock or /etc/containerd, and several of them may run side
+by side (three containerd versions, parallel test sessions). Every containerd quirk mirrored here comes from
+shared/reference/containerd-test-env.md, cited below as "ref §N".
+
+What cannot be kept inside the work dir (containerd and its runc shim hard-code it, ref §1):
+/run/containerd/s/<sha256> (shim sockets), /run/containerd/runc/<ns> (runc state), /run/containerd/fifo (ctr's
+FIFOs) and the cgroups /sys/fs/cgroup/*/<ns>/<id>. `stop()` cleans up only the entries it can prove are this
+daemon's (by its gRPC address or its state dir), never another containerd's.
+
+Use as a library::
+
+    with PrivateContainerd("1.7", workdir, shim_dir) as ctrd:
+        ctrd.ctr("images", "import", "img.tar")
+
+or as a CLI for demos::
+
+    python3 scripts/private_containerd.py start --version 1.7 --workdir /tmp/w --shim-dir ./bin
+    python3 scripts/private_containerd.py stop --workdir /tmp/w
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+SUPPORTED_VERSIONS: tuple[str, ...] = ("1.6", "1.7", "2.1")
+DEFAULT_CACHE_ROOT = Path("/var/cache/containerd-shim-spin-test")
+SYSTEM_CONTAINERD_BIN_DIR = Path("/usr/bin")  # bookworm's containerd 1.6 (ref §1)
+
+# The CRI sandbox image the tests import into namespace k8s.io; registry.k8s.io is unreachable here (ref §5.1).
+SANDBOX_IMAGE = "localhost/spin-shim-test/pause:1"
+SPIN_RUNTIME_TYPE = "io.containerd.spin.v2"
+RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
+CNI_BIN_DIR = "/usr/lib/cni"  # containernetworking-plugins (ref §5.4)
+
+# Hard-coded by containerd and the runc shim, whatever the config says (ref §1).
+SYSTEM_RUN_DIR = Path("/run/containerd")
+SHIM_SOCKET_DIR = SYSTEM_RUN_DIR / "s"
+RUNC_STATE_ROOT = SYSTEM_RUN_DIR / "runc"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+READY_TIMEOUT_S = 20.0
+STOP_GRACE_S = 10.0
+CTR_TIMEOUT_S = 120.0
+UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
+LOG_TAIL_LINES = 40
+# Always reachable after the caller's PATH: runc lives in /usr/sbin, which a CI environment may not list.
+STANDARD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+class PrivateContainerdError(RuntimeError):
+    """containerd could not be started, stopped or found."""
+
+
+class ContainerdNotInstalledError(PrivateContainerdError):
+    """The binaries of the requested containerd version are not on this machine."""
+
+
+class CtrError(subprocess.CalledProcessError):
+    """A ctr command failed; unlike CalledProcessError, str() shows ctr's stderr, which says why."""
+
+    def __str__(self) -> str:
+        detail = (self.stderr or self.output or "").strip()
+        return f"{super().__str__()}\n{detail}" if detail else super().__str__()
+
+
+def cache_root() -> Path:
+    """Where scripts/install_containerd.sh unpacks containerd 1.7 and 2.1 (overridable, like the script)."""
+    return Path(os.environ.get("SPIN_SHIM_CACHE", str(DEFAULT_CACHE_ROOT)))
+
+
+def _check_version(version: str) -> None:
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"unsupported containerd version {version!r}; choose one of {', '.join(SUPPORTED_VERSIONS)}")
+
+
+def bin_dir_for(version: str) -> Path:
+    """The directory holding `containerd` and `ctr` of a version (1.6: the system's; 1.7/2.1: the unpacked debs).
+
+    Raises ContainerdNotInstalledError naming the script to run, because a missing binary is a set-up step that
+    was skipped, not a test failure.
+    """
+    _check_version(version)
+    if version == "1.6":
+        bin_dir, remedy = SYSTEM_CONTAINERD_BIN_DIR, "run scripts/setup.sh (apt-get install containerd runc)"
+    else:
+        bin_dir = cache_root() / "containerd" / version / "usr" / "bin"
+        remedy = "run scripts/install_containerd.sh (as root)"
+    missing = [name for name in ("containerd", "ctr") if not os.access(bin_dir / name, os.X_OK)]
+    if missing:
+        raise ContainerdNotInstalledError(
+            f"containerd {version}: {', '.join(missing)} not found in {bin_dir}; {remedy}"
+        )
+    return bin_dir
+
+
+def _toml_str(value: str | Path) -> str:
+    """A TOML basic string; JSON's escaping is a subset TOML accepts."""
+    return json.dumps(str(value))
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    seen: set[str] = set()
+    return [item for item in items if item and not (item in seen or seen.add(item))]
+
+
+def _env_with_standard_path(env: Mapping[str, str], first: Iterable[str] = ()) -> dict[str, str]:
+    """A copy of env whose PATH is `first`, then env's PATH, then STANDARD_PATH (for /usr/sbin/runc)."""
+    path = env.get("PATH", os.defpath).split(os.pathsep)
+    return {**env, "PATH": os.pathsep.join(_dedupe([*first, *path, *STANDARD_PATH]))}
+
+
+def _read_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z"
+
+
+def _all_pids() -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _wait_gone(pids: Iterable[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    pending = set(pids)
+    while pending:
+        pending = {pid for pid in pending if _is_alive(pid)}
+        if not pending:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _rmdir_quietly(path: Path) -> bool:
+    """rmdir only succeeds on an empty directory (for a cgroup: no processes, no children), which is the point."""
+    try:
+        path.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """Mounted cgroup hierarchies: every v1 controller dir plus cgroup2 (`unified` here, or the root on v2 hosts)."""
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        return [CGROUP_ROOT]
+    if not CGROUP_ROOT.is_dir():
+        return []
+    return sorted(p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+class PrivateContainerd:
+    """One containerd daemon of a given version, confined to `workdir`, with `shim_dir` first on its PATH.
+
+    The shim is looked up on the *daemon's* PATH (ref §3), so `shim_dir` comes first; then the version's own bin
+    dir, so that 1.7 and 2.1 use their own containerd-shim-runc-v2 rather than bookworm's (ref §3 "Newer
+    containerd"); then the caller's PATH.
+    """
+
+    def __init__(
+        self,
+        version: str,
+        workdir: Path,
+        shim_dir: Path,
+        *,
+        debug: bool = False,
+        extra_env: Mapping[str, str] | None = None,
+        extra_toml: str = "",
+    ) -> None:
+        """`extra_toml` is appended to the generated config.toml (new tables only, e.g. an extra CRI runtime)."""
+        _check_version(version)
+        self.version = version
+        self.workdir = Path(workdir).absolute()
+        self.shim_dir = Path(shim_dir).absolute()
+        self.debug = debug
+        self.extra_env = dict(extra_env or {})
+        self.extra_toml = extra_toml
+        self._process: subprocess.Popen[bytes] | None = None
+        self._version_string: str | None = None
+
+    # ---- paths (all under workdir) -------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        """containerd's gRPC socket path (what `ctr --address` and CONTAINERD_ADDRESS take)."""
+        return str(self.workdir / "run" / "containerd.sock")
+
+    @property
+    def ttrpc_address(self) -> str:
+        """containerd's ttrpc socket; shims get it as TTRPC_ADDRESS to publish events (ref §3)."""
+        return str(self.workdir / "run" / "containerd.sock.ttrpc")
+
+    @property
+    def root_dir(self) -> Path:
+        return self.workdir / "root"
+
+    @property
+    def state_dir(self) -> Path:
+        """Holds the task bundles: state_dir/io.containerd.runtime.v2.task/<ns>/<id> (ref §3)."""
+        return self.workdir / "state"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "containerd.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "config.toml"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.workdir / "containerd.pid"
+
+    @property
+    def certs_dir(self) -> Path:
+        """Registry hosts dir (`<host>/hosts.toml`), used by CRI pulls and the 1.7+ transfer service (ref §5.5)."""
+        return self.workdir / "certs.d"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        return self.workdir / "cni" / "net.d"
+
+    @property
+    def bin_dir(self) -> Path:
+        return bin_dir_for(self.version)
+
+    @property
+    def _instance_path(self) -> Path:
+        return self.workdir / "instance.json"
+
+    @property
+    def version_string(self) -> str:
+        """The daemon's own version, e.g. `1.7.24~ds1` (third field of `containerd --version`)."""
+        if self._version_string is None:
+            out = subprocess.run(
+                [str(self.bin_dir / "containerd"), "--version"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout.split()
+            if len(out) < 3:
+                raise PrivateContainerdError(f"cannot parse `containerd --version` output: {' '.join(out)!r}")
+            self._version_string = out[2]
+        return self._version_string
+
+    @property
+    def pid(self) -> int | None:
+        """The daemon's pid if it is running (checked against /proc, so a stale pid file gives None)."""
+        return self._running_pid()
+
+    # ---- config ----------------------------------------------------------------------------------------------
+    def render_config(self) -> str:
+        """config.toml text: version = 2 layout for 1.6/1.7, version = 3 (CRI split in two plugins) for 2.1."""
+        return self._config_v3() if self.version == "2.1" else self._config_v2()
+
+    def _config_common(self, schema: int) -> list[str]:
+        lines = [
+            f"version = {schema}",
+            f"root = {_toml_str(self.root_dir)}",
+            f"state = {_toml_str(self.state_dir)}",
+            # Temporary mounts (image unpack) go here instead of /tmp.
+            f"temp = {_toml_str(self.workdir / 'tmp')}",
+            "",
+            "[grpc]",
+            f"  address = {_toml_str(self.address)}",
+            "",
+            "[ttrpc]",
+            f"  address = {_toml_str(self.ttrpc_address)}",
+            "",
+            "[debug]",
+            # Debug level also makes containerd pass -debug to shims (ref §1, §3).
+            f"  level = {_toml_str('debug' if self.debug else 'info')}",
+            "",
+            "[plugins]",
+            # Without this containerd creates /opt/containerd/{bin,lib} (ref §1, errors index).
+            '  [plugins."io.containerd.internal.v1.opt"]',
+            f"    path = {_toml_str(self.workdir / 'opt')}",
+        ]
+        if self.version != "1.6":
+            lines += [
+                # NRI listens on the system-wide /var/run/nri/nri.sock (on by default in 2.x): two daemons would
+                # fight over it.
+                '  [plugins."io.containerd.nri.v1.nri"]',
+                "    disable = true",
+                '  [plugins."io.containerd.transfer.v1.local"]',
+                f"    config_path = {_toml_str(self.certs_dir)}",
+            ]
+        return lines
+
+    def _runtime_tables(self, prefix: str) -> list[str]:
+        """runtimes.runc must be defined whenever another runtime is, or the 1.7 CRI plugin fails (ref §5.6)."""
+        # 2.1 moved the CRI snapshotter setting to the images plugin.
+        snapshotter = ['      snapshotter = "overlayfs"'] if self.version != "2.1" else []
+        return [
+            f"    [{prefix}.containerd]",
+            *snapshotter,
+            '      default_runtime_name = "runc"',
+            f"      [{prefix}.containerd.runtimes.runc]",
+            f"        runtime_type = {_toml_str(RUNC_RUNTIME_TYPE)}",
+            f"      [{prefix}.containerd.runtimes.spin]",
+            f"        runtime_type = {_toml_str(SPIN_RUNTIME_TYPE)}",
+        ]
+
+    def _config_v2(self) -> str:
+        cri = '[plugins."io.containerd.grpc.v1.cri"]'
+        cri_key = 'plugins."io.containerd.grpc.v1.cri"'
+        lines = self._config_common(2) + [
+            f"  {cri}",
+            "    disable_tcp_service = true",
+            # No CAP_SYS_RESOURCE here: without this the CRI sandbox fails in runc's nsexec (ref §5.2).
+            "    restrict_oom_score_adj = true",
+            # Pod network namespaces under state_dir instead of /var/run/netns.
+            "    netns_mounts_under_state_dir = true",
+            f"    sandbox_image = {_toml_str(SANDBOX_IMAGE)}",
+            *self._runtime_tables(cri_key),
+            f"    [{cri_key}.registry]",
+            f"      config_path = {_toml_str(self.certs_dir)}",
+            f"    [{cri_key}.cni]",
+            f"      bin_dir = {_toml_str(CNI_BIN_DIR)}",
+            f"      conf_dir = {_toml_str(self.cni_conf_dir)}",
+        ]
+        return self._finish_config(lines)
+
+    def _config_v3(self) -> str:
+        images = 'plugins."io.containerd.cri.v1.images"'
+        runtime = 'plugins."io.containerd.cri.v1.runtime"'
+        lines = self._config_common(3) + [
+            '  [plugins."io.containerd.image-verifier.v1.bindir"]',
+            f"    bin_dir = {_toml_str(self.workdir / 'opt' / 'image-verifier' / 'bin')}",
+            '  [plugins."io.containerd.grpc.v1.cri"]',
+            "    disable_tcp_service = true",
+            f"  [{images}]",
+            '    snapshotter = "overlayfs"',
+            f"    [{images}.pinned_images]",
+            f"      sandbox = {_toml_str(SANDBOX_IMAGE)}",
+            f"    [{images}.registry]",
+            f"      config_path = {_toml_str(self.certs_dir)}",
+            f"  [{runtime}]",
+            "    restrict_oom_score_adj = true",
+            "    netns_mounts_under_state_dir = true",
+            *self._runtime_tables(runtime),
+            f"    [{runtime}.cni]",
+            # 2.1 replaced bin_dir by the list bin_dirs.
+            f"      bin_dirs = [{_toml_str(CNI_BIN_DIR)}]",
+            f"      conf_dir = {_toml_str(self.cni_conf_dir)}",
+        ]
+        return self._finish_config(lines)
+
+    def _finish_config(self, lines: list[str]) -> str:
+        text = "\n".join(lines) + "\n"
+        extra = self.extra_toml.strip()
+        return text + (f"\n{extra}\n" if extra else "")
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Write config.toml, start containerd in the background and return once `ctr version` answers.
+
+        Raises PrivateContainerdError with the tail of containerd.log when the daemon exits or is not ready
+        within 20 s (the daemon is killed then, so nothing leaks).
+        """
+        if self._running_pid() is not None:
+            raise PrivateContainerdError(f"containerd already running for {self.workdir} (pid {self._running_pid()})")
+        self._check_socket_paths()
+        bin_dir = self.bin_dir
+        if not self.version_string.startswith(self.version + "."):
+            raise ContainerdNotInstalledError(
+                f"{bin_dir / 'containerd'} is {self.version_string}, not containerd {self.version}"
+            )
+        self._make_dirs()
+        self.config_path.write_text(self.render_config())
+        system_paths_before = self._snapshot_system_paths()
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [str(bin_dir / "containerd"), "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self._daemon_env(),
+                # Own session: a Ctrl-C in the test terminal must not reach the daemon before stop() does.
+                start_new_session=True,
+            )
+        self.pid_path.write_text(f"{self._process.pid}\n")
+        self._write_instance(system_paths_before)
+        self._wait_ready()
+
+    def stop(self) -> None:
+        """Stop the daemon (SIGTERM, SIGKILL after 10 s) and clean up what it left in system paths.
+
+        Before that, every task is killed and deleted through ctr: shims outlive containerd by design, so
+        stopping the daemon alone would leave shims and containers running. Afterwards, leftovers are removed only
+        when provably ours: shim processes started with our `-address`, runc state whose bundle is in our state
+        dir, shim sockets whose name hashes our address, and cgroup / runc namespace dirs that did not exist
+        before start() (rmdir only, so a cgroup with processes is never touched).
+        """
+        owned_ids: set[tuple[str, str]] = set()
+        pid = self._running_pid()
+        if pid is not None:
+            owned_ids |= self._teardown_tasks()
+            self._terminate(pid)
+        owned_ids |= self._bundle_ids()
+        self._cleanup_system_paths(owned_ids)
+        self.pid_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def is_running(self) -> bool:
+        return self._running_pid() is not None
+
+    # ---- ctr -------------------------------------------------------------------------------------------------
+    def ctr(
+        self,
+        *args: str,
+        namespace: str = "default",
+        check: bool = True,
+        timeout: float | None = CTR_TIMEOUT_S,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run this version's ctr against this daemon (text mode); with check=True a failure raises CtrError."""
+        argv = [str(self.bin_dir / "ctr"), "--address", self.address, "--namespace", namespace, *args]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, input=input, env=env, check=False
+        )
+        if check and result.returncode != 0:
+            raise CtrError(result.returncode, argv, result.stdout, result.stderr)
+        return result
+
+    def owned_pids(self) -> list[int]:
+        """Live processes of this daemon: containerd run with our config, or a shim given our `-address`."""
+        config, address = str(self.config_path), self.address
+        owned = []
+        for pid in _all_pids():
+            argv = _read_cmdline(pid)
+            if not argv or pid == os.getpid():
+                continue
+            is_daemon = config in argv and Path(argv[0]).name == "containerd"
+            is_shim = any(flag == "-address" and value == address for flag, value in zip(argv, argv[1:]))
+            if (is_daemon or is_shim) and _is_alive(pid):
+                owned.append(pid)
+        return sorted(owned)
+
+    # ---- internals: start ------------------------------------------------------------------------------------
+    def _check_socket_paths(self) -> None:
+        for path in (self.address, self.ttrpc_address):
+            if len(path.encode()) > UNIX_SOCKET_PATH_MAX:
+                raise ValueError(f"socket path too long for AF_UNIX ({len(path)} bytes): {path}; use a shorter workdir")
+
+    def _make_dirs(self) -> None:
+        for path in (
+            self.workdir / "run",
+            self.root_dir,
+            self.state_dir,
+            self.workdir / "tmp",
+            self.workdir / "opt",
+            self.certs_dir,
+            self.cni_conf_dir,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def _daemon_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTAINERD_")}
+        env.update(self.extra_env)
+        return _env_with_standard_path(env, first=(str(self.shim_dir), str(self.bin_dir)))
+
+    def _wait_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            returncode = self._process.poll()
+            if returncode is not None:
+                self.pid_path.unlink(missing_ok=True)
+                raise PrivateContainerdError(
+                    f"containerd {self.version} exited with status {returncode} while starting; "
+                    f"{self.log_path} ends with:\n{self._log_tail()}"
+                )
+            if Path(self.address).exists() and self._answers():
+                return
+            if time.monotonic() > deadline:
+                self._terminate(self._process.pid)
+                self.pid_path.unlink(missing_ok=True)
+                raise PrivateContainerdError(
+                    f"containerd {self.version} did not answer `ctr version` within {READY_TIMEOUT_S:.0f} s; "
+                    f"{self.log_path} ends with:\n{self._log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def _answers(self) -> bool:
+        try:
+            return self.ctr("version", check=False, timeout=5).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def _log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as error:
+            return f"(cannot read log: {error})"
+
+    def _snapshot_system_paths(self) -> dict[str, list[str]]:
+        """Which system dirs existed before start, so stop() removes only dirs this daemon created."""
+        snapshot: dict[str, list[str]] = {}
+        for hierarchy in cgroup_hierarchies():
+            snapshot[str(hierarchy)] = sorted(p.name for p in hierarchy.iterdir() if p.is_dir())
+        for directory in (SYSTEM_RUN_DIR, RUNC_STATE_ROOT):
+            snapshot[str(directory)] = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+        snapshot["existed"] = [str(d) for d in (SYSTEM_RUN_DIR, RUNC_STATE_ROOT) if d.is_dir()]
+        return snapshot
+
+    def _write_instance(self, system_paths_before: dict[str, list[str]]) -> None:
+        """instance.json lets a later process (the CLI's `stop`) know the version and the pre-start snapshot."""
+        record = {
+            "version": self.version,
+            "shim_dir": str(self.shim_dir),
+            "address": self.address,
+            "pid": self._process.pid if self._process else None,
+            "system_paths_before": system_paths_before,
+        }
+        self._instance_path.write_text(json.dumps(record, indent=2) + "\n")
+
+    def _read_instance(self) -> dict[str, object]:
+        try:
+            return json.loads(self._instance_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    # ---- internals: stop -------------------------------------------------------------------------------------
+    def _running_pid(self) -> int | None:
+        """The daemon pid from the pid file, only if /proc shows containerd with our config (no pid reuse)."""
+        if self._process is not None and self._process.poll() is not None:
+            self._process = None
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        argv = _read_cmdline(pid)
+        if argv and str(self.config_path) in argv and _is_alive(pid):
+            return pid
+        return None
+
+    def _teardown_tasks(self) -> set[tuple[str, str]]:
+        """Kill and delete every task (all namespaces) while containerd still answers; return (ns, id) seen."""
+        seen: set[tuple[str, str]] = set()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            listed = self.ctr("namespaces", "list", "-q", check=False, timeout=15)
+            for namespace in listed.stdout.split():
+                tasks = self.ctr("tasks", "list", "-q", namespace=namespace, check=False, timeout=15)
+                for task_id in tasks.stdout.split():
+                    seen.add((namespace, task_id))
+                    self.ctr("tasks", "kill", "-s", "SIGKILL", task_id, namespace=namespace, check=False, timeout=15)
+                    self.ctr("tasks", "delete", "-f", task_id, namespace=namespace, check=False, timeout=30)
+        return seen
+
+    def _terminate(self, pid: int) -> None:
+        _signal(pid, signal.SIGTERM)
+        if not self._wait_exit(pid, STOP_GRACE_S):
+            _signal(pid, signal.SIGKILL)
+            if not self._wait_exit(pid, 5.0):
+                raise PrivateContainerdError(f"containerd pid {pid} survived SIGKILL")
+        self._process = None
+
+    def _wait_exit(self, pid: int, timeout_s: float) -> bool:
+        """Reap our own child (else it stays a zombie); a daemon started by another process is polled in /proc."""
+        if self._process is not None and self._process.pid == pid:
+            try:
+                self._process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        return _wait_gone([pid], timeout_s)
+
+    def _bundle_ids(self) -> set[tuple[str, str]]:
+        """(namespace, id) of task bundles still in our state dir: tasks that were never deleted."""
+        task_root = self.state_dir / "io.containerd.runtime.v2.task"
+        if not task_root.is_dir():
+            return set()
+        return {(ns.name, b.name) for ns in task_root.iterdir() if ns.is_dir() for b in ns.iterdir() if b.is_dir()}
+
+    def _cleanup_system_paths(self, owned_ids: set[tuple[str, str]]) -> None:
+        owned_ids |= self._delete_owned_runc_containers()
+        self._kill_owned_shims()
+        self._remove_shim_sockets(owned_ids)
+        before = self._read_instance().get("system_paths_before", {})
+        assert isinstance(before, dict)
+        namespaces = {ns for ns, _ in owned_ids} | self._namespaces_on_disk()
+        self._remove_cgroups(owned_ids, namespaces, before)
+        self._remove_run_dirs(namespaces, before)
+
+    def _namespaces_on_disk(self) -> set[str]:
+        task_root = self.state_dir / "io.containerd.runtime.v2.task"
+        return {p.name for p in task_root.iterdir() if p.is_dir()} if task_root.is_dir() else set()
+
+    def _delete_owned_runc_containers(self) -> set[tuple[str, str]]:
+        """`runc delete --force` containers whose runc state names a bundle inside our state dir."""
+        deleted: set[tuple[str, str]] = set()
+        if not RUNC_STATE_ROOT.is_dir():
+            return deleted
+        for state_file in RUNC_STATE_ROOT.glob("*/*/state.json"):
+            if not self._runc_bundle_is_ours(state_file):
+                continue
+            namespace, container_id = state_file.parent.parent.name, state_file.parent.name
+            subprocess.run(
+                ["runc", "--root", str(state_file.parent.parent), "delete", "--force", container_id],
+                capture_output=True,
+                timeout=30,
+                check=False,
+                env=_env_with_standard_path(os.environ),
+            )
+            deleted.add((namespace, container_id))
+        return deleted
+
+    def _runc_bundle_is_ours(self, state_file: Path) -> bool:
+        try:
+            labels = json.loads(state_file.read_text()).get("config", {}).get("labels", [])
+        except (OSError, ValueError, AttributeError):
+            return False
+        state_prefix = str(self.state_dir) + os.sep
+        return any(isinstance(l, str) and l.startswith("bundle=" + state_prefix) for l in labels)
+
+    def _kill_owned_shims(self) -> None:
+        shims = self.owned_pids()  # the daemon itself is gone by now
+        for pid in shims:
+            _signal(pid, signal.SIGTERM)
+        if not _wait_gone(shims, 5.0):
+            for pid in shims:
+                _signal(pid, signal.SIGKILL)
+            _wait_gone(shims, 5.0)
+
+    def _remove_shim_sockets(self, owned_ids: set[tuple[str, str]]) -> None:
+        """Shim sockets are /run/containerd/s/sha256(<grpc address>/<ns>/<group id>) (containerd's
+        shim.SocketAddress), so a name computed from our address cannot be another daemon's."""
+        for namespace, group_id in owned_ids:
+            digest = hashlib.sha256(os.path.join(self.address, namespace, group_id).encode()).hexdigest()
+            for name in (digest, digest + ".debug"):
+                path = SHIM_SOCKET_DIR / name
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(path.lstat().st_mode):
+                        path.unlink()
+
+    def _remove_cgroups(
+        self, owned_ids: set[tuple[str, str]], namespaces: set[str], before: Mapping[str, object]
+    ) -> None:
+        """ctr puts a container in <hierarchy>/<ns>/<id>; runc removes the leaf, never the <ns> parent (ref §1)."""
+        for hierarchy in cgroup_hierarchies():
+            for namespace, container_id in owned_ids:
+                _rmdir_quietly(hierarchy / namespace / container_id)
+            existed = set(before.get(str(hierarchy), []) or [])  # type: ignore[arg-type]
+            for namespace in namespaces - existed:
+                _rmdir_quietly(hierarchy / namespace)
+
+    def _remove_run_dirs(self, namespaces: set[str], before: Mapping[str, object]) -> None:
+        """Empty dirs under /run/containerd that appeared after start(); rmdir fails on anything still in use."""
+        runc_before = set(before.get(str(RUNC_STATE_ROOT), []) or [])  # type: ignore[arg-type]
+        for namespace in namespaces - runc_before:
+            _rmdir_quietly(RUNC_STATE_ROOT / namespace)
+        existed = set(before.get("existed", []) or [])  # type: ignore[arg-type]
+        if str(SYSTEM_RUN_DIR) in existed:
+            return
+        for leftover in (SHIM_SOCKET_DIR, RUNC_STATE_ROOT, SYSTEM_RUN_DIR / "fifo", SYSTEM_RUN_DIR):
+            _rmdir_quietly(leftover)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="start a private containerd and print shell-evaluable variables")
+    start.add_argument("--version", required=True, choices=SUPPORTED_VERSIONS)
+    start.add_argument("--workdir", required=True, type=Path)
+    start.add_argument("--shim-dir", required=True, type=Path)
+    start.add_argument("--debug", action="store_true", help="containerd log level debug (shims get -debug)")
+    stop = sub.add_parser("stop", help="stop the private containerd of a workdir and clean up after it")
+    stop.add_argument("--version", choices=SUPPORTED_VERSIONS, help="default: the one recorded by start")
+    stop.add_argument("--workdir", required=True, type=Path)
+    stop.add_argument("--shim-dir", type=Path, help="ignored; accepted for symmetry with start")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if args.command == "start":
+        ctrd = PrivateContainerd(args.version, args.workdir, args.shim_dir, debug=args.debug)
+        ctrd.start()
+        exports = {
+            "CONTAINERD_ADDRESS": ctrd.address,
+            "CONTAINERD_TTRPC_ADDRESS": ctrd.ttrpc_address,
+            "CONTAINERD_PID": str(ctrd.pid),
+            "CONTAINERD_LOG": str(ctrd.log_path),
+            "CONTAINERD_VERSION": ctrd.version_string,
+            "CTR": str(ctrd.bin_dir / "ctr"),
+        }
+        print("\n".join(f"export {key}={shlex.quote(value)}" for key, value in exports.items()))
+        return 0
+    recorded = json.loads((args.workdir / "instance.json").read_text()) if (args.workdir / "instance.json").exists() else {}
+    version = args.version or recorded.get("version")
+    if version is None:
+        print(f"no instance.json in {args.workdir}; pass --version", file=sys.stderr)
+        return 2
+    shim_dir = Path(recorded.get("shim_dir") or args.shim_dir or args.workdir)
+    ctrd = PrivateContainerd(version, args.workdir, shim_dir)
+    was_running = ctrd.is_running()
+    ctrd.stop()
+    print(f"containerd {version} in {args.workdir.absolute()}: {'stopped' if was_running else 'was not running'}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except PrivateContainerdError as error:
+        print(f"private_containerd: {error}", file=sys.stderr)
+        sys.exit(1)
