@@ -1,0 +1,115 @@
+"""`containerd-shim-spin-v2`: the command containerd runs, with containerd's exact contract.
+
+containerd execs `<shim> -namespace NS -address SOCK -publish-binary BIN -id ID [-debug]
+start|delete` with the bundle as cwd (reference §1.2), and Go's flag syntax: one or two
+dashes, `-flag value` or `-flag=value`, booleans without a value, flags stop at the first
+positional word. `start` runs on the path of every `ctr run` and pod start, so this
+module and `shim.start` import almost nothing (measured by scripts/bench_start.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+RUNTIME_NAME = "io.containerd.spin.v2"
+VERSION = "0.1.0"
+
+_VALUE_FLAGS = {"namespace", "address", "publish-binary", "id", "bundle", "socket"}
+_BOOL_FLAGS = {"debug", "v", "version", "info"}
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class Flags:
+    namespace: str = ""
+    address: str = ""
+    publish_binary: str = ""
+    id: str = ""
+    bundle: str = ""
+    socket: str = ""
+    debug: bool = False
+    version: bool = False
+    info: bool = False
+    action: str = ""
+
+
+def parse_flags(argv: list[str]) -> Flags:
+    flags = Flags()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, has_value, value = arg.lstrip("-").partition("=")
+        if name in _BOOL_FLAGS:
+            enabled = value.lower() not in ("false", "0") if has_value else True
+            if name in ("v", "version"):
+                flags.version = enabled
+            else:
+                setattr(flags, name, enabled)
+        elif name in _VALUE_FLAGS:
+            if not has_value:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"flag needs an argument: -{name}")
+                value = argv[i]
+            setattr(flags, name.replace("-", "_"), value)
+        else:
+            raise UsageError(f"flag provided but not defined: -{name}")
+        i += 1
+    if i < len(argv):
+        flags.action = argv[i]
+    return flags
+
+
+def _print_version() -> None:
+    try:
+        import wasmtime
+
+        engine = f"wasmtime-py {wasmtime.__version__}" if hasattr(wasmtime, "__version__") else "wasmtime-py"
+    except Exception:  # noqa: BLE001
+        engine = "wasmtime-py (not importable)"
+    print(f"containerd-shim-spin-v2:\n  Runtime: {RUNTIME_NAME}\n  Version: {VERSION}\n"
+          f"  Engine: {engine}\n  Python: {sys.version.split()[0]}")
+
+
+def _print_info() -> None:
+    """containerd 2.x introspection (`-info`): a protobuf RuntimeInfo on stdout."""
+    from proto.containerd.types import introspection_pb2
+
+    info = introspection_pb2.RuntimeInfo(name=RUNTIME_NAME)
+    info.version.version = VERSION
+    sys.stdout.buffer.write(info.SerializeToString())
+    sys.stdout.buffer.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        flags = parse_flags(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        sys.stderr.write(f"containerd-shim-spin-v2: {exc}\n")
+        sys.exit(2)
+    if flags.version:
+        _print_version()
+        return
+    if flags.info:
+        _print_info()
+        return
+    if flags.action == "start":
+        from shim.start import run_start
+
+        sys.exit(run_start(flags))
+    if flags.action == "delete":
+        from shim.delete import run_delete
+
+        sys.exit(run_delete(flags))
+    sys.stderr.write(f"containerd-shim-spin-v2: unknown action {flags.action!r}; "
+                     "containerd runs this binary with `start` or `delete`\n")
+    sys.exit(2)

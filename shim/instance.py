@@ -1,0 +1,188 @@
+"""The narrow seam between the Task service and what actually runs (runwasi's `Instance`).
+
+The Task service talks to every workload through `Instance`: create (returns the pid),
+start, kill, pids, stats, update, release, and an `exited` future fed by the reaper. The
+Wasm implementation here forks an instance process from the daemon; a native one (runc,
+for pause and sidecar containers) can sit behind the same contract.
+
+Why fork at Create and not at Start: the instance process loads (and on a cache miss
+compiles) the app at Create, so a broken spin.toml, a corrupt wasm or an unknown trigger
+fails `ctr run` / CreateContainer with a clear message, and Start only has to send one
+byte. It also gives Create a real pid living in the task's cgroup and network namespace,
+which is what containerd and CRI expect of a created task (reference §3.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from typing import Protocol
+
+from shim.cgroups import Cgroup
+from shim.errors import Internal, InvalidArgument, NotFound
+from shim.instance_process import InstancePlan, run_instance_process
+from shim.reaper import ExitStatus, Reaper
+from shim.stdio import TaskStdio
+
+log = logging.getLogger("shim.instance")
+
+
+class Instance(Protocol):
+    pid: int
+    exited: asyncio.Future[ExitStatus]
+
+    async def create(self) -> int: ...
+    def start(self) -> int: ...
+    def kill(self, sig: int, all_processes: bool) -> None: ...
+    def pids(self) -> list[int]: ...
+    def stats(self) -> tuple[str, bytes]: ...
+    def update(self, resources: dict) -> None: ...
+    def oom_killed(self) -> bool: ...
+    def release(self) -> list[str]: ...
+
+
+@dataclass
+class _Pipes:
+    status_r: int
+    status_w: int
+    go_r: int
+    go_w: int
+
+
+class WasmInstance:
+    """A Wasm task: one instance process, a child of the daemon, in the task's cgroup."""
+
+    def __init__(self, plan: InstancePlan, stdio: TaskStdio, cgroup: Cgroup | None,
+                 reaper: Reaper) -> None:
+        self._plan = plan
+        self._stdio = stdio
+        self._cgroup = cgroup
+        self._reaper = reaper
+        self._go_w: int | None = None
+        self._oom_count_at_start = 0
+        self.pid = 0
+        self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+
+    async def create(self) -> int:
+        if self._cgroup is not None:
+            self._cgroup.create()
+            self._cgroup.apply(self._plan.resources)
+            self._oom_count_at_start = self._cgroup.oom_kill_count()
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # the instance process; never returns
+            run_instance_process(self._plan, self._stdio, self._cgroup, status_w, go_r)
+        exited = self._reaper.watch(pid)  # before the loop can handle a SIGCHLD
+        exited.add_done_callback(self._on_exit)
+        self.pid = pid
+        os.close(status_w)
+        os.close(go_r)
+        self._go_w = go_w
+        self._stdio.close()  # the instance process holds its own copies now
+        report = await _read_to_eof(status_r)
+        os.close(status_r)
+        try:
+            message = json.loads(report) if report else None
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not message.get("ready"):
+            await self._abort()
+            if isinstance(message, dict) and message.get("error"):
+                error_class = InvalidArgument if message.get("user_error") else Internal
+                raise error_class(message["error"])
+            status = exited.result() if exited.done() else None
+            raise Internal(f"instance process exited during create"
+                           f"{f' with status {status.code}' if status else ''}")
+        log.debug("instance %s ready as pid %d", self._plan.task_id, pid)
+        return pid
+
+    async def _abort(self) -> None:
+        if self._go_w is not None:
+            os.close(self._go_w)
+            self._go_w = None
+        if not self.exited.done():
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await asyncio.shield(self.exited)
+
+    def _on_exit(self, future: asyncio.Future[ExitStatus]) -> None:
+        if not self.exited.done():
+            self.exited.set_result(future.result())
+
+    def start(self) -> int:
+        if self._go_w is None:
+            raise Internal(f"{self._plan.task_id}: instance process is not waiting to start")
+        try:
+            os.write(self._go_w, b"s")
+        except BrokenPipeError:
+            pass  # it died meanwhile; the reaper reports the exit
+        finally:
+            os.close(self._go_w)
+            self._go_w = None
+        return self.pid
+
+    def kill(self, sig: int, all_processes: bool) -> None:
+        targets = {self.pid}
+        if all_processes and self._cgroup is not None:
+            targets.update(self._cgroup.procs())
+        delivered = False
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+                delivered = True
+            except ProcessLookupError:
+                continue
+        if not delivered:
+            raise NotFound(f"{self._plan.task_id}: process already finished")
+
+    def pids(self) -> list[int]:
+        if self._cgroup is not None:
+            procs = self._cgroup.procs()
+            if procs:
+                return procs
+        return [] if self.exited.done() else [self.pid]
+
+    def stats(self) -> tuple[str, bytes]:
+        if self._cgroup is None:
+            raise NotFound(f"{self._plan.task_id}: task has no cgroup to read metrics from")
+        return self._cgroup.metrics()
+
+    def update(self, resources: dict) -> None:
+        if self._cgroup is None:
+            raise NotFound(f"{self._plan.task_id}: task has no cgroup to update")
+        self._cgroup.apply(resources)
+
+    def oom_killed(self) -> bool:
+        return self._cgroup is not None and self._cgroup.oom_kill_count() > self._oom_count_at_start
+
+    def release(self) -> list[str]:
+        if self._go_w is not None:
+            os.close(self._go_w)
+            self._go_w = None
+        self._stdio.close()
+        return self._cgroup.remove() if self._cgroup is not None else []
+
+
+async def _read_to_eof(fd: int) -> bytes:
+    """Read the instance's one status message; EOF comes with the message (the child
+    closes its end after writing) or with the child's death."""
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    while True:
+        readable = loop.create_future()
+        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

@@ -1,0 +1,167 @@
+"""Thin ctypes wrappers for the Linux syscalls the shim needs and Python 3.11 lacks.
+
+Python 3.11 has no os.setns/os.unshare (3.12 added them) and never had mount, prctl or
+capset. Each wrapper raises OSError with errno, like the os module does, so callers
+handle them the same way.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import socket
+import struct
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_NAME = 15
+
+_NAMESPACE_FLAGS = {
+    "network": CLONE_NEWNET,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+    "mount": CLONE_NEWNS,
+}
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    _check(
+        _libc.mount(
+            source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {source} on {target} ({fstype})",
+    )
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+def namespace_flag(ns_type: str) -> int:
+    return _NAMESPACE_FLAGS[ns_type]
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(
+        _libc.prctl(option, ctypes.c_ulong(arg2), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                    ctypes.c_ulong(0)),
+        f"prctl({option})",
+    )
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants (a worker whose instance died) are reparented to us, so the
+    one reaper sees every exit instead of init."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_process_name(name: str) -> None:
+    """Shown by ps/top as the comm (15 bytes), so an operator tells daemon from instance."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _check(_libc.prctl(PR_SET_NAME, buf, 0, 0, 0), "prctl(PR_SET_NAME)")
+
+
+# Capability names as the OCI spec writes them, in kernel bit order (linux/capability.h).
+CAPABILITY_NAMES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+_CAP_BITS = {name: bit for bit, name in enumerate(CAPABILITY_NAMES)}
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _cap_mask(names: tuple[str, ...] | list[str]) -> int:
+    mask = 0
+    for name in names:
+        bit = _CAP_BITS.get(name)
+        if bit is not None:
+            mask |= 1 << bit
+    return mask
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return len(CAPABILITY_NAMES) - 1
+
+
+def limit_capabilities(bounding: list[str], effective: list[str], permitted: list[str],
+                       inheritable: list[str]) -> None:
+    """Reduce this process to the capability sets the spec grants, as runc would."""
+    keep_bounding = _cap_mask(bounding)
+    for bit in range(_last_cap() + 1):
+        if not keep_bounding & (1 << bit):
+            try:
+                prctl(PR_CAPBSET_DROP, bit)
+            except OSError:
+                pass  # a bit the kernel does not know
+    header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    e, p, i = _cap_mask(effective), _cap_mask(permitted), _cap_mask(inheritable)
+    data = struct.pack(
+        "IIIIII", e & 0xFFFFFFFF, p & 0xFFFFFFFF, i & 0xFFFFFFFF,
+        e >> 32, p >> 32, i >> 32,
+    )
+    hdr_buf = ctypes.create_string_buffer(header, len(header))
+    data_buf = ctypes.create_string_buffer(data, len(data))
+    _check(_libc.capset(hdr_buf, data_buf), "capset")
+
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def bring_loopback_up() -> None:
+    """A fresh network namespace has `lo` down; runc brings it up, so apps and sidecars
+    can talk over 127.0.0.1 as they would in a container."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH14s", b"lo", 0, b"")
+        flags = struct.unpack("16sH14s", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))

@@ -1,0 +1,200 @@
+"""The Task service containerd calls: `containerd.task.v2.Task`, and the identical v3.
+
+Each method looks the task up, calls one method on it and answers, like the Go runc
+shim's service (STYLE.md). Unknown ids are NOT_FOUND; what a Wasm task cannot do is
+UNIMPLEMENTED with a sentence saying why, which is what containerd's runtime README asks
+of unsupported RPCs (reference §2.3). The v3 service is byte-identical to v2 but for its
+package name, so the same handlers serve both (reference §1.5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any, Callable
+
+from google.protobuf import any_pb2, empty_pb2
+
+from proto.containerd.task.v2 import shim_pb2
+from proto.containerd.types.task import task_pb2
+from shim.errors import AlreadyExists, InvalidArgument, NotFound, Unimplemented
+from shim.events import timestamp_from_ns
+from shim.options import parse_task_options
+from shim.task import DaemonContext, Task
+from shim.task_state import TaskState
+from shim.ttrpc.server import CallContext
+
+log = logging.getLogger("shim.service")
+
+TASK_SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
+
+_STATUS = {
+    TaskState.CREATED: task_pb2.CREATED,
+    TaskState.RUNNING: task_pb2.RUNNING,
+    TaskState.STOPPED: task_pb2.STOPPED,
+    TaskState.DELETED: task_pb2.STOPPED,
+}
+
+_UNSUPPORTED = {
+    "Pause": "pausing a Wasm task is not supported",
+    "Resume": "resuming a Wasm task is not supported",
+    "Checkpoint": "checkpointing a Wasm task is not supported",
+    "Exec": "exec is not supported for Wasm tasks: a Wasm guest has no shell or processes "
+            "to exec into (use an httpGet probe on /.well-known/spin/health instead of an "
+            "exec probe)",
+    "ResizePty": "a Wasm task has no terminal to resize",
+}
+
+
+class TaskService:
+    def __init__(self, context: DaemonContext, request_shutdown: Callable[[], None]) -> None:
+        self._context = context
+        self._request_shutdown = request_shutdown
+        self.tasks: dict[str, Task] = {}
+        self._creating: set[str] = set()
+
+    def _get(self, task_id: str, exec_id: str = "") -> Task:
+        if exec_id:
+            raise NotFound(f"exec {exec_id!r} of task {task_id!r} not found: Wasm tasks have no execs")
+        task = self.tasks.get(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id!r} not found")
+        return task
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def create(self, request: Any, ctx: CallContext) -> Any:
+        if not request.id:
+            raise InvalidArgument("task id is empty")
+        if request.id in self.tasks or request.id in self._creating:
+            raise AlreadyExists(f"task {request.id!r} already exists")
+        self._creating.add(request.id)
+        try:
+            options = parse_task_options(request.options)
+            task = await Task.create(request, self._context, options)
+        finally:
+            self._creating.discard(request.id)
+        self.tasks[request.id] = task
+        return shim_pb2.CreateTaskResponse(pid=task.pid)
+
+    async def start(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id, request.exec_id)
+        return shim_pb2.StartResponse(pid=task.start())
+
+    async def state(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id, request.exec_id)
+        response = shim_pb2.StateResponse(
+            id=task.id, bundle=str(task.bundle), pid=task.pid, status=_STATUS[task.state],
+            stdin=task.stdin, stdout=task.stdout, stderr=task.stderr, terminal=False,
+        )
+        if task.exit_status is not None:
+            response.exit_status = task.exit_status.code
+            response.exited_at.CopyFrom(timestamp_from_ns(task.exit_status.exited_at_ns))
+        return response
+
+    async def wait(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id, request.exec_id)
+        status = await task.wait()
+        return shim_pb2.WaitResponse(exit_status=status.code,
+                                     exited_at=timestamp_from_ns(status.exited_at_ns))
+
+    async def kill(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id, request.exec_id)
+        task.kill(request.signal, request.all)
+        return empty_pb2.Empty()
+
+    async def delete(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id, request.exec_id)
+        status = await task.delete()
+        self.tasks.pop(task.id, None)
+        self._context.on_task_removed()
+        response = shim_pb2.DeleteResponse(pid=task.pid)
+        if status is not None:
+            response.exit_status = status.code
+            response.exited_at.CopyFrom(timestamp_from_ns(status.exited_at_ns))
+        return response
+
+    # -- observation ---------------------------------------------------------------
+
+    async def pids(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id)
+        return shim_pb2.PidsResponse(
+            processes=[task_pb2.ProcessInfo(pid=pid) for pid in task.instance.pids()])
+
+    async def stats(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id)
+        type_url, value = task.instance.stats()
+        return shim_pb2.StatsResponse(stats=any_pb2.Any(type_url=type_url, value=value))
+
+    async def update(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id)
+        resources = _decode_resources(request.resources)
+        task.instance.update(resources)
+        return empty_pb2.Empty()
+
+    async def connect(self, request: Any, ctx: CallContext) -> Any:
+        task = self._get(request.id)
+        return shim_pb2.ConnectResponse(shim_pid=os.getpid(), task_pid=task.pid)
+
+    async def close_io(self, request: Any, ctx: CallContext) -> Any:
+        # The instance process reads the stdin FIFO itself; it sees EOF once the client
+        # closes its write end, so there is nothing left for the shim to close.
+        self._get(request.id, request.exec_id)
+        return empty_pb2.Empty()
+
+    async def shutdown(self, request: Any, ctx: CallContext) -> Any:
+        # A grouped shim serves a whole pod: containerd sends Shutdown after deleting each
+        # task, and it must be ignored while any task remains (reference §1.10).
+        if self.tasks or self._creating:
+            log.debug("shutdown ignored: %d task(s) remain", len(self.tasks))
+        else:
+            asyncio.get_running_loop().call_soon(self._request_shutdown)
+        return empty_pb2.Empty()
+
+    # -- registry ------------------------------------------------------------------
+
+    def methods(self) -> dict[str, tuple[type, Callable[..., Any]]]:
+        m = shim_pb2
+        methods: dict[str, tuple[type, Callable[..., Any]]] = {
+            "Create": (m.CreateTaskRequest, self.create),
+            "Start": (m.StartRequest, self.start),
+            "State": (m.StateRequest, self.state),
+            "Wait": (m.WaitRequest, self.wait),
+            "Kill": (m.KillRequest, self.kill),
+            "Delete": (m.DeleteRequest, self.delete),
+            "Pids": (m.PidsRequest, self.pids),
+            "Stats": (m.StatsRequest, self.stats),
+            "Update": (m.UpdateTaskRequest, self.update),
+            "Connect": (m.ConnectRequest, self.connect),
+            "CloseIO": (m.CloseIORequest, self.close_io),
+            "Shutdown": (m.ShutdownRequest, self.shutdown),
+        }
+        requests = {"Pause": m.PauseRequest, "Resume": m.ResumeRequest,
+                    "Checkpoint": m.CheckpointTaskRequest, "Exec": m.ExecProcessRequest,
+                    "ResizePty": m.ResizePtyRequest}
+        for name, request_class in requests.items():
+            methods[name] = (request_class, _unsupported(_UNSUPPORTED[name]))
+        return methods
+
+
+def _unsupported(message: str) -> Callable[..., Any]:
+    async def handler(request: Any, ctx: CallContext) -> Any:
+        raise Unimplemented(message)
+
+    return handler
+
+
+def _decode_resources(resources: Any) -> dict[str, Any]:
+    """containerd sends specs.LinuxResources through typeurl, which marshals a non-proto
+    Go struct as JSON (type URL types.containerd.io/opencontainers/runtime-spec/1/LinuxResources)."""
+    if not resources.value:
+        return {}
+    try:
+        decoded = json.loads(resources.value)
+    except ValueError:
+        raise InvalidArgument(f"cannot decode resources of type {resources.type_url!r}") from None
+    if not isinstance(decoded, dict):
+        raise InvalidArgument("resources must be a JSON object")
+    return decoded

@@ -1,0 +1,247 @@
+"""One task: its bundle, rootfs mount, stdio, instance and the state machine that guards it.
+
+The Task service only looks tasks up and calls one method here; each method asks
+`task_state.next_state` first, so an illegal call fails with the code containerd expects
+before anything is touched. Events are published from here, in the order the README of
+containerd's runtime v2 demands: create, start, (oom), exit, delete (reference §3.7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from proto.containerd.events import task_pb2 as events
+from proto.containerd.types import mount_pb2
+from shim.cgroups import Cgroup
+from shim.errors import InvalidArgument, RpcError, Unimplemented
+from shim.events import EventPublisher
+from shim.instance import Instance, WasmInstance
+from shim.instance_process import InstancePlan
+from shim.oci_spec import RuntimeSpec, load_spec
+from shim.reaper import ExitStatus, Reaper
+from shim.rootfs import MountSpec, mount_rootfs, unmount_all
+from shim.stdio import TaskStdio, open_task_stdio
+from shim.task_state import TaskEvent, TaskState, next_state
+
+log = logging.getLogger("shim.task")
+
+# Written into the bundle so that `containerd-shim-spin-v2 delete` can clean up after a
+# daemon that died (SIGKILL, OOM): which pid to kill, which cgroup to remove.
+TASK_STATE_FILE = "spin-shim-task.json"
+
+TERMINAL_UNSUPPORTED = (
+    "a terminal was requested (ctr run -t, or tty: true in the pod spec), but a Wasm "
+    "task has no terminal: run it without -t / tty"
+)
+
+
+@dataclass
+class DaemonContext:
+    """What every task of this daemon shares."""
+
+    namespace: str
+    containerd_address: str
+    publisher: EventPublisher
+    reaper: Reaper
+    cache_dir: Path
+    systemd_cgroup: bool = False
+    on_task_removed: Callable[[], None] = lambda: None
+
+
+@dataclass
+class Task:
+    id: str
+    bundle: Path
+    spec: RuntimeSpec
+    stdin: str
+    stdout: str
+    stderr: str
+    context: DaemonContext
+    instance: Instance
+    rootfs_mounted: str | None
+    state: TaskState = TaskState.CREATED
+    exit_status: ExitStatus | None = None
+    started: bool = False
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- create --------------------------------------------------------------------
+
+    @classmethod
+    async def create(cls, request: Any, context: DaemonContext, options: dict[str, Any]) -> "Task":
+        if request.terminal:
+            raise InvalidArgument(TERMINAL_UNSUPPORTED)
+        if request.checkpoint:
+            raise Unimplemented("checkpoint/restore of a Wasm task is not supported")
+        bundle = Path(request.bundle)
+        stdio = await open_task_stdio(request.stdin, request.stdout, request.stderr,
+                                      task_id=request.id, namespace=context.namespace)
+        rootfs_mounted: str | None = None
+        try:
+            spec = load_spec(bundle)
+            rootfs = _rootfs_dir(bundle, spec)
+            if request.rootfs:
+                mount_rootfs([MountSpec(m.type, m.source, tuple(m.options))
+                              for m in request.rootfs], str(rootfs))
+                rootfs_mounted = str(rootfs)
+            systemd = bool(options.get("systemd_cgroup", context.systemd_cgroup))
+            cgroup = (Cgroup.from_spec(spec.cgroups_path, systemd=systemd)
+                      if spec.cgroups_path else None)
+            plan = _instance_plan(request.id, spec, rootfs, context)
+            instance = WasmInstance(plan, stdio, cgroup, context.reaper)
+            task = cls(id=request.id, bundle=bundle, spec=spec, stdin=request.stdin,
+                       stdout=request.stdout, stderr=request.stderr, context=context,
+                       instance=instance, rootfs_mounted=rootfs_mounted)
+            try:
+                await instance.create()
+            except BaseException:
+                task._release()
+                raise
+        except RpcError as exc:
+            stdio.write_error(f"spin shim: {exc.message}")
+            stdio.close()
+            if rootfs_mounted:
+                _quiet(unmount_all, rootfs_mounted)
+            raise
+        except OSError as exc:
+            stdio.write_error(f"spin shim: cannot create task: {exc}")
+            stdio.close()
+            if rootfs_mounted:
+                _quiet(unmount_all, rootfs_mounted)
+            raise InvalidArgument(f"cannot create task {request.id}: {exc}") from None
+        task.instance.exited.add_done_callback(task._on_exit)
+        task._write_state_file(cgroup, systemd)
+        context.publisher.publish("/tasks/create", events.TaskCreate(
+            container_id=task.id, bundle=str(bundle),
+            rootfs=[mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
+                                    options=list(m.options)) for m in request.rootfs],
+            io=events.TaskIO(stdin=request.stdin, stdout=request.stdout,
+                             stderr=request.stderr, terminal=False),
+            pid=task.instance.pid,
+        ))
+        return task
+
+    def _write_state_file(self, cgroup: Cgroup | None, systemd: bool) -> None:
+        state = {"pid": self.instance.pid, "pid_start": _process_start_time(self.instance.pid),
+                 "cgroups_path": self.spec.cgroups_path, "systemd_cgroup": systemd,
+                 "rootfs": self.rootfs_mounted}
+        path = self.bundle / TASK_STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        return self.instance.pid
+
+    def start(self) -> int:
+        self.state = next_state(self.id, self.state, TaskEvent.START)
+        self.started = True
+        pid = self.instance.start()
+        # Published before the loop can run the reaper, so a guest that exits at once
+        # still shows start before exit.
+        self.context.publisher.publish("/tasks/start", events.TaskStart(container_id=self.id, pid=pid))
+        return pid
+
+    def kill(self, sig: int, all_processes: bool) -> None:
+        next_state(self.id, self.state, TaskEvent.KILL)
+        self.instance.kill(sig, all_processes)
+
+    async def wait(self) -> ExitStatus:
+        await self.stopped.wait()
+        assert self.exit_status is not None
+        return self.exit_status
+
+    def _on_exit(self, future: asyncio.Future[ExitStatus]) -> None:
+        status = future.result()
+        self.state = next_state(self.id, self.state, TaskEvent.EXITED)
+        oom = self.instance.oom_killed()
+        self.exit_status = status
+        log.info("task %s exited with %d%s", self.id, status.code, " (OOM killed)" if oom else "")
+        if oom:
+            self.context.publisher.publish("/tasks/oom", events.TaskOOM(container_id=self.id))
+        if self.started:
+            self.context.publisher.publish("/tasks/exit", events.TaskExit(
+                container_id=self.id, id=self.id, pid=self.pid, exit_status=status.code,
+                exited_at=_timestamp(status.exited_at_ns)))
+        self.stopped.set()
+
+    async def delete(self) -> ExitStatus | None:
+        """Returns the exit status to report, or None for a task that never started."""
+        self.state = next_state(self.id, self.state, TaskEvent.DELETE)
+        if not self.stopped.is_set():  # CREATED: the instance waits for a Start that won't come
+            _quiet(self.instance.kill, signal.SIGKILL, True)
+            await self.stopped.wait()
+        self._release()
+        status = self.exit_status if self.started else None
+        self.context.publisher.publish("/tasks/delete", events.TaskDelete(
+            container_id=self.id, id=self.id, pid=self.pid,
+            exit_status=status.code if status else 0,
+            exited_at=_timestamp(status.exited_at_ns) if status else None))
+        return status
+
+    def _release(self) -> None:
+        for problem in self.instance.release():
+            log.warning("task %s: cgroup not removed: %s", self.id, problem)
+        if self.rootfs_mounted:
+            try:
+                unmount_all(self.rootfs_mounted)
+            except OSError as exc:
+                log.warning("task %s: rootfs not unmounted: %s", self.id, exc)
+            self.rootfs_mounted = None
+        _quiet(os.unlink, self.bundle / TASK_STATE_FILE)
+
+
+def _rootfs_dir(bundle: Path, spec: RuntimeSpec) -> Path:
+    root = Path(spec.root_path)
+    return root if root.is_absolute() else bundle / root
+
+
+def _instance_plan(task_id: str, spec: RuntimeSpec, rootfs: Path, context: DaemonContext) -> InstancePlan:
+    netns = spec.namespace("network")
+    env = spec.env_dict
+    max_memory = env.get("SPIN_MAX_INSTANCE_MEMORY")
+    return InstancePlan(
+        task_id=task_id, rootfs=rootfs, args=list(spec.args), env=env, cwd=spec.cwd,
+        uid=spec.user.uid, gid=spec.user.gid, additional_gids=list(spec.user.additional_gids),
+        no_new_privileges=spec.no_new_privileges, capabilities=spec.capabilities,
+        netns_path=netns.path if netns else None,
+        new_netns=bool(netns and not netns.path),
+        resources=spec.resources, cache_dir=context.cache_dir,
+        max_instance_memory=int(max_memory) if max_memory and max_memory.isdigit() else None,
+    )
+
+
+def _timestamp(ns: int) -> Any:
+    from shim.events import timestamp_from_ns
+
+    return timestamp_from_ns(ns)
+
+
+def _process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/pid/stat: with the pid, identifies the process across pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _quiet(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except (OSError, RpcError):
+        pass
+
+
+def now_ns() -> int:
+    return time.time_ns()
