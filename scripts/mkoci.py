@@ -45,7 +45,7 @@ COPY_CHUNK = 1 << 20
 class _HashingWriter(io.RawIOBase):
     """A write-only file that hashes and counts what passes through, so blobs are digested while streamed."""
 
-    def __init__(self, target: IO[bytes]) -> None:
+    def __init__(self, target: IO[bytes] | gzip.GzipFile) -> None:
         super().__init__()
         self._target = target
         self.sha256 = hashlib.sha256()
@@ -91,7 +91,7 @@ def _normalized_tarinfo(tar: tarfile.TarFile, path: Path, arcname: str) -> tarfi
     return info
 
 
-def write_layer_tar(rootfs: Path, out: IO[bytes]) -> None:
+def write_layer_tar(rootfs: Path, out: IO[bytes] | io.RawIOBase) -> None:
     """The uncompressed layer: rootfs contents with relative names, symlinks as symlinks, empty dirs kept."""
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in _walk_sorted(rootfs):
@@ -113,7 +113,7 @@ def _build_layer(rootfs: Path, scratch: Path) -> tuple[Path, str, int, str]:
         # filename="" and mtime=0 keep the gzip header free of the temp file's name and the build time.
         with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=6) as gz:
             uncompressed = _HashingWriter(gz)
-            write_layer_tar(rootfs, uncompressed)  # type: ignore[arg-type]
+            write_layer_tar(rootfs, uncompressed)
     return layer_path, compressed.digest, compressed.size, uncompressed.digest
 
 

@@ -117,8 +117,7 @@ def _toml_str(value: str | Path) -> str:
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    return [item for item in items if item and not (item in seen or seen.add(item))]
+    return [item for item in dict.fromkeys(items) if item]  # dicts keep insertion order
 
 
 def _env_with_standard_path(env: Mapping[str, str], first: Iterable[str] = ()) -> dict[str, str]:
@@ -391,8 +390,9 @@ class PrivateContainerd:
         Raises PrivateContainerdError with the tail of containerd.log when the daemon exits or is not ready
         within 20 s (the daemon is killed then, so nothing leaks).
         """
-        if self._running_pid() is not None:
-            raise PrivateContainerdError(f"containerd already running for {self.workdir} (pid {self._running_pid()})")
+        running_pid = self._running_pid()
+        if running_pid is not None:
+            raise PrivateContainerdError(f"containerd already running for {self.workdir} (pid {running_pid})")
         self._check_socket_paths()
         bin_dir = self.bin_dir
         if not self.version_string.startswith(self.version + "."):
@@ -560,9 +560,17 @@ class PrivateContainerd:
 
     def _read_instance(self) -> dict[str, object]:
         try:
-            return json.loads(self._instance_path.read_text())
+            record = json.loads(self._instance_path.read_text())
         except (OSError, ValueError):
             return {}
+        return record if isinstance(record, dict) else {}
+
+    def _system_paths_before(self) -> dict[str, set[str]]:
+        """The pre-start snapshot as sets; empty (treat everything as new, rmdir stays safe) if unrecorded."""
+        snapshot = self._read_instance().get("system_paths_before")
+        if not isinstance(snapshot, dict):
+            return {}
+        return {str(key): set(value) for key, value in snapshot.items() if isinstance(value, list)}
 
     # ---- internals: stop -------------------------------------------------------------------------------------
     def _running_pid(self) -> int | None:
@@ -620,8 +628,7 @@ class PrivateContainerd:
         owned_ids |= self._delete_owned_runc_containers()
         self._kill_owned_shims()
         self._remove_shim_sockets(owned_ids)
-        before = self._read_instance().get("system_paths_before", {})
-        assert isinstance(before, dict)
+        before = self._system_paths_before()
         namespaces = {ns for ns, _ in owned_ids} | self._namespaces_on_disk()
         self._remove_cgroups(owned_ids, namespaces, before)
         self._remove_run_dirs(namespaces, before)
@@ -678,26 +685,24 @@ class PrivateContainerd:
                         path.unlink()
 
     def _remove_cgroups(
-        self, owned_ids: set[tuple[str, str]], namespaces: set[str], before: Mapping[str, object]
+        self, owned_ids: set[tuple[str, str]], namespaces: set[str], before: Mapping[str, set[str]]
     ) -> None:
         """ctr puts a container in <hierarchy>/<ns>/<id>; runc removes the leaf, never the <ns> parent (ref §1)."""
         for hierarchy in cgroup_hierarchies():
             for namespace, container_id in owned_ids:
                 _rmdir_quietly(hierarchy / namespace / container_id)
-            existed = set(before.get(str(hierarchy), []) or [])  # type: ignore[arg-type]
-            for namespace in namespaces - existed:
+            for namespace in namespaces - before.get(str(hierarchy), set()):
                 _rmdir_quietly(hierarchy / namespace)
 
-    def _remove_run_dirs(self, namespaces: set[str], before: Mapping[str, object]) -> None:
+    def _remove_run_dirs(self, namespaces: set[str], before: Mapping[str, set[str]]) -> None:
         """Empty dirs under /run/containerd that appeared after start(); rmdir fails on anything still in use."""
-        runc_before = set(before.get(str(RUNC_STATE_ROOT), []) or [])  # type: ignore[arg-type]
-        for namespace in namespaces - runc_before:
+        for namespace in namespaces - before.get(str(RUNC_STATE_ROOT), set()):
             _rmdir_quietly(RUNC_STATE_ROOT / namespace)
-        existed = set(before.get("existed", []) or [])  # type: ignore[arg-type]
-        if str(SYSTEM_RUN_DIR) in existed:
-            return
-        for leftover in (SHIM_SOCKET_DIR, RUNC_STATE_ROOT, SYSTEM_RUN_DIR / "fifo", SYSTEM_RUN_DIR):
-            _rmdir_quietly(leftover)
+        for leftover in (SHIM_SOCKET_DIR, RUNC_STATE_ROOT, SYSTEM_RUN_DIR / "fifo"):
+            if leftover.name not in before.get(str(SYSTEM_RUN_DIR), set()):
+                _rmdir_quietly(leftover)
+        if str(SYSTEM_RUN_DIR) not in before.get("existed", set()):
+            _rmdir_quietly(SYSTEM_RUN_DIR)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------
@@ -718,20 +723,29 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if args.command == "start":
-        ctrd = PrivateContainerd(args.version, args.workdir, args.shim_dir, debug=args.debug)
-        ctrd.start()
-        exports = {
-            "CONTAINERD_ADDRESS": ctrd.address,
-            "CONTAINERD_TTRPC_ADDRESS": ctrd.ttrpc_address,
-            "CONTAINERD_PID": str(ctrd.pid),
-            "CONTAINERD_LOG": str(ctrd.log_path),
-            "CONTAINERD_VERSION": ctrd.version_string,
-            "CTR": str(ctrd.bin_dir / "ctr"),
-        }
-        print("\n".join(f"export {key}={shlex.quote(value)}" for key, value in exports.items()))
-        return 0
-    recorded = json.loads((args.workdir / "instance.json").read_text()) if (args.workdir / "instance.json").exists() else {}
+    return _start_cli(args) if args.command == "start" else _stop_cli(args)
+
+
+def _start_cli(args: argparse.Namespace) -> int:
+    """Print `export K=V` lines so a demo can `eval "$(private_containerd.py start ...)"` and use ctr directly."""
+    ctrd = PrivateContainerd(args.version, args.workdir, args.shim_dir, debug=args.debug)
+    ctrd.start()
+    exports = {
+        "CONTAINERD_ADDRESS": ctrd.address,
+        "CONTAINERD_TTRPC_ADDRESS": ctrd.ttrpc_address,
+        "CONTAINERD_PID": str(ctrd.pid),
+        "CONTAINERD_LOG": str(ctrd.log_path),
+        "CONTAINERD_VERSION": ctrd.version_string,
+        "CTR": str(ctrd.bin_dir / "ctr"),
+    }
+    print("\n".join(f"export {key}={shlex.quote(value)}" for key, value in exports.items()))
+    return 0
+
+
+def _stop_cli(args: argparse.Namespace) -> int:
+    """`stop` may run in another process than `start`: version and shim dir come from instance.json."""
+    instance_path = args.workdir / "instance.json"
+    recorded = json.loads(instance_path.read_text()) if instance_path.exists() else {}
     version = args.version or recorded.get("version")
     if version is None:
         print(f"no instance.json in {args.workdir}; pass --version", file=sys.stderr)
