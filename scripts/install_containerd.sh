@@ -113,7 +113,7 @@ install_series() {
         [[ -x "$work/tree/usr/bin/$name" ]] || die "containerd=$version deb has no usr/bin/$name"
     done
     "$work/tree/usr/bin/containerd" --version >/dev/null || die "unpacked containerd $version does not run here"
-    rm -rf "$CONTAINERD_CACHE/$series"
+    rm -rf "${CONTAINERD_CACHE:?}/${series:?}"
     mv "$work/tree" "$CONTAINERD_CACHE/$series"
     rm -rf "$work"
     log "containerd $series ready: $("$CONTAINERD_CACHE/$series/usr/bin/containerd" --version)"
@@ -125,6 +125,8 @@ main() {
     # Serialise concurrent runs (parallel CI jobs, two engineers) on the shared cache.
     exec 9>"$CACHE_ROOT/.install_containerd.lock"
     flock 9
+    # Half-unpacked trees of an interrupted run (we hold the lock, so none is in progress).
+    rm -rf "$CONTAINERD_CACHE"/.work-*
 
     local missing=() series
     for series in "${SERIES_LIST[@]}"; do

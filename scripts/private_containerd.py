@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import stat
@@ -59,6 +62,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 READY_TIMEOUT_S = 20.0
 STOP_GRACE_S = 10.0
 CTR_TIMEOUT_S = 120.0
+MNT_DETACH = 2
 UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 LOG_TAIL_LINES = 40
 # Always reachable after the caller's PATH: runc lives in /usr/sbin, which a CI environment may not list.
@@ -176,6 +180,30 @@ def _rmdir_quietly(path: Path) -> bool:
     return True
 
 
+def mounts_under(directory: Path) -> list[Path]:
+    """Mount points at or below `directory` (from /proc/self/mountinfo), deepest first, ready to unmount."""
+    prefix = str(directory).rstrip("/") + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        # mountinfo escapes space, tab, newline and backslash as \ooo octal.
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if mount_point == prefix[:-1] or mount_point.startswith(prefix):
+            found.append(Path(mount_point))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def _unmount(path: Path) -> None:
+    """umount2(2) through libc, lazily (MNT_DETACH) if the mount is still busy."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(path), 0) == 0:
+        return
+    if ctypes.get_errno() == errno.EBUSY:
+        libc.umount2(os.fsencode(path), MNT_DETACH)
+
+
 def cgroup_hierarchies() -> list[Path]:
     """Mounted cgroup hierarchies: every v1 controller dir plus cgroup2 (`unified` here, or the root on v2 hosts)."""
     if (CGROUP_ROOT / "cgroup.controllers").exists():
@@ -250,6 +278,12 @@ class PrivateContainerd:
     def certs_dir(self) -> Path:
         """Registry hosts dir (`<host>/hosts.toml`), used by CRI pulls and the 1.7+ transfer service (ref §5.5)."""
         return self.workdir / "certs.d"
+
+    @property
+    def fifo_dir(self) -> Path:
+        """Pass as `ctr run -d --fifo-dir` (also `tasks exec`/`start`): ctr's stdio FIFOs otherwise go to
+        /run/containerd/fifo (ref §1), and a detached task whose daemon died leaves them there for good."""
+        return self.workdir / "fifo"
 
     @property
     def cni_conf_dir(self) -> Path:
@@ -495,6 +529,7 @@ class PrivateContainerd:
             self.workdir / "opt",
             self.certs_dir,
             self.cni_conf_dir,
+            self.fifo_dir,
         ):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -627,6 +662,10 @@ class PrivateContainerd:
     def _cleanup_system_paths(self, owned_ids: set[tuple[str, str]]) -> None:
         owned_ids |= self._delete_owned_runc_containers()
         self._kill_owned_shims()
+        # A shim that did not get to its cleanup leaves the task rootfs (overlay) mounted in its bundle, and CRI
+        # may leave pod netns bind mounts in the state dir; anything mounted inside workdir is ours.
+        for mount_point in mounts_under(self.workdir):
+            _unmount(mount_point)
         self._remove_shim_sockets(owned_ids)
         before = self._system_paths_before()
         namespaces = {ns for ns, _ in owned_ids} | self._namespaces_on_disk()

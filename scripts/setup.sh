@@ -93,8 +93,8 @@ setup_venv() {
     else
         log "venv $VENV_DIR exists"
     fi
-    log "pip install -e '$REPO_ROOT[dev]'"
-    "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[dev]" \
+    log "pip install -e '${REPO_ROOT}[dev]'"
+    "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -e "${REPO_ROOT}[dev]" \
         || die "pip install failed"
 }
 

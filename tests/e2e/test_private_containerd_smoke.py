@@ -107,6 +107,37 @@ def test_ctr_run_through_runc(version: str, busybox_image: Path, tmp_path: Path)
     assert ctrd.log_path.stat().st_size > 0
 
 
+@pytest.mark.parametrize("version", private_containerd.SUPPORTED_VERSIONS)
+def test_stop_after_daemon_crash_cleans_up_its_containers(version: str, busybox_image: Path, tmp_path: Path) -> None:
+    """If containerd dies first (a crashed test, a SIGKILL), its shims, containers, runc state and rootfs mounts
+    live on; stop() must still find and remove them through what is provably ours (address, state dir)."""
+    shim_dir = tmp_path / "shims"
+    shim_dir.mkdir()
+    workdir = tmp_path / "ctrd"
+    namespace = _namespace()
+    ctrd = PrivateContainerd(version, workdir, shim_dir)
+    try:
+        ctrd.start()
+        ctrd.ctr("images", "import", str(busybox_image), namespace=namespace)
+        # --fifo-dir: with the daemon gone nobody would remove ctr's FIFOs from /run/containerd/fifo.
+        detached = ("run", "-d", "--fifo-dir", str(ctrd.fifo_dir))
+        ctrd.ctr(*detached, IMAGE_REF, "t3", "/bin/sleep", "300", namespace=namespace)
+        daemon_pid = ctrd.pid
+        assert daemon_pid is not None
+        os.kill(daemon_pid, 9)
+        deadline = time.monotonic() + 10
+        while ctrd.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not ctrd.is_running()
+        assert ctrd.owned_pids(), "the shim should have outlived containerd"
+        assert private_containerd.mounts_under(workdir), "the task rootfs should still be mounted"
+    finally:
+        ctrd.stop()
+
+    _assert_nothing_left(ctrd, workdir, namespace)
+    assert private_containerd.mounts_under(workdir) == []
+
+
 def test_cli_start_and_stop(tmp_path: Path) -> None:
     workdir, shim_dir = tmp_path / "ctrd", tmp_path / "shims"
     shim_dir.mkdir()
