@@ -1,0 +1,197 @@
+"""Turn a Spin component's ``files`` into WASI preopens: what the guest may see, read-only, and nothing else.
+
+Spin places files by rule (spin crates/loader): a glob string puts every matching *file* at its path relative to
+the app dir, under ``/``; ``{source, destination}`` puts a file or a directory at ``destination``; and
+``exclude_files`` globs remove matches from both. WASI can only preopen directories, so:
+
+* a ``{source = <dir>}`` mapping with nothing excluded inside it is preopened directly (no copying, any size);
+* everything else (globs, single files, directories with exclusions) is *staged*: hard-linked into one private
+  directory under ``<cache_dir>/staging/`` that is preopened at ``/``. Hard links cost one syscall per file and
+  no space, and the guest cannot change the image through them because every preopen is read-only
+  (``fs_mutable=False``). If the cache dir is on another filesystem (EXDEV) or links are not permitted, the file
+  is copied instead. Symlinks are not used: wasmtime's sandbox (cap-std) refuses to follow a symlink out of a
+  preopen, which is exactly where these would point.
+
+The staging dir belongs to one LoadedApp and is removed by ``StagedFiles.cleanup`` (LoadedApp.close, run's end);
+dirs left by a crashed process are swept by the next load (``sweep_stale_staging``), keyed by the pid in the name.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from runtime.errors import ManifestError
+from runtime.manifest import Component, GlobFiles, MappedFiles
+from runtime.paths import PathEscapeError, resolve_in_root
+
+STAGING_DIR_NAME = "staging"
+
+
+@dataclass(frozen=True)
+class Preopen:
+    host_path: Path
+    guest_path: str
+
+
+@dataclass
+class StagedFiles:
+    """The preopens for one component, and the staging dir to remove when the app is done."""
+
+    preopens: tuple[Preopen, ...]
+    staging_dir: Path | None = None
+
+    def cleanup(self) -> None:
+        if self.staging_dir is not None:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            self.staging_dir = None
+
+
+def _excluded(rel_path: str, exclude: tuple[str, ...]) -> bool:
+    return any(_glob_match(rel_path, pattern) for pattern in exclude)
+
+
+def _glob_match(rel_path: str, pattern: str) -> bool:
+    """Spin-style glob on a relative POSIX path: ``*`` stays inside one directory, ``**`` spans any number.
+
+    Written out (segment by segment) because PurePath.full_match only exists from Python 3.13.
+    """
+    path_parts = rel_path.split("/")
+    pattern_parts = [p for p in pattern.split("/") if p not in ("", ".")]
+
+    def match(pi: int, si: int) -> bool:
+        if pi == len(pattern_parts):
+            return si == len(path_parts)
+        if pattern_parts[pi] == "**":
+            return any(match(pi + 1, k) for k in range(si, len(path_parts) + 1))
+        return si < len(path_parts) and fnmatch.fnmatchcase(path_parts[si], pattern_parts[pi]) and match(pi + 1, si + 1)
+
+    return match(0, 0)
+
+
+def _walk_files(directory: Path) -> list[Path]:
+    """Regular files under ``directory`` (not following symlinked dirs: the image's layout is what counts)."""
+    found: list[Path] = []
+    for dirpath, _dirnames, filenames in os.walk(directory):
+        for filename in filenames:
+            found.append(Path(dirpath, filename))
+    return found
+
+
+def plan_component_files(app_dir: Path, manifest_path: Path, component: Component) -> tuple[list[Preopen], dict[str, Path]]:
+    """Decide the placements: (directories preopened directly, {guest path: host file} to stage).
+
+    Pure with respect to the outside world except for reading the app dir; raises ManifestError naming the
+    component and the entry for a source that is missing or leaves the app dir.
+    """
+    direct: list[Preopen] = []
+    staged: dict[str, Path] = {}
+    where = f"{manifest_path}: component {component.id!r}: files"
+    root = Path(os.path.realpath(app_dir))
+
+    for mount in component.files:
+        if isinstance(mount, GlobFiles):
+            pattern = mount.pattern
+            if pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
+                raise ManifestError(f"{where}: glob {pattern!r} must be relative to the app dir and must not use '..'")
+            for host_file in _walk_files(root):
+                rel = host_file.relative_to(root).as_posix()
+                if _glob_match(rel, pattern) and not _excluded(rel, component.exclude_files):
+                    staged["/" + rel] = _checked_file(root, rel, where)
+            # Spin accepts a glob that matches nothing; so do we (an empty static dir is a valid app).
+            continue
+
+        assert isinstance(mount, MappedFiles)
+        try:
+            source = resolve_in_root(root, mount.source)
+        except PathEscapeError as exc:
+            raise ManifestError(f"{where}: source {mount.source!r}: {exc}") from None
+        destination = "/" + "/".join(p for p in mount.destination.split("/") if p not in ("", "."))
+        if ".." in destination.split("/"):
+            raise ManifestError(f"{where}: destination {mount.destination!r} must not contain '..'")
+        if source.is_dir():
+            files = _walk_files(source)
+            rel_files = [(f, f.relative_to(source).as_posix()) for f in files]
+            hidden = [rel for f, rel in rel_files if _excluded(f.relative_to(root).as_posix(), component.exclude_files)]
+            if not hidden and destination != "/":
+                direct.append(Preopen(host_path=source, guest_path=destination))
+                continue
+            for host_file, rel in rel_files:
+                if not _excluded(host_file.relative_to(root).as_posix(), component.exclude_files):
+                    guest = (destination.rstrip("/") + "/" + rel)
+                    staged[guest] = _checked_file(root, host_file.relative_to(root).as_posix(), where)
+        elif source.is_file():
+            if destination == "/":
+                raise ManifestError(f"{where}: a single file {mount.source!r} cannot be placed at '/'")
+            staged[destination] = source
+        else:
+            raise ManifestError(f"{where}: source {mount.source!r} not found (looked for {source})")
+    return direct, staged
+
+
+def _checked_file(root: Path, rel: str, where: str) -> Path:
+    """Resolve a matched file through any symlinks inside the image; refuse ones that leave the app dir."""
+    try:
+        resolved = resolve_in_root(root, rel)
+    except PathEscapeError as exc:
+        raise ManifestError(f"{where}: {rel!r}: {exc}") from None
+    if not resolved.is_file():
+        raise ManifestError(f"{where}: {rel!r} is not a regular file")
+    return resolved
+
+
+def stage_component_files(
+    app_dir: Path, manifest_path: Path, component: Component, cache_dir: Path
+) -> StagedFiles:
+    """Resolve the component's ``files`` into preopens, staging what cannot be preopened directly."""
+    direct, staged = plan_component_files(app_dir, manifest_path, component)
+    if not staged:
+        return StagedFiles(preopens=tuple(direct))
+
+    staging_root = cache_dir / STAGING_DIR_NAME
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staging_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{component.id}-", dir=staging_root))
+    try:
+        for guest_path, host_file in staged.items():
+            target = staging_dir / guest_path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(host_file, target)
+    except BaseException:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+        raise
+    # Direct directory preopens at deeper guest paths win over the staged root: wasi-libc (and every other
+    # guest libc) picks the longest matching preopen prefix.
+    return StagedFiles(preopens=(Preopen(staging_dir, "/"), *direct), staging_dir=staging_dir)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(source, target)
+
+
+def sweep_stale_staging(cache_dir: Path) -> None:
+    """Remove staging dirs whose owning process is gone (a crashed or SIGKILLed instance process)."""
+    staging_root = cache_dir / STAGING_DIR_NAME
+    try:
+        entries = list(staging_root.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        pid_text = entry.name.split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, owned by someone else

@@ -1,0 +1,275 @@
+"""Find the app in a directory, validate all of it, load its wasm (precompiled), and hand back a runnable app.
+
+The shim calls ``load_app`` at task Create, so every mistake a user can make (no app, bad spin.toml, unsupported
+trigger, corrupt wasm, missing imports, files outside the app, a bad SPIN_MAX_INSTANCE_MEMORY) raises an AppError
+there with a message meant for them; ``LoadedApp.run`` at task Start only runs. Resolution mirrors
+containerd-shim-spin (``/spin.toml`` in the rootfs; reference/shim-v2-protocol.md §5.3) with runwasi's fallback
+for plain images (``args[0]`` is the wasm file; §5.1).
+
+Argument and environment rules (decided here; the shim passes the OCI spec's process.args and process.env):
+
+* Spin app: the guest's argv is ``[<component id>, *args]`` (Spin's command trigger puts the component id in
+  argv[0]), where ``args`` drops args[0] when it is ``/`` (the conventional image command for Spin apps) or a
+  path to spin.toml, since those name the app, not an argument. Env = the component's ``environment`` overlaid
+  by the task env: the pod spec is the deploy-time override of what the image baked in, as ``docker run -e``
+  overrides an image's ENV.
+* Bare ``.wasm``: argv is ``args`` unchanged (args[0] is argv[0], like execve), env is exactly the task env,
+  and the guest gets no files at all.
+
+``import runtime.loader`` does not import wasmtime (about 20 ms): that happens on the first load_app call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from runtime.errors import AppNotFoundError, ManifestError, UnsupportedTriggerError
+from runtime.files import StagedFiles, sweep_stale_staging, stage_component_files
+from runtime.guest import ComponentCommand, CoreCommand, GuestSetup
+from runtime.interrupt import Interrupter
+from runtime.manifest import MANIFEST_FILE_NAME, LocalSource, Manifest, load_manifest
+from runtime.paths import PathEscapeError, resolve_in_root
+from runtime.precompile import CacheResult, PrecompileCache
+from runtime.settings import RuntimeSettings
+from runtime.wasm_binary import WasmKind, detect_kind
+
+log = logging.getLogger(__name__)
+
+COMMAND_TRIGGER = "command"
+#: Spin trigger types this runtime knows of but does not run (yet); anything else is "unknown".
+_LATER_TRIGGERS = {
+    "http": "the http trigger is not implemented in this build yet (it comes in a later version of this shim)",
+    "redis": "the redis trigger is not supported by this shim",
+    "mqtt": "the mqtt trigger is not supported by this shim",
+    "sqs": "the sqs trigger is not supported by this shim",
+    "cron": "the cron trigger is not supported by this shim",
+}
+
+
+@dataclass(frozen=True)
+class ComponentLoad:
+    """How one wasm was loaded: for the shim's log line and for tests ("no compile on a warm start")."""
+
+    name: str
+    wasm_path: Path
+    kind: WasmKind
+    cache: CacheResult
+
+
+class LoadedApp:
+    """A validated, compiled app, ready to run once. Created by ``load_app``; not constructed directly."""
+
+    def __init__(
+        self,
+        command: CoreCommand | ComponentCommand,
+        interrupter: Interrupter,
+        staged: StagedFiles,
+        loads: tuple[ComponentLoad, ...],
+        description: str,
+    ) -> None:
+        self._command = command
+        self._interrupter = interrupter
+        self._staged = staged
+        self._run_lock = threading.Lock()
+        self._ran = False
+        #: One entry per wasm loaded, in load order.
+        self.loads = loads
+        #: e.g. "Spin app 'command-hello' (command trigger, component 'hello')" or "hello.wasm (WASI p1 module)".
+        self.description = description
+
+    @property
+    def guest(self) -> GuestSetup:
+        """What the guest will see (argv, env, preopens): for the shim's debug log and for tests."""
+        return self._command.setup
+
+    def run(self) -> int:
+        """Run the guest in the calling thread until it ends; return its exit code (see runtime.exits).
+
+        Blocking, and once per LoadedApp (a task is started once). Guest output goes to fds 1/2 directly.
+        Staged files are removed when it returns.
+        """
+        with self._run_lock:
+            if self._ran:
+                raise RuntimeError("LoadedApp.run() may be called only once")
+            self._ran = True
+        try:
+            return self._command.run(self._interrupter)
+        finally:
+            self.close()
+
+    def interrupt(self) -> None:
+        """Thread-safe: make the running guest trap at its next epoch check; run() then returns 143.
+
+        Called before run(), run() returns 143 without starting the guest. A guest blocked inside one host call
+        (e.g. a long sleep) only stops when that call returns: the shim's SIGKILL handles that case.
+        """
+        self._interrupter.request()
+
+    def close(self) -> None:
+        """Release what load_app set up on disk (staged files). Idempotent; run() calls it when done."""
+        self._staged.cleanup()
+
+    def __enter__(self) -> LoadedApp:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
+    """Find, validate and load the app in ``root_dir`` (the container rootfs). Raises AppError subclasses."""
+    root_dir = Path(root_dir)
+    settings = settings.with_task_env(env)
+    manifest_path = root_dir / MANIFEST_FILE_NAME
+    if manifest_path.is_file():
+        return _load_spin_app(root_dir, manifest_path, args, env, settings)
+    if args and args[0].endswith(".wasm"):
+        return _load_bare_wasm(root_dir, args, env, settings)
+    looked_for = f"/{MANIFEST_FILE_NAME} (not in the image)"
+    if args:
+        raise AppNotFoundError(
+            f"no app found: looked for {looked_for}, and args[0] {args[0]!r} is not a .wasm file; "
+            "set the image's command to a .wasm path, or add spin.toml at the image root"
+        )
+    raise AppNotFoundError(
+        f"no app found: looked for {looked_for}, and the task has no args naming a .wasm file"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- Spin apps
+
+
+def _load_spin_app(
+    root_dir: Path, manifest_path: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings
+) -> LoadedApp:
+    manifest = load_manifest(manifest_path)
+    component_id = _command_component(manifest)
+    component = manifest.components[component_id]
+    assert isinstance(component.source, LocalSource)  # load_manifest rejected the others
+    wasm_path = resolve_in_root(manifest.app_dir, component.source.path)
+
+    guest_args = args[1:] if args and _names_the_app(args[0]) else list(args)
+    guest_env = {**component.environment, **env}
+    sweep_stale_staging(settings.cache_dir)
+    staged = stage_component_files(manifest.app_dir, manifest_path, component, settings.cache_dir)
+    try:
+        setup = GuestSetup(
+            name=component_id, argv=[component_id, *guest_args], env=guest_env, preopens=staged.preopens
+        )
+        description = f"Spin app {manifest.application.name!r} (command trigger, component {component_id!r})"
+        return _build(setup, wasm_path, f"component {component_id!r} ({component.source.path})", staged,
+                      settings, description)
+    except BaseException:
+        staged.cleanup()
+        raise
+
+
+def _command_component(manifest: Manifest) -> str:
+    """The component the app's single command trigger runs; UnsupportedTriggerError for any other trigger."""
+    for trigger_type in manifest.trigger_types:
+        if trigger_type == COMMAND_TRIGGER:
+            continue
+        reason = _LATER_TRIGGERS.get(
+            trigger_type,
+            f"unknown trigger type {trigger_type!r} (Spin trigger types are http, redis, mqtt, sqs and command)",
+        )
+        raise UnsupportedTriggerError(
+            f"{manifest.path}: [[trigger.{trigger_type}]]: {reason}; this build runs only [[trigger.command]] apps"
+        )
+    commands = manifest.triggers_of_type(COMMAND_TRIGGER)
+    if not commands:
+        raise ManifestError(f"{manifest.path}: the app declares no triggers; add a [[trigger.command]] table")
+    if len(commands) > 1:
+        ids = ", ".join(repr(t.id) for t in commands)
+        raise ManifestError(
+            f"{manifest.path}: {len(commands)} [[trigger.command]] tables ({ids}); a task runs one command, so "
+            "declare exactly one (Spin itself would silently run only the first)"
+        )
+    trigger = commands[0]
+    if trigger.component is None:
+        raise ManifestError(f"{manifest.path}: [[trigger.command]] {trigger.id!r} names no `component`")
+    return trigger.component
+
+
+def _names_the_app(arg0: str) -> bool:
+    """True for "/" and paths to spin.toml: the conventional command of a Spin image, not a guest argument."""
+    return arg0.strip() == "/" or PurePosixPath(arg0).name == MANIFEST_FILE_NAME
+
+
+# ---------------------------------------------------------------------------------------------------- bare wasm
+
+
+def _load_bare_wasm(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
+    try:
+        wasm_path = resolve_in_root(root_dir, args[0])
+    except PathEscapeError as exc:
+        raise AppNotFoundError(f"args[0] {args[0]!r}: {exc}") from None
+    if not wasm_path.is_file():
+        raise AppNotFoundError(
+            f"args[0] {args[0]!r}: no such file in the image (looked for {wasm_path}; no /{MANIFEST_FILE_NAME} either)"
+        )
+    name = PurePosixPath(args[0]).name
+    setup = GuestSetup(name=name, argv=list(args), env=dict(env))
+    return _build(setup, wasm_path, name, StagedFiles(preopens=()), settings, name)
+
+
+# ---------------------------------------------------------------------------------------------------- common
+
+
+def _build(
+    setup: GuestSetup,
+    wasm_path: Path,
+    what: str,
+    staged: StagedFiles,
+    settings: RuntimeSettings,
+    description: str,
+) -> LoadedApp:
+    from runtime.engine import shared_engine
+
+    kind, digest = _sniff(wasm_path, what)
+    engine = shared_engine()
+    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify)
+    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest)
+    command: CoreCommand | ComponentCommand
+    if kind is WasmKind.COMPONENT:
+        command = ComponentCommand(setup, engine, settings.max_instance_memory, compiled)  # type: ignore[arg-type]
+        description += " (WASI p2 component)"
+    else:
+        command = CoreCommand(setup, engine, settings.max_instance_memory, compiled)  # type: ignore[arg-type]
+        description += " (WASI p1 module)"
+    load = ComponentLoad(name=setup.name, wasm_path=wasm_path, kind=kind, cache=result)
+    log.debug("loaded %s: cache %s in %.1f ms", description, result.outcome, result.seconds * 1000)
+    return LoadedApp(command, Interrupter(engine), staged, (load,), description)
+
+
+def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
+    """Kind from the header and sha256 of the whole file, in one pass over it."""
+    digest = hashlib.sha256()
+    try:
+        with open(wasm_path, "rb") as handle:
+            header = handle.read(8)
+            kind = detect_kind(header if len(header) == 8 else header + handle.read(), name=what)
+            digest.update(header)
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise AppNotFoundError(f"{what}: cannot read {wasm_path}: {os.strerror(exc.errno or 0)}") from None
+    return kind, digest.hexdigest()
+
+
+def env_from_oci(process_env: list[str]) -> dict[str, str]:
+    """OCI ``process.env`` ("K=V" strings) as a dict, later entries winning, entries without '=' ignored."""
+    env: dict[str, str] = {}
+    for entry in process_env:
+        key, sep, value = entry.partition("=")
+        if sep and key:
+            env[key] = value
+    return env
+
+
+__all__ = ["LoadedApp", "ComponentLoad", "load_app", "env_from_oci"]
