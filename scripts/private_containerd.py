@@ -9,7 +9,9 @@ shared/reference/containerd-test-env.md, cited below as "ref §N".
 What cannot be kept inside the work dir (containerd and its runc shim hard-code it, ref §1):
 /run/containerd/s/<sha256> (shim sockets), /run/containerd/runc/<ns> (runc state), /run/containerd/fifo (ctr's
 FIFOs) and the cgroups /sys/fs/cgroup/*/<ns>/<id>. `stop()` cleans up only the entries it can prove are this
-daemon's (by its gRPC address or its state dir), never another containerd's.
+daemon's (by its gRPC address, its state dir, or a pre-start snapshot), never another containerd's. Since
+runc state and cgroups are keyed by namespace and container id only, tests that may run in parallel with other
+containerds should use a namespace of their own.
 
 Use as a library::
 
@@ -457,8 +459,9 @@ class PrivateContainerd:
         Before that, every task is killed and deleted through ctr: shims outlive containerd by design, so
         stopping the daemon alone would leave shims and containers running. Afterwards, leftovers are removed only
         when provably ours: shim processes started with our `-address`, runc state whose bundle is in our state
-        dir, shim sockets whose name hashes our address, and cgroup / runc namespace dirs that did not exist
-        before start() (rmdir only, so a cgroup with processes is never touched).
+        dir, mounts inside workdir, shim sockets whose name hashes our address, and cgroup / runc namespace dirs
+        that did not exist before start() (rmdir only, so a cgroup with processes is never touched). Safe to call
+        twice, or after the daemon died on its own.
         """
         owned_ids: set[tuple[str, str]] = set()
         pid = self._running_pid()
