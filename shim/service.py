@@ -24,7 +24,7 @@ from shim.events import timestamp_from_ns
 from shim.options import parse_task_options
 from shim.task import DaemonContext, Task
 from shim.task_state import TaskState
-from shim.ttrpc.server import CallContext
+from shim.ttrpc.server import CallContext, Method
 
 log = logging.getLogger("shim.service")
 
@@ -155,9 +155,9 @@ class TaskService:
 
     # -- registry ------------------------------------------------------------------
 
-    def methods(self) -> dict[str, tuple[type, Callable[..., Any]]]:
+    def methods(self) -> dict[str, Method]:
         m = shim_pb2
-        methods: dict[str, tuple[type, Callable[..., Any]]] = {
+        pairs: dict[str, tuple[type, Callable[..., Any]]] = {
             "Create": (m.CreateTaskRequest, self.create),
             "Start": (m.StartRequest, self.start),
             "State": (m.StateRequest, self.state),
@@ -175,8 +175,8 @@ class TaskService:
                     "Checkpoint": m.CheckpointTaskRequest, "Exec": m.ExecProcessRequest,
                     "ResizePty": m.ResizePtyRequest}
         for name, request_class in requests.items():
-            methods[name] = (request_class, _unsupported(_UNSUPPORTED[name]))
-        return methods
+            pairs[name] = (request_class, _unsupported(_UNSUPPORTED[name]))
+        return {name: Method(request_class, handler) for name, (request_class, handler) in pairs.items()}
 
 
 def _unsupported(message: str) -> Callable[..., Any]:

@@ -1,0 +1,70 @@
+"""Checks shared by the end-to-end tests: what a shim leaves behind, and polling."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+RUNTIME = "io.containerd.spin.v2"
+SHIM_NAME = "containerd-shim-spin-v2"
+
+
+# -- leak checks ---------------------------------------------------------------------
+
+def shim_processes(daemon) -> list[int]:
+    """Our shim daemons and instance processes belonging to this containerd."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.endswith(SHIM_NAME.encode()) for arg in cmdline[:2]) and \
+                daemon.address.encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+def task_cgroups(task_id: str, namespace: str = "default") -> list[Path]:
+    return [p for p in Path("/sys/fs/cgroup").glob(f"*/{namespace}/{task_id}") if p.exists()]
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+def shim_sockets_of(daemon, namespace: str, groups: list[str]) -> list[Path]:
+    from shim.start import socket_path
+
+    return [Path(p) for p in (socket_path(daemon.address, namespace, g) for g in groups)
+            if Path(p).exists()]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def assert_no_leaks(daemon, task_ids: list[str], namespace: str = "default") -> None:
+    """No shim or instance process, socket, mount or cgroup of these tasks remains.
+
+    Shim daemons exit shortly after their last task is deleted, so allow them a moment.
+    """
+    assert wait_until(lambda: not shim_processes(daemon), timeout=10), \
+        f"shim processes left: {shim_processes(daemon)}"
+    for task_id in task_ids:
+        assert not task_cgroups(task_id, namespace), f"cgroups left: {task_cgroups(task_id, namespace)}"
+    assert not shim_sockets_of(daemon, namespace, task_ids), "shim sockets left"
+    assert not mounts_under(daemon.state_dir), f"mounts left: {mounts_under(daemon.state_dir)}"
+    listing = daemon.ctr("tasks", "ls", namespace=namespace).stdout
+    for task_id in task_ids:
+        assert task_id not in listing.split(), f"task {task_id} still listed:\n{listing}"
