@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -40,10 +39,10 @@ ENGINE_SETTINGS: dict[str, object] = {
     "wasm_component_model": True,
 }
 
-# Host CPU features Cranelift uses when it compiles for the native target ("has_*" ISA flags); an artifact
-# compiled with one of these on cannot run on a CPU without it.
+# Host CPU features Cranelift uses when it compiles for the native target ("has_*" ISA flags; Linux calls SSE3
+# "pni"); an artifact compiled with one of these on cannot run on a CPU without it.
 _X86_FLAGS = (
-    "sse3", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "avx", "avx2", "fma", "bmi1", "bmi2", "lzcnt", "abm",
+    "sse3", "pni", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "avx", "avx2", "fma", "bmi1", "bmi2", "lzcnt", "abm",
     "avx512f", "avx512vl", "avx512dq", "avx512bw", "avx512vbmi", "avx512bitalg",
 )
 _ARM_FLAGS = ("atomics", "paca", "pacg", "bti", "fphp", "asimdhp")
@@ -71,19 +70,25 @@ def _wasmtime_build_id() -> str:
     """wasmtime-py's version plus the size of its bundled libwasmtime.
 
     The version alone names the release; the size distinguishes a locally rebuilt library of the same version
-    (one stat, where hashing the 30 MB library would cost more than loading the app).
+    (one stat, where hashing the 30 MB library would cost more than loading the app). The version comes from
+    the ``wasmtime-<version>.dist-info`` directory next to the package: importlib.metadata would cost ~11 ms of
+    imports (email.*) in every instance process.
     """
-    version = importlib.metadata.version("wasmtime")
+    version = "?"
     size = "?"
-    try:
-        spec_origin = importlib.util.find_spec("wasmtime")
-        if spec_origin is not None and spec_origin.origin is not None:
-            package_dir = Path(spec_origin.origin).parent
-            for candidate in package_dir.glob("*/_libwasmtime.*"):
-                size = str(candidate.stat().st_size)
-                break
-    except (OSError, ImportError):
-        pass
+    spec = importlib.util.find_spec("wasmtime")
+    if spec is not None and spec.origin is not None:
+        package_dir = Path(spec.origin).parent
+        for dist_info in package_dir.parent.glob("wasmtime-*.dist-info"):
+            version = dist_info.name[len("wasmtime-") : -len(".dist-info")]
+            break
+        for library in package_dir.glob("*/_libwasmtime.*"):
+            size = str(library.stat().st_size)
+            break
+    if version == "?":
+        from importlib import metadata  # an unusual install layout (zipapp, vendored): pay for the slow path
+
+        version = metadata.version("wasmtime")
     return f"wasmtime-py {version} lib {size}"
 
 

@@ -21,24 +21,26 @@ Argument and environment rules (decided here; the shim passes the OCI spec's pro
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, NamedTuple
 
 from runtime.errors import AppNotFoundError, ManifestError, UnsupportedTriggerError
-from runtime.files import StagedFiles, sweep_stale_staging, stage_component_files
-from runtime.guest import ComponentCommand, CoreCommand, GuestSetup
-from runtime.interrupt import Interrupter
-from runtime.manifest import MANIFEST_FILE_NAME, LocalSource, Manifest, load_manifest
-from runtime.paths import PathEscapeError, resolve_in_root
-from runtime.precompile import CacheResult, PrecompileCache
 from runtime.settings import RuntimeSettings
-from runtime.wasm_binary import WasmKind, detect_kind
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from runtime.files import StagedFiles
+    from runtime.guest import ComponentCommand, CoreCommand, GuestSetup
+    from runtime.interrupt import Interrupter
+    from runtime.manifest import Manifest
+    from runtime.precompile import CacheResult
+    from runtime.wasm_binary import WasmKind
+
+# The manifest model, file staging, the cache and wasmtime are imported by load_app, not here: the shim imports
+# this module in processes that never load an app, and they cost ~35 ms of imports (tomllib, dataclasses,
+# tempfile, logging) before wasmtime's own ~25 ms. Measured with `python -X importtime -c "import runtime.loader"`.
+MANIFEST_FILE_NAME = "spin.toml"  # == runtime.manifest.MANIFEST_FILE_NAME (kept here to keep this import light)
 
 COMMAND_TRIGGER = "command"
 #: Spin trigger types this runtime knows of but does not run (yet); anything else is "unknown".
@@ -51,8 +53,7 @@ _LATER_TRIGGERS = {
 }
 
 
-@dataclass(frozen=True)
-class ComponentLoad:
+class ComponentLoad(NamedTuple):
     """How one wasm was loaded: for the shim's log line and for tests ("no compile on a warm start")."""
 
     name: str
@@ -147,6 +148,11 @@ def load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: Run
 def _load_spin_app(
     root_dir: Path, manifest_path: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings
 ) -> LoadedApp:
+    from runtime.files import stage_component_files, sweep_stale_staging
+    from runtime.guest import GuestSetup
+    from runtime.manifest import LocalSource, load_manifest
+    from runtime.paths import resolve_in_root
+
     manifest = load_manifest(manifest_path)
     component_id = _command_component(manifest)
     component = manifest.components[component_id]
@@ -205,6 +211,10 @@ def _names_the_app(arg0: str) -> bool:
 
 
 def _load_bare_wasm(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
+    from runtime.files import StagedFiles
+    from runtime.guest import GuestSetup
+    from runtime.paths import PathEscapeError, resolve_in_root
+
     try:
         wasm_path = resolve_in_root(root_dir, args[0])
     except PathEscapeError as exc:
@@ -229,7 +239,13 @@ def _build(
     settings: RuntimeSettings,
     description: str,
 ) -> LoadedApp:
+    import logging
+
     from runtime.engine import shared_engine
+    from runtime.guest import ComponentCommand, CoreCommand
+    from runtime.interrupt import Interrupter
+    from runtime.precompile import PrecompileCache
+    from runtime.wasm_binary import WasmKind
 
     kind, digest = _sniff(wasm_path, what)
     engine = shared_engine()
@@ -243,12 +259,16 @@ def _build(
         command = CoreCommand(setup, engine, settings.max_instance_memory, compiled)  # type: ignore[arg-type]
         description += " (WASI p1 module)"
     load = ComponentLoad(name=setup.name, wasm_path=wasm_path, kind=kind, cache=result)
-    log.debug("loaded %s: cache %s in %.1f ms", description, result.outcome, result.seconds * 1000)
+    logging.getLogger(__name__).debug("loaded %s: cache %s in %.1f ms", description, result.outcome, result.seconds * 1000)
     return LoadedApp(command, Interrupter(engine), staged, (load,), description)
 
 
 def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
     """Kind from the header and sha256 of the whole file, in one pass over it."""
+    import hashlib
+
+    from runtime.wasm_binary import detect_kind
+
     digest = hashlib.sha256()
     try:
         with open(wasm_path, "rb") as handle:
