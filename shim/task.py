@@ -9,17 +9,16 @@ containerd's runtime v2 demands: create, start, (oom), exit, delete (reference Â
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from proto.containerd.events import task_pb2 as events
 from proto.containerd.types import mount_pb2
+from shim.bundle_state import remove_task_state, write_task_state
 from shim.cgroups import Cgroup
 from shim.errors import InvalidArgument, RpcError, Unimplemented
 from shim.events import EventPublisher
@@ -32,10 +31,6 @@ from shim.stdio import TaskStdio, open_task_stdio
 from shim.task_state import TaskEvent, TaskState, next_state
 
 log = logging.getLogger("shim.task")
-
-# Written into the bundle so that `containerd-shim-spin-v2 delete` can clean up after a
-# daemon that died (SIGKILL, OOM): which pid to kill, which cgroup to remove.
-TASK_STATE_FILE = "spin-shim-task.json"
 
 TERMINAL_UNSUPPORTED = (
     "a terminal was requested (ctr run -t, or tty: true in the pod spec), but a Wasm "
@@ -117,7 +112,7 @@ class Task:
                 _quiet(unmount_all, rootfs_mounted)
             raise InvalidArgument(f"cannot create task {request.id}: {exc}") from None
         task.instance.exited.add_done_callback(task._on_exit)
-        task._write_state_file(cgroup, systemd)
+        task._write_state_file(systemd)
         context.publisher.publish("/tasks/create", events.TaskCreate(
             container_id=task.id, bundle=str(bundle),
             rootfs=[mount_pb2.Mount(type=m.type, source=m.source, target=m.target,
@@ -128,14 +123,9 @@ class Task:
         ))
         return task
 
-    def _write_state_file(self, cgroup: Cgroup | None, systemd: bool) -> None:
-        state = {"pid": self.instance.pid, "pid_start": _process_start_time(self.instance.pid),
-                 "cgroups_path": self.spec.cgroups_path, "systemd_cgroup": systemd,
-                 "rootfs": self.rootfs_mounted}
-        path = self.bundle / TASK_STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
+    def _write_state_file(self, systemd: bool) -> None:
+        write_task_state(self.bundle, pid=self.instance.pid, cgroups_path=self.spec.cgroups_path,
+                         systemd_cgroup=systemd, rootfs=self.rootfs_mounted)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -198,7 +188,7 @@ class Task:
             except OSError as exc:
                 log.warning("task %s: rootfs not unmounted: %s", self.id, exc)
             self.rootfs_mounted = None
-        _quiet(os.unlink, self.bundle / TASK_STATE_FILE)
+        remove_task_state(self.bundle)
 
 
 def _rootfs_dir(bundle: Path, spec: RuntimeSpec) -> Path:
@@ -227,21 +217,9 @@ def _timestamp(ns: int) -> Any:
     return timestamp_from_ns(ns)
 
 
-def _process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/pid/stat: with the pid, identifies the process across pid reuse."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _quiet(fn: Callable[..., Any], *args: Any) -> None:
     try:
         fn(*args)
     except (OSError, RpcError):
         pass
 
-
-def now_ns() -> int:
-    return time.time_ns()

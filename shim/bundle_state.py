@@ -1,0 +1,50 @@
+"""The small record a task leaves in its bundle for `delete` to clean up after a crash.
+
+Written at Create by the daemon, read by `containerd-shim-spin-v2 delete` when the
+daemon died (SIGKILL, OOM) and nobody else knows which instance process to kill, which
+cgroup to remove and whether the rootfs is still mounted. Kept in its own module so
+`delete`, which runs on every task removal, imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+TASK_STATE_FILE = "spin-shim-task.json"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/pid/stat: with the pid, identifies a process across pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def write_task_state(bundle: Path, *, pid: int, cgroups_path: str | None, systemd_cgroup: bool,
+                     rootfs: str | None) -> None:
+    state = {"pid": pid, "pid_start": process_start_time(pid), "cgroups_path": cgroups_path,
+             "systemd_cgroup": systemd_cgroup, "rootfs": rootfs}
+    path = bundle / TASK_STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+def read_task_state(bundle: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((bundle / TASK_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def remove_task_state(bundle: Path) -> None:
+    try:
+        os.unlink(bundle / TASK_STATE_FILE)
+    except OSError:
+        pass
