@@ -99,7 +99,9 @@ async def _start_logger(uri: urllib.parse.ParseResult, task_id: str, namespace: 
     try:
         logger = subprocess.Popen(  # reaped by the daemon's reaper; exit status unused
             args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=child_fds, close_fds=False,
+            # close_fds runs after preexec_fn: every other fd, the high copies included, is
+            # closed, so the logger's close(5) is the last writer going away.
+            stderr=subprocess.DEVNULL, preexec_fn=child_fds, close_fds=True, pass_fds=(3, 4, 5),
             start_new_session=True,
         )
     except OSError as exc:
