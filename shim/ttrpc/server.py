@@ -294,7 +294,6 @@ class TtrpcServer:
         self._require_same_user = require_same_user
         self._listeners: list[asyncio.AbstractServer] = []
         self._connections: set[_Connection] = set()
-        self._connection_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._closed = asyncio.Event()
 
@@ -339,16 +338,11 @@ class TtrpcServer:
     async def _run_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(self, reader, writer)
         self._connections.add(conn)
-        task = asyncio.current_task()
-        if task is not None:
-            self._connection_tasks.add(task)
         log.debug("ttrpc connection opened (%d open)", len(self._connections))
         try:
             await conn.run()
         finally:
             self._connections.discard(conn)
-            if task is not None:
-                self._connection_tasks.discard(task)
             log.debug("ttrpc connection closed (%d open)", len(self._connections))
             if self._on_connection_closed is not None:
                 try:
