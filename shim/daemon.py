@@ -92,8 +92,8 @@ async def _serve(sock: socket.socket, args: DaemonArgs) -> None:
     idle.update(0)
     await stop.wait()
     log.debug("shutting down")
-    server.close()
-    await server.wait_closed()
+    # In-flight calls (Shutdown's own reply) are answered before connections close.
+    await server.shutdown(grace=1.0)
     server_task.cancel()
     await publisher.close()
 
