@@ -12,6 +12,7 @@ or the config description (and for the shim's short-lived ``start``).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib.util
@@ -135,5 +136,21 @@ def shared_engine() -> wasmtime.Engine:
         if _engine is None or _engine_pid != os.getpid():
             _engine = new_engine()
             _engine_pid = os.getpid()
+            atexit.register(_close_engine_at_exit)
         return _engine
+
+
+def _close_engine_at_exit() -> None:
+    """Drop our Engine handle while wasmtime's ctypes bindings still exist.
+
+    Left to interpreter teardown, the module-global Engine can be finalised after wasmtime's own module globals
+    are gone, and its __del__ then prints "Exception ignored ... 'NoneType' object is not callable" to fd 2: in
+    an instance process that is the container's log. Closing is safe while modules/stores are alive: wasmtime's
+    Engine is reference-counted inside the C library, the Python object only holds one reference.
+    """
+    global _engine
+    with _engine_lock:
+        if _engine is not None:
+            _engine.close()
+            _engine = None
 

@@ -52,7 +52,10 @@ class Interrupter:
     def request(self) -> None:
         """Thread-safe; idempotent. The guest traps at its next epoch check."""
         self._requested.set()
-        self._engine.increment_epoch()
+        try:
+            self._engine.increment_epoch()
+        except ValueError:
+            pass  # the Engine handle was closed at interpreter exit: nothing is running any more
 
     def arm(self, store: wasmtime.Store) -> None:
         """Install the callback and a one-tick deadline. Call before instantiating (instantiation checks it)."""
