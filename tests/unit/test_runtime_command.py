@@ -9,7 +9,6 @@ on a thread that calls interrupt() while the main thread is inside run().
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
 import subprocess
 import sys
