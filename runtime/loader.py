@@ -26,7 +26,7 @@ import threading
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
-from runtime.errors import AppNotFoundError, ManifestError, UnsupportedTriggerError
+from runtime.errors import AppError, AppNotFoundError, ManifestError, UnsupportedTriggerError
 from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
@@ -123,8 +123,25 @@ class LoadedApp:
 
 
 def load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
-    """Find, validate and load the app in ``root_dir`` (the container rootfs). Raises AppError subclasses."""
+    """Find, validate and load the app in ``root_dir`` (the container rootfs). Raises AppError subclasses.
+
+    Messages name files as the image has them (``/spin.toml``), not where the rootfs happens to
+    be mounted on the node: the user reading them knows the image, not the bundle path.
+    """
     root_dir = Path(root_dir)
+    try:
+        return _load_app(root_dir, args, env, settings)
+    except AppError as exc:
+        exc.args = (_image_relative(str(exc), root_dir),) + exc.args[1:]
+        raise
+
+
+def _image_relative(message: str, root_dir: Path) -> str:
+    root = str(root_dir).rstrip("/")
+    return message.replace(root + "/", "/").replace(root, "/") if root else message
+
+
+def _load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
     settings = settings.with_task_env(env)
     manifest_path = root_dir / MANIFEST_FILE_NAME
     if manifest_path.is_file():

@@ -39,6 +39,7 @@ def test_missing_wasm_file(containerd, images, guests):
     error = _ctr_error_line(stderr)
     assert "failed to create shim task" in error
     assert "/nope.wasm" in error and "no such file" in error
+    assert str(containerd.state_dir) not in error  # named as in the image, not by node path
     assert "spin shim: " in stderr  # also written to the task's stderr
     assert_no_leaks(containerd, ["err-missing"])
 
