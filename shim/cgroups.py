@@ -50,6 +50,15 @@ def expand_systemd_path(cgroups_path: str) -> str:
     return f"{path}/{unit}"
 
 
+def _missing_from_top(path: Path) -> list[Path]:
+    """The directories of `path` that do not exist yet, outermost first."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return list(reversed(missing))
+
+
 def _own_cgroup_paths() -> dict[str, str]:
     """This process's cgroup per hierarchy, for resolving a relative cgroupsPath."""
     result: dict[str, str] = {}
@@ -120,12 +129,7 @@ class Cgroup:
     def _create_cpuset(path: Path) -> None:
         """A new v1 cpuset cgroup starts with empty cpus/mems, and adding a process to it
         fails with ENOSPC; copy the parent's down every new level, as runc does."""
-        missing = []
-        probe = path
-        while not probe.exists():
-            missing.append(probe)
-            probe = probe.parent
-        for directory in reversed(missing):
+        for directory in _missing_from_top(path):
             directory.mkdir(exist_ok=True)
             for name in ("cpuset.cpus", "cpuset.mems"):
                 own = directory / name
@@ -135,12 +139,7 @@ class Cgroup:
     @staticmethod
     def _create_unified(path: Path) -> None:
         """In v2 a controller works in a child only if every ancestor delegates it."""
-        missing = []
-        probe = path
-        while not probe.exists():
-            missing.append(probe)
-            probe = probe.parent
-        for directory in reversed(missing):
+        for directory in _missing_from_top(path):
             parent = directory.parent
             try:
                 available = (parent / "cgroup.controllers").read_text().split()

@@ -99,18 +99,14 @@ class Task:
             except BaseException:
                 task._release()
                 raise
-        except RpcError as exc:
-            stdio.write_error(f"spin shim: {exc.message}")
+        except (RpcError, OSError) as exc:
+            error = exc if isinstance(exc, RpcError) else InvalidArgument(
+                f"cannot create task {request.id}: {exc}")
+            stdio.write_error(f"spin shim: {error.message}")
             stdio.close()
             if rootfs_mounted:
                 _quiet(unmount_all, rootfs_mounted)
-            raise
-        except OSError as exc:
-            stdio.write_error(f"spin shim: cannot create task: {exc}")
-            stdio.close()
-            if rootfs_mounted:
-                _quiet(unmount_all, rootfs_mounted)
-            raise InvalidArgument(f"cannot create task {request.id}: {exc}") from None
+            raise error from None
         task.instance.exited.add_done_callback(task._on_exit)
         task._write_state_file(systemd)
         context.publisher.publish("/tasks/create", events.TaskCreate(
