@@ -110,6 +110,8 @@ def test_detached_lifecycle_ls_ps_metrics_kill_rm(containerd, loop_image):
         assert task_cgroups(task_id), "task cgroup missing"
         memory_procs = [p / "cgroup.procs" for p in task_cgroups(task_id) if "memory" in str(p)]
         assert memory_procs and str(pid) in memory_procs[0].read_text().split()
+        # Without --net-host the spec asks for a new network namespace: the instance has its own.
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
 
         ps = containerd.ctr("tasks", "ps", task_id).stdout
         assert str(pid) in ps.split()
@@ -173,6 +175,19 @@ def test_shim_daemon_killed_under_a_running_task(containerd, loop_image):
                           or not open(f"/proc/{instance_pid}/cmdline", "rb").read(), timeout=10)
         containerd.ctr("tasks", "rm", "-f", task_id, check=False)
         containerd.ctr("containers", "rm", task_id)
+    finally:
+        _remove(containerd, task_id)
+    assert_no_leaks(containerd, [task_id])
+
+
+def test_net_host_task_shares_the_host_network_namespace(containerd, loop_image):
+    task_id = "net-host"
+    try:
+        containerd.ctr("run", "-d", "--net-host", "--runtime", RUNTIME, loop_image, task_id)
+        pid = int(_task_line(containerd, task_id)[1])
+        assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
+        containerd.ctr("tasks", "kill", "-s", "SIGKILL", task_id)
+        assert wait_until(lambda: _task_status(containerd, task_id) == "STOPPED", timeout=15)
     finally:
         _remove(containerd, task_id)
     assert_no_leaks(containerd, [task_id])
