@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 
 from proto.containerd.services.events.ttrpc.v1 import events_pb2
 from shim.ttrpc.client import TtrpcClient
@@ -81,7 +81,7 @@ class EventPublisher:
                 if self._client is None:
                     self._client = await TtrpcClient.connect(self._address)
                 await self._client.call(FORWARD_SERVICE, "Forward", request,
-                                        _empty_response(), timeout=_SEND_TIMEOUT)
+                                        empty_pb2.Empty, timeout=_SEND_TIMEOUT)
                 return
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect and retry
                 log.warning("publish %s failed (attempt %d): %s",
@@ -91,9 +91,3 @@ class EventPublisher:
                     self._client = None
                 await asyncio.sleep(0.1 * attempt)
         log.error("dropped event %s after %d attempts", request.envelope.topic, _MAX_ATTEMPTS)
-
-
-def _empty_response() -> type:
-    from google.protobuf import empty_pb2
-
-    return empty_pb2.Empty

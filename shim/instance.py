@@ -19,12 +19,12 @@ import json
 import logging
 import os
 import signal
-from dataclasses import dataclass
 from typing import Protocol
 
 from shim.cgroups import Cgroup
 from shim.errors import Internal, InvalidArgument, NotFound
 from shim.instance_process import InstancePlan, run_instance_process
+from shim.pipes import read_until_eof
 from shim.reaper import ExitStatus, Reaper
 from shim.stdio import TaskStdio
 
@@ -45,14 +45,6 @@ class Instance(Protocol):
     def release(self) -> list[str]: ...
 
 
-@dataclass
-class _Pipes:
-    status_r: int
-    status_w: int
-    go_r: int
-    go_w: int
-
-
 class WasmInstance:
     """A Wasm task: one instance process, a child of the daemon, in the task's cgroup."""
 
@@ -65,7 +57,7 @@ class WasmInstance:
         self._go_w: int | None = None
         self._oom_count_at_start = 0
         self.pid = 0
-        self.exited: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        self.exited: asyncio.Future[ExitStatus]  # the reaper's, set at fork
 
     async def create(self) -> int:
         if self._cgroup is not None:
@@ -77,14 +69,13 @@ class WasmInstance:
         pid = os.fork()
         if pid == 0:  # the instance process; never returns
             run_instance_process(self._plan, self._stdio, self._cgroup, status_w, go_r)
-        exited = self._reaper.watch(pid)  # before the loop can handle a SIGCHLD
-        exited.add_done_callback(self._on_exit)
+        self.exited = self._reaper.watch(pid)  # before the loop can handle a SIGCHLD
         self.pid = pid
         os.close(status_w)
         os.close(go_r)
         self._go_w = go_w
         self._stdio.close()  # the instance process holds its own copies now
-        report = await _read_to_eof(status_r)
+        report = await read_until_eof(status_r)
         os.close(status_r)
         try:
             message = json.loads(report) if report else None
@@ -95,7 +86,7 @@ class WasmInstance:
             if isinstance(message, dict) and message.get("error"):
                 error_class = InvalidArgument if message.get("user_error") else Internal
                 raise error_class(message["error"])
-            status = exited.result() if exited.done() else None
+            status = self.exited.result() if self.exited.done() else None
             raise Internal(f"instance process exited during create"
                            f"{f' with status {status.code}' if status else ''}")
         log.debug("instance %s ready as pid %d", self._plan.task_id, pid)
@@ -111,10 +102,6 @@ class WasmInstance:
             except ProcessLookupError:
                 pass
             await asyncio.shield(self.exited)
-
-    def _on_exit(self, future: asyncio.Future[ExitStatus]) -> None:
-        if not self.exited.done():
-            self.exited.set_result(future.result())
 
     def start(self) -> int:
         if self._go_w is None:
@@ -168,21 +155,3 @@ class WasmInstance:
             self._go_w = None
         self._stdio.close()
         return self._cgroup.remove() if self._cgroup is not None else []
-
-
-async def _read_to_eof(fd: int) -> bytes:
-    """Read the instance's one status message; EOF comes with the message (the child
-    closes its end after writing) or with the child's death."""
-    loop = asyncio.get_running_loop()
-    chunks: list[bytes] = []
-    while True:
-        readable = loop.create_future()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
-        try:
-            await readable
-        finally:
-            loop.remove_reader(fd)
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)

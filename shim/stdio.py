@@ -17,6 +17,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from shim.errors import InvalidArgument
+from shim.pipes import read_until_eof
 
 _LOGGER_READY_TIMEOUT = 10.0
 
@@ -113,25 +114,12 @@ async def _start_logger(uri: urllib.parse.ParseResult, task_id: str, namespace: 
     stdio.logger = logger
     stdio._owned.extend((out_w, err_w))
     try:
-        await asyncio.wait_for(_wait_closed(ready_r), _LOGGER_READY_TIMEOUT)
+        await asyncio.wait_for(read_until_eof(ready_r), _LOGGER_READY_TIMEOUT)
     except asyncio.TimeoutError:
         raise InvalidArgument(f"logging binary {uri.path} did not become ready") from None
     finally:
         os.close(ready_r)
     return out_w, err_w
-
-
-async def _wait_closed(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        done = loop.create_future()
-        loop.add_reader(fd, done.set_result, None)
-        try:
-            await done
-        finally:
-            loop.remove_reader(fd)
-        if not os.read(fd, 4096):
-            return
 
 
 async def open_task_stdio(stdin: str, stdout: str, stderr: str, *, task_id: str,

@@ -21,7 +21,7 @@ from proto.containerd.types import mount_pb2
 from shim.bundle_state import remove_task_state, write_task_state
 from shim.cgroups import Cgroup
 from shim.errors import InvalidArgument, RpcError, Unimplemented
-from shim.events import EventPublisher
+from shim.events import EventPublisher, timestamp_from_ns
 from shim.instance import Instance, WasmInstance
 from shim.instance_process import InstancePlan
 from shim.oci_spec import RuntimeSpec, load_spec
@@ -158,7 +158,7 @@ class Task:
         if self.started:
             self.context.publisher.publish("/tasks/exit", events.TaskExit(
                 container_id=self.id, id=self.id, pid=self.pid, exit_status=status.code,
-                exited_at=_timestamp(status.exited_at_ns)))
+                exited_at=timestamp_from_ns(status.exited_at_ns)))
         self.stopped.set()
 
     async def delete(self) -> ExitStatus | None:
@@ -172,7 +172,7 @@ class Task:
         self.context.publisher.publish("/tasks/delete", events.TaskDelete(
             container_id=self.id, id=self.id, pid=self.pid,
             exit_status=status.code if status else 0,
-            exited_at=_timestamp(status.exited_at_ns) if status else None))
+            exited_at=timestamp_from_ns(status.exited_at_ns) if status else None))
         return status
 
     def _release(self) -> None:
@@ -205,12 +205,6 @@ def _instance_plan(task_id: str, spec: RuntimeSpec, rootfs: Path, context: Daemo
         resources=spec.resources, cache_dir=context.cache_dir,
         max_instance_memory=int(max_memory) if max_memory and max_memory.isdigit() else None,
     )
-
-
-def _timestamp(ns: int) -> Any:
-    from shim.events import timestamp_from_ns
-
-    return timestamp_from_ns(ns)
 
 
 def _quiet(fn: Callable[..., Any], *args: Any) -> None:
