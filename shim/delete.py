@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
 from shim.bundle_state import process_start_time, read_task_state, remove_task_state
 from shim.cli import Flags
+from shim.start import remove_if_stale
 
 _KILLED_STATUS = 128 + signal.SIGKILL
 
@@ -84,19 +84,7 @@ def _remove_stale_socket(bundle: str) -> None:
             path = f.read().strip().removeprefix("unix://")
     except OSError:
         return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return  # a live daemon (it may serve other tasks of the pod)
-    except FileNotFoundError:
-        return
-    except OSError:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-    finally:
-        probe.close()
+    remove_if_stale(path)  # a live daemon may still serve other tasks of the pod
 
 
 def run_delete(flags: Flags) -> int:

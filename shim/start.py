@@ -87,6 +87,25 @@ def _group_key(bundle: str, task_id: str) -> str:
     return task_id
 
 
+def remove_if_stale(path: str) -> bool:
+    """Remove a shim socket nobody listens on any more (its daemon died); True if a live
+    daemon answers on it. Used by `start` to share or replace, by `delete` to clean up."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return False
+    finally:
+        probe.close()
+
+
 def bind_or_reuse(path: str) -> socket.socket | None:
     """A listening socket for a new daemon, or None when a live daemon already owns it."""
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
@@ -98,15 +117,9 @@ def bind_or_reuse(path: str) -> socket.socket | None:
             sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
+            if remove_if_stale(path):
                 return None  # a daemon for this group is alive: share it
-            except OSError:
-                os.unlink(path)  # stale: its daemon died
-                continue
-            finally:
-                probe.close()
+            continue
         os.chmod(path, 0o600)
         sock.listen(128)
         return sock

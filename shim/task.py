@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from shim.instance_process import InstancePlan
 from shim.oci_spec import RuntimeSpec, load_spec
 from shim.reaper import ExitStatus, Reaper
 from shim.rootfs import MountSpec, mount_rootfs, unmount_all
-from shim.stdio import TaskStdio, open_task_stdio
+from shim.stdio import open_task_stdio
 from shim.task_state import TaskEvent, TaskState, next_state
 
 log = logging.getLogger("shim.task")
