@@ -24,14 +24,17 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from runtime.errors import AppError, AppNotFoundError, ManifestError, UnsupportedTriggerError
 from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
+    import wasmtime
+
     from runtime.files import StagedFiles
     from runtime.guest import ComponentCommand, CoreCommand, GuestSetup
+    from runtime.http.trigger import HttpApp
     from runtime.interrupt import Interrupter
     from runtime.manifest import Manifest
     from runtime.precompile import CacheResult
@@ -43,9 +46,9 @@ if TYPE_CHECKING:
 MANIFEST_FILE_NAME = "spin.toml"  # == runtime.manifest.MANIFEST_FILE_NAME (kept here to keep this import light)
 
 COMMAND_TRIGGER = "command"
-#: Spin trigger types this runtime knows of but does not run (yet); anything else is "unknown".
-_LATER_TRIGGERS = {
-    "http": "the http trigger is not implemented in this build yet (it comes in a later version of this shim)",
+HTTP_TRIGGER = "http"  # == runtime.http.trigger.HTTP_TRIGGER
+#: Spin trigger types this runtime knows of but does not run; anything else is "unknown".
+_UNSUPPORTED_TRIGGERS = {
     "redis": "the redis trigger is not supported by this shim",
     "mqtt": "the mqtt trigger is not supported by this shim",
     "sqs": "the sqs trigger is not supported by this shim",
@@ -122,7 +125,7 @@ class LoadedApp:
         self.close()
 
 
-def load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
+def load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp | HttpApp:
     """Find, validate and load the app in ``root_dir`` (the container rootfs). Raises AppError subclasses.
 
     Messages name files as the image has them (``/spin.toml``), not where the rootfs happens to
@@ -141,7 +144,7 @@ def _image_relative(message: str, root_dir: Path) -> str:
     return message.replace(root + "/", "/").replace(root, "/") if root else message
 
 
-def _load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
+def _load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp | HttpApp:
     settings = settings.with_task_env(env)
     manifest_path = root_dir / MANIFEST_FILE_NAME
     if manifest_path.is_file():
@@ -164,13 +167,27 @@ def _load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: Ru
 
 def _load_spin_app(
     root_dir: Path, manifest_path: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings
+) -> LoadedApp | HttpApp:
+    from runtime.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path)
+    if _trigger_type(manifest) == HTTP_TRIGGER:
+        from runtime.http.trigger import load_http_app
+
+        # The rootfs is the task's work directory: Spin keeps the default key-value store under `.spin/` there,
+        # so data outlives a restart of the task on the same container (as with `spin up` in the app dir).
+        return load_http_app(manifest, args, env, settings, work_dir=root_dir)
+    return _load_command_app(manifest, manifest_path, args, env, settings)
+
+
+def _load_command_app(
+    manifest: Manifest, manifest_path: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings
 ) -> LoadedApp:
     from runtime.files import stage_component_files, sweep_stale_staging
     from runtime.guest import GuestSetup
-    from runtime.manifest import LocalSource, load_manifest
+    from runtime.manifest import LocalSource
     from runtime.paths import resolve_in_root
 
-    manifest = load_manifest(manifest_path)
     component_id = _command_component(manifest)
     component = manifest.components[component_id]
     assert isinstance(component.source, LocalSource)  # load_manifest rejected the others
@@ -192,18 +209,32 @@ def _load_spin_app(
         raise
 
 
-def _command_component(manifest: Manifest) -> str:
-    """The component the app's single command trigger runs; UnsupportedTriggerError for any other trigger."""
+def _trigger_type(manifest: Manifest) -> str:
+    """The app's one trigger type (http or command); UnsupportedTriggerError for anything else or a mix."""
     for trigger_type in manifest.trigger_types:
-        if trigger_type == COMMAND_TRIGGER:
+        if trigger_type in (COMMAND_TRIGGER, HTTP_TRIGGER):
             continue
-        reason = _LATER_TRIGGERS.get(
+        reason = _UNSUPPORTED_TRIGGERS.get(
             trigger_type,
-            f"unknown trigger type {trigger_type!r} (Spin trigger types are http, redis, mqtt, sqs and command)",
+            f"unknown trigger type {trigger_type!r} (Spin trigger types are http, redis, mqtt, sqs, cron and command)",
         )
         raise UnsupportedTriggerError(
-            f"{manifest.path}: [[trigger.{trigger_type}]]: {reason}; this build runs only [[trigger.command]] apps"
+            f"{manifest.path}: [[trigger.{trigger_type}]]: {reason}; this shim runs [[trigger.http]] and "
+            "[[trigger.command]] apps"
         )
+    types = manifest.trigger_types
+    if not types:
+        raise ManifestError(f"{manifest.path}: the app declares no triggers; add [[trigger.http]] tables")
+    if len(types) > 1:
+        raise UnsupportedTriggerError(
+            f"{manifest.path}: the app mixes [[trigger.http]] and [[trigger.command]]; a task runs one trigger "
+            "type, so split it into two apps (or retain one kind with SPIN_COMPONENTS_TO_RETAIN)"
+        )
+    return types[0]
+
+
+def _command_component(manifest: Manifest) -> str:
+    """The component the app's single command trigger runs."""
     commands = manifest.triggers_of_type(COMMAND_TRIGGER)
     if not commands:
         raise ManifestError(f"{manifest.path}: the app declares no triggers; add a [[trigger.command]] table")
@@ -256,28 +287,38 @@ def _build(
     settings: RuntimeSettings,
     description: str,
 ) -> LoadedApp:
-    import logging
-
-    from runtime.engine import shared_engine
     from runtime.guest import ComponentCommand, CoreCommand
     from runtime.interrupt import Interrupter
-    from runtime.precompile import PrecompileCache
     from runtime.wasm_binary import WasmKind
 
-    kind, digest = _sniff(wasm_path, what)
-    engine = shared_engine()
-    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify)
-    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest)
+    compiled, load, engine = compile_wasm(wasm_path, what, setup.name, settings)
     command: CoreCommand | ComponentCommand
-    if kind is WasmKind.COMPONENT:
+    if load.kind is WasmKind.COMPONENT:
         command = ComponentCommand(setup, engine, settings.max_instance_memory, compiled)  # type: ignore[arg-type]
         description += " (WASI p2 component)"
     else:
         command = CoreCommand(setup, engine, settings.max_instance_memory, compiled)  # type: ignore[arg-type]
         description += " (WASI p1 module)"
-    load = ComponentLoad(name=setup.name, wasm_path=wasm_path, kind=kind, cache=result)
-    logging.getLogger(__name__).debug("loaded %s: cache %s in %.1f ms", description, result.outcome, result.seconds * 1000)
     return LoadedApp(command, Interrupter(engine), staged, (load,), description)
+
+
+def compile_wasm(wasm_path: Path, what: str, name: str,
+                 settings: RuntimeSettings) -> tuple[Any, ComponentLoad, wasmtime.Engine]:
+    """The precompiled module or component for ``wasm_path`` (from the cache, or compiled and cached).
+
+    Raises WasmLoadError naming ``what`` for a file that is not valid wasm.
+    """
+    import logging
+
+    from runtime.engine import shared_engine
+    from runtime.precompile import PrecompileCache
+
+    kind, digest = _sniff(wasm_path, what)
+    engine = shared_engine()
+    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify)
+    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest)
+    logging.getLogger(__name__).debug("loaded %s: cache %s in %.1f ms", what, result.outcome, result.seconds * 1000)
+    return compiled, ComponentLoad(name=name, wasm_path=wasm_path, kind=kind, cache=result), engine
 
 
 def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
@@ -309,4 +350,4 @@ def env_from_oci(process_env: list[str]) -> dict[str, str]:
     return env
 
 
-__all__ = ["LoadedApp", "ComponentLoad", "load_app", "env_from_oci"]
+__all__ = ["LoadedApp", "ComponentLoad", "load_app", "compile_wasm", "env_from_oci"]

@@ -193,6 +193,12 @@ def _wait_and_run(plan: InstancePlan, app: Any, go_r: int) -> int:
         # before it ran.
         return 0
     os.close(go_r)
+    if getattr(app, "serves_in_main_thread", False):
+        # An http app forks its workers and waits for them; the main thread's handler drains them on SIGTERM
+        # (waitpid is retried after the handler runs, PEP 475).
+        signal.signal(signal.SIGTERM, lambda *_: app.interrupt())
+        signal.signal(signal.SIGINT, lambda *_: app.interrupt())
+        return app.run()
     result: list[int] = []
 
     def run_guest() -> None:

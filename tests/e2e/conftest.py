@@ -105,6 +105,27 @@ def containerd_16(tmp_path_factory: pytest.TempPathFactory, shim_dir: Path,
         daemon.stop()
 
 
+@pytest.fixture(scope="module")
+def containerd_21(tmp_path_factory: pytest.TempPathFactory, shim_dir: Path,
+                  shim_cache_dir: Path) -> Iterator[PrivateContainerd]:
+    """The newest containerd, for the HTTP app matrix (the start path is covered on every version elsewhere)."""
+    daemon = _start_containerd("2.1", tmp_path_factory.mktemp("containerd-21"), shim_dir, shim_cache_dir)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def http_apps() -> dict[str, Path]:
+    """The real Spin HTTP apps built from the public SDKs (scripts/build_http_apps.py); name -> app dir."""
+    from build_http_apps import build
+
+    build_dir = build()
+    index = json.loads((build_dir / "index.json").read_text())
+    return {name: build_dir / entry["dir"] for name, entry in index["apps"].items()}
+
+
 class Images:
     """Builds wasm images from files and imports them into one containerd, once each."""
 
@@ -140,6 +161,11 @@ class Images:
 @pytest.fixture(scope="module")
 def images(containerd: PrivateContainerd, tmp_path_factory: pytest.TempPathFactory) -> Images:
     return Images(containerd, tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def images_21(containerd_21: PrivateContainerd, tmp_path_factory: pytest.TempPathFactory) -> Images:
+    return Images(containerd_21, tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")

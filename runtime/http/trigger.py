@@ -1,0 +1,346 @@
+"""Load a Spin app whose trigger is ``http``: its routes, one executor per component, Spin's services, a listener.
+
+Everything a user can get wrong is checked here, at task Create (in the instance process, inside the task's
+network namespace), so it fails ``ctr run`` / CreateContainer with a message instead of a 500 at request time:
+routes, executors, every component's imports, required variables, key-value stores, outbound host rules, and
+the listen address (bound here, so "address already in use" is a Create error too).
+
+``HttpApp.run`` (task Start) forks the worker processes that serve; they inherit the loaded executors (code pages
+of the mmapped precompiled components are shared, not copied) and the bound listener.
+
+Knobs read from the task environment, as containerd-shim-spin reads them:
+
+* ``SPIN_HTTP_LISTEN_ADDR`` (default ``0.0.0.0:80``): where the trigger listens, inside the task's netns.
+* ``SPIN_COMPONENTS_TO_RETAIN``: comma-separated component ids; only their routes are served (selective
+  deployment). An id the app does not have is an error, not silently nothing.
+* ``SPIN_MAX_INSTANCE_MEMORY``: bytes per instance (runtime.settings).
+
+and by this shim only: ``SPIN_SHIM_HTTP_WORKERS`` (worker processes; default: the CPUs the task may use) and
+``SPIN_SHIM_REQUEST_TIMEOUT`` (seconds a guest may take per request before the client gets a 504; default 30).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runtime.errors import InvalidSettingError, ManifestError, WasmLoadError
+from runtime.http.contract import ComponentConfig, Executor, ExecutorKind
+
+if TYPE_CHECKING:
+    import socket
+
+    from runtime.files import StagedFiles
+    from runtime.http.routing import Router
+    from runtime.loader import ComponentLoad
+    from runtime.manifest import Manifest, Trigger
+    from runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+HTTP_TRIGGER = "http"
+LISTEN_ADDR_ENV = "SPIN_HTTP_LISTEN_ADDR"
+DEFAULT_LISTEN_ADDR = "0.0.0.0:80"
+COMPONENTS_TO_RETAIN_ENV = "SPIN_COMPONENTS_TO_RETAIN"
+WORKERS_ENV = "SPIN_SHIM_HTTP_WORKERS"
+REQUEST_TIMEOUT_ENV = "SPIN_SHIM_REQUEST_TIMEOUT"
+DEFAULT_REQUEST_TIMEOUT = 30.0
+#: Seconds the workers get to finish in-flight requests after SIGTERM before the supervisor stops waiting;
+#: kubelet's own grace period (SIGKILL after it) is the real bound.
+DRAIN_GRACE = 25.0
+
+#: ``[[trigger.http]]`` keys this runtime understands.
+_TRIGGER_KEYS = frozenset({"route", "executor"})
+_EXECUTOR_KEYS = {"http": frozenset({"type"}), "spin": frozenset({"type"}),
+                  "wagi": frozenset({"type", "entrypoint", "argv"})}
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """One ``[[trigger.http]]``: the route (None for ``{ private = true }``) and what serves it."""
+
+    trigger_id: str
+    route: str | None
+    component_id: str
+    executor: ExecutorKind | None  # None: decided by the wasm's kind (component, or Spin 1 core module)
+    wagi_entrypoint: str = "_start"
+    wagi_argv: str = "${SCRIPT_NAME} ${ARGS}"
+
+
+def parse_http_triggers(manifest: Manifest) -> list[HttpRoute]:
+    """Every ``[[trigger.http]]`` of the manifest, validated (pure: no files, no wasm)."""
+    return [_parse_http_trigger(manifest, trigger) for trigger in manifest.triggers_of_type(HTTP_TRIGGER)]
+
+
+def _parse_http_trigger(manifest: Manifest, trigger: Trigger) -> HttpRoute:
+    where = f"{manifest.path}: [[trigger.http]] {trigger.id!r}"
+    config = dict(trigger.config)
+    if "static_response" in config:
+        raise ManifestError(f"{where}: `static_response` is not supported by this shim; serve it from a component")
+    unknown = sorted(set(config) - _TRIGGER_KEYS)
+    if unknown:
+        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: route, component, executor)")
+    if trigger.component is None:
+        raise ManifestError(f"{where}: names no `component`")
+    route = config.get("route")
+    if isinstance(route, dict):
+        if route != {"private": True}:
+            raise ManifestError(f"{where}: `route` must be a path string or {{ private = true }}; got {route!r}")
+        route = None
+    elif not isinstance(route, str):
+        raise ManifestError(f"{where}: `route` is required (a path such as \"/...\" or \"/api/...\")")
+    executor: ExecutorKind | None = None
+    entrypoint, argv = "_start", "${SCRIPT_NAME} ${ARGS}"
+    raw_executor = config.get("executor")
+    if raw_executor is not None:
+        if not isinstance(raw_executor, dict) or raw_executor.get("type") not in _EXECUTOR_KEYS:
+            raise ManifestError(
+                f"{where}: `executor` must be {{ type = \"spin\" }}, {{ type = \"http\" }} or {{ type = \"wagi\" }}; "
+                f"got {raw_executor!r}"
+            )
+        kind = raw_executor["type"]
+        extra = sorted(set(raw_executor) - _EXECUTOR_KEYS[kind])
+        if extra:
+            raise ManifestError(f"{where}: executor {kind!r} has no option(s) {', '.join(map(repr, extra))}")
+        if kind == "wagi":
+            executor = "wagi"
+            entrypoint = raw_executor.get("entrypoint", entrypoint)
+            argv = raw_executor.get("argv", argv)
+            if not isinstance(entrypoint, str) or not isinstance(argv, str):
+                raise ManifestError(f"{where}: wagi `entrypoint` and `argv` must be strings")
+    return HttpRoute(trigger.id, route, trigger.component, executor, entrypoint, argv)
+
+
+def retained_routes(routes: list[HttpRoute], env: Mapping[str, str], manifest: Manifest) -> list[HttpRoute]:
+    """The routes of the components SPIN_COMPONENTS_TO_RETAIN keeps (all when it is unset or empty)."""
+    raw = env.get(COMPONENTS_TO_RETAIN_ENV, "").strip()
+    if not raw:
+        return routes
+    keep = {item.strip() for item in raw.split(",") if item.strip()}
+    unknown = sorted(keep - set(manifest.components))
+    if unknown:
+        raise InvalidSettingError(
+            f"{COMPONENTS_TO_RETAIN_ENV}={raw!r}: the app has no component(s) {', '.join(map(repr, unknown))} "
+            f"(its components: {', '.join(sorted(manifest.components))})"
+        )
+    kept = [route for route in routes if route.component_id in keep]
+    if not kept:
+        raise InvalidSettingError(f"{COMPONENTS_TO_RETAIN_ENV}={raw!r}: none of these components has an http route")
+    return kept
+
+
+def worker_count(env: Mapping[str, str]) -> int:
+    raw = env.get(WORKERS_ENV, "").strip()
+    if raw:
+        if not raw.isdigit() or not 1 <= int(raw) <= 64:
+            raise InvalidSettingError(f"{WORKERS_ENV}={raw!r} must be a number of processes from 1 to 64")
+        return int(raw)
+    from runtime.http.workers import default_worker_count
+
+    return default_worker_count()
+
+
+def request_timeout(env: Mapping[str, str]) -> float:
+    raw = env.get(REQUEST_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REQUEST_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds <= 86400):
+        raise InvalidSettingError(f"{REQUEST_TIMEOUT_ENV}={raw!r} must be a number of seconds (e.g. 30 or 0.5)")
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+
+
+class HttpApp:
+    """A loaded http app: validated executors and a bound listener; ``run`` serves until ``interrupt``."""
+
+    #: The shim runs this app's ``run`` on its main thread: it forks workers and waits for them.
+    serves_in_main_thread = True
+
+    def __init__(self, *, description: str, loads: tuple[ComponentLoad, ...], staged: list[StagedFiles],
+                 make_server: Callable[[], Any], listener: socket.socket, workers: int) -> None:
+        self.description = description
+        self.loads = loads
+        self._staged = staged
+        self._make_server = make_server
+        self._listener = listener
+        self._workers = workers
+        self._pool: Any = None
+        self._interrupted = False
+
+    def run(self) -> int:
+        """Serve until interrupted (exit 0 after draining) or until a worker dies (128+signal, or 1)."""
+        from runtime.http.workers import WorkerPool
+
+        if self._interrupted:
+            return 0
+        try:
+            self._pool = WorkerPool(self._workers, self._listener, self._make_server)
+            return self._pool.run()
+        finally:
+            self.close()
+
+    def interrupt(self) -> None:
+        """SIGTERM: stop accepting, let in-flight requests finish, then exit 0. Safe from a signal handler."""
+        self._interrupted = True
+        if self._pool is not None:
+            self._pool.terminate(DRAIN_GRACE)
+
+    def close(self) -> None:
+        for staged in self._staged:
+            staged.cleanup()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> HttpApp:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
+                  settings: RuntimeSettings, work_dir: Path) -> HttpApp:
+    """Validate and load every component the app's http routes use; bind the listener. Raises AppError."""
+    from runtime.files import stage_component_files, sweep_stale_staging
+    from runtime.http.server import bind_listener
+    from runtime.spin.services import SpinServices
+
+    routes = retained_routes(parse_http_triggers(manifest), env, manifest)
+    router = _build_router(manifest, routes)
+    workers = worker_count(env)
+    timeout = request_timeout(env)
+    services = SpinServices.build(manifest, env, work_dir=work_dir)
+
+    sweep_stale_staging(settings.cache_dir)
+    staged: list[StagedFiles] = []
+    executors: dict[str, Executor] = {}
+    loads: list[ComponentLoad] = []
+    listener = None
+    try:
+        for component_id, route in _components_in_route_order(routes).items():
+            component = manifest.components[component_id]
+            files = stage_component_files(manifest.app_dir, manifest.path, component, settings.cache_dir)
+            staged.append(files)
+            executor, load = _load_executor(manifest, route, files, env, settings, services)
+            executors[component_id] = executor
+            loads.append(load)
+        listen_addr = env.get(LISTEN_ADDR_ENV, "").strip() or DEFAULT_LISTEN_ADDR
+        listener = bind_listener(listen_addr)
+    except BaseException:
+        for files in staged:
+            files.cleanup()
+        raise
+
+    def make_server() -> Any:
+        """Runs in each worker after fork: per-process threads (epoch ticker) and the server object."""
+        from runtime.engine import shared_engine
+        from runtime.host.executor import EpochTicker
+        from runtime.http.server import HttpServer, ServerOptions
+
+        EpochTicker.start_for(shared_engine())
+        return HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_name=manifest.application.name))
+
+    names = ", ".join(repr(c) for c in executors)
+    description = (f"Spin app {manifest.application.name!r} (http trigger on {listen_addr}, "
+                   f"component(s) {names}, {workers} worker(s))")
+    return HttpApp(description=description, loads=tuple(loads), staged=staged, make_server=make_server,
+                   listener=listener, workers=workers)
+
+
+def _build_router(manifest: Manifest, routes: list[HttpRoute]) -> Router:
+    from runtime.http.routing import Router
+
+    try:
+        router, warnings = Router.build([(route.route, route.component_id) for route in routes])
+    except ValueError as exc:
+        raise ManifestError(f"{manifest.path}: [[trigger.http]]: {exc}") from None
+    for warning in warnings:
+        log.warning("%s: %s", manifest.path, warning)
+    return router
+
+
+def _components_in_route_order(routes: list[HttpRoute]) -> dict[str, HttpRoute]:
+    """Each component once, with the first route that names it (its executor settings)."""
+    first: dict[str, HttpRoute] = {}
+    for route in routes:
+        first.setdefault(route.component_id, route)
+    return first
+
+
+def _load_executor(manifest: Manifest, route: HttpRoute, files: StagedFiles, env: Mapping[str, str],
+                   settings: RuntimeSettings, services: Any) -> tuple[Executor, ComponentLoad]:
+    from runtime.loader import compile_wasm
+    from runtime.manifest import LocalSource
+    from runtime.paths import resolve_in_root
+    from runtime.wasm_binary import WasmKind
+
+    component = manifest.components[route.component_id]
+    assert isinstance(component.source, LocalSource)  # load_manifest rejected the others
+    wasm_path = resolve_in_root(manifest.app_dir, component.source.path)
+    what = f"component {component.id!r} ({component.source.path})"
+    compiled, load, engine = compile_wasm(wasm_path, what, component.id, settings)
+
+    executor_kind: ExecutorKind
+    if load.kind is WasmKind.COMPONENT:
+        if route.executor == "wagi":
+            raise WasmLoadError(f"{what}: is a component; the wagi executor runs WASI p1 core modules. "
+                                "Remove `executor = { type = \"wagi\" }` from its [[trigger.http]]")
+        executor_kind = "component"
+    elif route.executor == "wagi":
+        executor_kind = "wagi"
+    else:
+        from runtime.executors.spin1 import is_spin1_module
+
+        if not is_spin1_module(compiled):
+            raise WasmLoadError(
+                f"{what}: is a WASI p1 core module without Spin 1's `handle-http-request` export; if it is a "
+                "CGI program, add `executor = { type = \"wagi\" }` to its [[trigger.http]]"
+            )
+        executor_kind = "spin1"
+
+    config = ComponentConfig(
+        id=component.id,
+        wasm_path=wasm_path,
+        executor=executor_kind,
+        environment={**component.environment, **env},
+        preopens=files.preopens,
+        allowed_outbound_hosts=component.allowed_outbound_hosts,
+        key_value_stores=component.key_value_stores,
+        variables=dict(component.variables),
+        max_instance_memory=settings.max_instance_memory,
+        wagi_entrypoint=route.wagi_entrypoint,
+        wagi_argv=route.wagi_argv,
+        services=services,
+    )
+    started = time.perf_counter()
+    executor: Executor
+    if executor_kind == "component":
+        from runtime.host.executor import ComponentExecutor
+
+        executor = ComponentExecutor(config, compiled, engine)
+    elif executor_kind == "wagi":
+        from runtime.executors.wagi import load_wagi
+
+        executor = load_wagi(config, compiled, engine)
+    else:
+        from runtime.executors.spin1 import load_spin1
+
+        executor = load_spin1(config, compiled, engine)
+    log.debug("%s: %s executor ready in %.1f ms", what, executor_kind, (time.perf_counter() - started) * 1000)
+    return executor, load
+
+
+__all__ = ["HttpApp", "HttpRoute", "load_http_app", "parse_http_triggers", "retained_routes"]

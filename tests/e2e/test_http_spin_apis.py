@@ -1,0 +1,105 @@
+"""Spin's host APIs from a Spin Python SDK 3.4.1 app through containerd: variables, key-value, outbound HTTP.
+
+py-spin's spin.toml declares `greeting` (default "hello") and `api_token` (required, secret) and maps them into
+the component as `greeting`, `token` and a literal; the default key-value store; and
+`allowed_outbound_hosts = ["http://127.0.0.1:*"]`.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from typing import Iterator
+
+import pytest
+
+from tests.e2e.http_support import HttpTask
+from tests.e2e.support import assert_no_leaks
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[str]:
+    """A plain HTTP server on loopback for the app's outbound requests; yields its port as text."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            body = f"upstream saw {self.path}".encode()
+            self.send_response(203)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield str(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def app(containerd_21, images_21, http_apps) -> Iterator[HttpTask]:
+    image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
+    task = HttpTask(containerd_21, image, "spin-apis", env={"SPIN_VARIABLE_API_TOKEN": "s3cret",
+                                                             "GREETING": "hi from env"})
+    result = task.run()
+    assert result.returncode == 0, result.stderr
+    try:
+        yield task
+    finally:
+        task.remove()
+        assert_no_leaks(containerd_21, [task.task_id])
+
+
+def test_variables_resolve_from_env_defaults_and_literals(app):
+    values = app.get("/vars?names=greeting,token,literal,undeclared").json()
+    assert values["greeting"] == "hi from env"  # plain <NAME> env overrides the default
+    assert values["token"] == "s3cret"  # SPIN_VARIABLE_<NAME>
+    assert values["literal"] == "fixed-value"
+    assert values["undeclared"].startswith("ERROR")
+
+
+def test_key_value_works_across_requests_and_survives_a_task_restart(app):
+    assert app.get("/kv/colour", "-X", "PUT", data=b"green").status == 200
+    assert app.get("/kv/colour").body == b"green"
+    first = int(app.get("/counter").text)
+    second = int(app.get("/counter").text)
+    assert second == first + 1
+    app.stop_task()
+    app.start_again()
+    assert app.get("/kv/colour").body == b"green"
+    assert int(app.get("/counter").text) == second + 1
+    assert app.get("/kv/colour", "-X", "DELETE").status == 200
+    assert app.get("/kv/colour").status == 404
+
+
+def test_outbound_http_to_an_allowed_host(app, upstream):
+    response = app.get(f"/outbound?url=http://127.0.0.1:{upstream}/ping")
+    assert response.status == 200, response.text
+    assert "203" in response.text and "upstream saw /ping" in response.text
+
+
+def test_outbound_http_to_a_host_not_allowed_is_refused(app, upstream):
+    response = app.get(f"/outbound?url=http://127.0.0.2:{upstream}/ping")  # loopback, but not in the allow list
+    assert response.status == 502, response.text
+    assert "not allowed" in response.text.lower() or "denied" in response.text.lower(), response.text
+
+
+def test_missing_required_variable_fails_create_with_its_name(containerd_21, images_21, http_apps):
+    image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
+    task = HttpTask(containerd_21, image, "spin-apis-novar")
+    try:
+        result = task.run(wait_ready=False)
+        assert result.returncode != 0
+        assert "api_token" in result.stderr and "SPIN_VARIABLE_API_TOKEN" in result.stderr, result.stderr
+        assert "api_token" in task.log()  # also in the container log, where kubectl logs looks
+    finally:
+        task.remove()
+    assert_no_leaks(containerd_21, [task.task_id])
