@@ -134,13 +134,15 @@ class HttpTask:
                 return fields[-1]
         return ""
 
-    def stop_task(self, timeout: float = 40.0) -> None:
-        """SIGTERM (SIGKILL if it does not stop in time), wait for the task to stop, delete it."""
+    def stop_task(self, timeout: float = 40.0) -> bool:
+        """SIGTERM, wait for the task to stop, delete it. True when SIGTERM was enough (no SIGKILL needed)."""
         self.daemon.ctr("task", "kill", self.task_id, check=False)  # type: ignore[attr-defined]
-        if not wait_until(lambda: self.status() in ("STOPPED", ""), timeout=timeout, interval=0.1):
+        by_sigterm = wait_until(lambda: self.status() in ("STOPPED", ""), timeout=timeout, interval=0.1)
+        if not by_sigterm:
             self.daemon.ctr("task", "kill", "-s", "SIGKILL", self.task_id, check=False)  # type: ignore[attr-defined]
             wait_until(lambda: self.status() in ("STOPPED", ""), timeout=10)
         self.daemon.ctr("task", "rm", self.task_id, check=False)  # type: ignore[attr-defined]
+        return by_sigterm
 
     def remove(self) -> None:
         """Stop the task if running and delete the container."""

@@ -19,7 +19,7 @@ def test_http_app_serves_and_stops_cleanly(containerd, images, http_apps):
         response = task.get("/hello")
         assert response.status == 200 and response.text == "Hello from JS!"
         assert task.status() == "RUNNING"
-        task.stop_task()  # SIGTERM: the workers drain and exit; the task stops without SIGKILL
+        assert task.stop_task(), "SIGTERM did not stop the task"  # the workers drain and exit
         assert task.status() == ""
     finally:
         task.remove()
