@@ -9,6 +9,8 @@
 #     (verifies the trixie/sid lists in install_containerd.sh).
 #  2. The project venv at <repo>/.venv with `pip install -e '<repo>[dev]'`.
 #  3. containerd 1.7 and 2.1 via scripts/install_containerd.sh.
+#  4. The toolchains that build the real Spin HTTP test apps (Spin Python SDK, componentize-py, Spin JS
+#     build-tools) and the reference `wasmtime serve`, via scripts/install_app_toolchains.sh.
 # "ref §N" = shared/reference/containerd-test-env.md.
 set -euo pipefail
 
@@ -104,6 +106,8 @@ main() {
     setup_venv
     log "containerd 1.7 / 2.1"
     "$REPO_ROOT/scripts/install_containerd.sh"
+    log "app toolchains"
+    bash "$REPO_ROOT/scripts/install_app_toolchains.sh"
     log "done: containerd $(containerd --version | awk '{print $3}') (system), runc $(runc --version | awk 'NR==1{print $3}'), venv $("$VENV_DIR/bin/python" --version)"
 }
 

@@ -15,6 +15,9 @@ echo "[test] generated protobuf code is current"
 echo "[test] building test guests"
 "$PY" scripts/build_guests.py
 
+echo "[test] building the Spin HTTP test apps (cached by source hash)"
+"$PY" scripts/build_http_apps.py
+
 echo "[test] pytest"
 set +e
 "$PY" -m pytest tests -p no:cacheprovider -q -ra "$@"
