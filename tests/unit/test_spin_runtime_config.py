@@ -1,4 +1,8 @@
-"""runtime-config.toml: the key-value stores this shim backs, and clear errors for everything it does not."""
+"""runtime-config.toml: the key-value stores this shim backs, and clear errors for everything it does not.
+
+Also SpinServices.build, which combines the runtime config with spin.toml and the task env: everything is
+validated at load, and the per-component views are what spin.toml says.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import AppError
+from runtime.errors import AppError, ManifestError
+from runtime.manifest import parse_manifest
+from runtime.spin.key_value import KeyValueError
+from runtime.spin.outbound import OutboundHostsError
 from runtime.spin.runtime_config import (
     KeyValueStoreSpec,
     RuntimeConfigError,
     load_runtime_config,
     parse_runtime_config,
 )
+from runtime.spin.services import SpinServices
+from runtime.spin.variables import MissingVariablesError
 
 
 def parse(text: str, root: Path) -> dict[str, KeyValueStoreSpec]:
@@ -81,3 +90,101 @@ def test_tuning_only_tables_are_ignored(tmp_path: Path):
 
 def test_invalid_toml_names_the_file(tmp_path: Path):
     assert rejected("[key_value_store.x\n", tmp_path).startswith(f"{tmp_path}/runtime-config.toml: invalid TOML")
+
+
+# ---------------------------------------------------------------------------------------------------- SpinServices
+
+PY_SPIN = """
+spin_manifest_version = 2
+[application]
+name = "py-spin"
+[variables]
+greeting = { default = "hello" }
+api_token = { required = true, secret = true }
+api_host = { default = "api.example.com" }
+[[trigger.http]]
+route = "/..."
+component = "py-spin"
+[component.py-spin]
+source = "app.wasm"
+key_value_stores = ["default"]
+allowed_outbound_hosts = ["http://127.0.0.1:*", "https://{{ api_host }}"]
+[component.py-spin.variables]
+greeting = "{{ greeting }}"
+token = "{{ api_token }}"
+literal = "fixed-value"
+[component.other]
+source = "other.wasm"
+"""
+
+
+def build(tmp_path: Path, text: str = PY_SPIN, env: dict[str, str] | None = None, **kwargs) -> SpinServices:
+    manifest = parse_manifest(text, tmp_path / "spin.toml")
+    return SpinServices.build(manifest, {"SPIN_VARIABLE_API_TOKEN": "t0ken"} if env is None else env,
+                              work_dir=tmp_path, **kwargs)
+
+
+def test_py_spin_app_services(tmp_path: Path):
+    services = build(tmp_path, env={"SPIN_VARIABLE_API_TOKEN": "t0ken", "GREETING": "hi from env"})
+    assert services.variables.get("py-spin", "greeting") == "hi from env"
+    assert services.variables.get("py-spin", "token") == "t0ken"
+    assert services.variables.get("py-spin", "literal") == "fixed-value"
+    policy = services.outbound_policy("py-spin")
+    assert policy.allows("http://127.0.0.1:8080/x") and policy.allows("https://api.example.com/")
+    assert not policy.allows("http://127.0.0.2:8080/x")
+    assert not services.outbound_policy("other").allows("http://127.0.0.1:8080/x")
+    store = services.open_store("py-spin", "default")
+    store.set("k", b"v")
+    assert store.get("k") == b"v"
+    assert (tmp_path / ".spin" / "sqlite_key_value.db").is_file()
+    with pytest.raises(KeyValueError) as info:
+        services.open_store("other", "default")
+    assert info.value.kind == "access-denied"
+
+
+def test_missing_required_variable_fails_the_load(tmp_path: Path):
+    with pytest.raises(MissingVariablesError, match="api_token.*SPIN_VARIABLE_API_TOKEN or API_TOKEN"):
+        build(tmp_path, env={})
+
+
+def test_store_label_nothing_backs_fails_the_load(tmp_path: Path):
+    text = PY_SPIN.replace('key_value_stores = ["default"]', 'key_value_stores = ["default", "cache"]')
+    with pytest.raises(ManifestError) as info:
+        build(tmp_path, text)
+    message = str(info.value)
+    assert "component 'py-spin': key_value_stores names store 'cache', which is not defined" in message
+    assert "[key_value_store.cache]" in message
+
+
+def test_store_label_from_runtime_config(tmp_path: Path):
+    text = PY_SPIN.replace('key_value_stores = ["default"]', 'key_value_stores = ["cache"]')
+    (tmp_path / "runtime-config.toml").write_text('[key_value_store.cache]\ntype = "spin"\npath = "cache.db"\n')
+    services = build(tmp_path, text)
+    services.open_store("py-spin", "cache").set("k", b"v")
+    assert (tmp_path / "cache.db").is_file() and not (tmp_path / ".spin").exists()
+
+
+def test_unsupported_runtime_config_fails_the_load(tmp_path: Path):
+    (tmp_path / "runtime-config.toml").write_text('[key_value_store.default]\ntype = "redis"\nurl = "redis://x"\n')
+    with pytest.raises(RuntimeConfigError, match="not supported by this shim"):
+        build(tmp_path)
+
+
+def test_bad_outbound_entry_fails_the_load(tmp_path: Path):
+    text = PY_SPIN.replace('"http://127.0.0.1:*"', '"http://127.0.0.1:1000-2000"')
+    with pytest.raises(OutboundHostsError, match="component 'py-spin': allowed_outbound_hosts entry"):
+        build(tmp_path, text)
+
+
+def test_outbound_template_naming_an_undeclared_variable_fails_the_load(tmp_path: Path):
+    text = PY_SPIN.replace("{{ api_host }}", "{{ nope }}")
+    with pytest.raises(OutboundHostsError, match="no application variable 'nope'"):
+        build(tmp_path, text)
+
+
+def test_only_retained_components_are_checked(tmp_path: Path):
+    text = PY_SPIN + 'allowed_outbound_hosts = ["bad://"]\n'
+    with pytest.raises(AppError):
+        build(tmp_path, text)
+    services = build(tmp_path, text, component_ids={"py-spin"})
+    assert "other" not in services.outbound_policies
