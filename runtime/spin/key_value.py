@@ -129,8 +129,8 @@ class Store:
 
     # --------------------------------------------------------------------------- wasi:keyvalue batch and atomics
 
-    def get_many(self, keys: Sequence[str]) -> list[tuple[str, bytes] | None]:
-        """Values in the order of ``keys``; None for a missing key (wasi:keyvalue/batch.get-many)."""
+    def get_many(self, keys: Sequence[str]) -> list[tuple[str, bytes | None]]:
+        """``(key, value)`` in the order of ``keys``, value None for a missing key (wasi:keyvalue/batch.get-many)."""
         found: dict[str, bytes] = {}
         for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit is 999 in old builds
             chunk = list(keys[start : start + 500])
@@ -139,7 +139,7 @@ class Store:
                 f"SELECT key, value FROM spin_key_value WHERE store = ? AND key IN ({marks})", (self.label, *chunk)
             ):
                 found[key] = _as_bytes(value)
-        return [(key, found[key]) if key in found else None for key in keys]
+        return [(key, found.get(key)) for key in keys]
 
     def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
         rows = [(self.label, key, bytes(value)) for key, value in items]
@@ -178,6 +178,27 @@ class Store:
             return new_value
 
         return self._transaction(add)
+
+    def compare_and_swap(self, key: str, expected: bytes | None, value: bytes) -> bool:
+        """Set ``key`` to ``value`` only if it still holds ``expected`` (None = absent); False if it changed.
+
+        wasi:keyvalue/atomics ``swap``: ``expected`` is what ``cas.current`` saw when the cas was made.
+        """
+
+        def swap(connection: sqlite3.Connection) -> bool:
+            row = connection.execute(
+                "SELECT value FROM spin_key_value WHERE store = ? AND key = ?", (self.label, key)
+            ).fetchone()
+            if (None if row is None else _as_bytes(row[0])) != expected:
+                return False
+            connection.execute(
+                "INSERT INTO spin_key_value (store, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+                (self.label, key, bytes(value)),
+            )
+            return True
+
+        return self._transaction(swap)
 
     # ------------------------------------------------------------------------------------------------ plumbing
 

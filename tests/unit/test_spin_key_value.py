@@ -86,7 +86,7 @@ def test_the_table_is_spins_so_spin_databases_read_here(tmp_path: Path, stores: 
 def test_batch_operations(stores: KeyValueStores):
     store = stores.open("default", ["default"])
     store.set_many([("x", b"1"), ("y", b"2")])
-    assert store.get_many(["x", "nope", "y"]) == [("x", b"1"), None, ("y", b"2")]
+    assert store.get_many(["x", "nope", "y"]) == [("x", b"1"), ("nope", None), ("y", b"2")]
     store.delete_many(["x", "nope"])
     assert sorted(store.get_keys()) == ["y"]
     assert len(store.get_many([f"k{i}" for i in range(1200)])) == 1200
@@ -103,6 +103,15 @@ def test_increment_counts_from_zero_and_reads_back_as_decimal(stores: KeyValueSt
     error = error_of(lambda: store.increment("word", 1))
     assert error.kind == "other" and "not an integer" in error.message
     assert store.get("word") == b"abc"
+
+
+def test_compare_and_swap_only_replaces_what_was_seen(stores: KeyValueStores):
+    store = stores.open("default", ["default"])
+    assert store.compare_and_swap("fresh", None, b"first")
+    assert not store.compare_and_swap("fresh", None, b"second")
+    assert store.compare_and_swap("fresh", b"first", b"second")
+    assert not store.compare_and_swap("fresh", b"first", b"third")
+    assert store.get("fresh") == b"second"
 
 
 def test_unwritable_location_fails_at_prepare_with_an_app_error(tmp_path: Path):
