@@ -1,0 +1,163 @@
+"""py-spin: one Spin Python SDK 3.4.1 component that exercises what a Spin host must provide.
+
+Built with componentize-py 0.17.2 (`-w spin-http`), so it exports wasi:http/incoming-handler@0.2.0 and imports
+the Spin 2 APIs (variables, key-value, outbound HTTP). Each path probes one host behaviour; tests/apps/README.md
+lists them. The guest is kept deliberately plain: a test failure should point at the host, never at this file.
+"""
+
+import json
+import os
+import sys
+from urllib.parse import parse_qs, urlsplit
+
+from spin_sdk import http, key_value, variables
+from spin_sdk.http import Request, Response
+from spin_sdk.wit.imports.types import IncomingRequest, ResponseOutparam
+
+#: The repeating pattern /big returns (tests compare against it).
+BIG_PATTERN = b"0123456789abcdef"
+
+
+def _text(status: int, body: str, content_type: str = "text/plain") -> Response:
+    return Response(status, {"content-type": content_type}, body.encode())
+
+
+def _json(value: object) -> Response:
+    return _text(200, json.dumps(value, sort_keys=True), "application/json")
+
+
+def _error_text(exc: BaseException) -> str:
+    """SDK errors are `Err(<dataclass>)`; the dataclass repr names the WIT error case (e.g. Error_Undefined)."""
+    value = getattr(exc, "value", None)
+    return repr(value) if value is not None else f"{type(exc).__name__}: {exc}"
+
+
+def _echo(request: Request) -> Response:
+    body = request.body or b""
+    headers = {
+        "content-type": request.headers.get("content-type", "application/octet-stream"),
+        "x-method": request.method,
+        "x-body-length": str(len(body)),
+    }
+    headers.update({name: value for name, value in request.headers.items() if name.lower().startswith("x-echo-")})
+    return Response(200, headers, body)
+
+
+def _vars(query: dict[str, list[str]]) -> Response:
+    names = [name for name in ",".join(query.get("names", [])).split(",") if name]
+    result: dict[str, str] = {}
+    for name in names:
+        try:
+            result[name] = variables.get(name)
+        except Exception as exc:  # the SDK raises Err(Error_Undefined | Error_InvalidName | ...)
+            result[name] = f"ERROR: {_error_text(exc)}"
+    return _json(result)
+
+
+def _kv(method: str, key: str, body: bytes) -> Response:
+    store = key_value.open_default()
+    if method == "GET":
+        value = store.get(key)
+        return _text(404, "no such key") if value is None else Response(
+            200, {"content-type": "application/octet-stream"}, value)
+    if method in ("PUT", "POST"):
+        store.set(key, body)
+        return _text(200, "stored")
+    if method == "DELETE":
+        store.delete(key)
+        return _text(200, "deleted")
+    return _text(405, "method not allowed")
+
+
+def _counter() -> Response:
+    store = key_value.open_default()
+    current = store.get("counter")
+    value = (int(current) if current else 0) + 1
+    store.set("counter", str(value).encode())
+    return _text(200, str(value))
+
+
+def _outbound(url: str) -> Response:
+    try:
+        upstream = http.send(Request("GET", url, {}, None))
+    except Exception as exc:  # denied by allowed_outbound_hosts, connection refused, ...
+        return _text(502, _error_text(exc))
+    return Response(200, {"content-type": "text/plain", "x-upstream-status": str(upstream.status)},
+                    f"{upstream.status}\n".encode() + (upstream.body or b""))
+
+
+def _file(path: str) -> Response:
+    try:
+        with open(path, "rb") as file:
+            return Response(200, {"content-type": "application/octet-stream"}, file.read())
+    except OSError as exc:
+        return _text(404, f"{type(exc).__name__}: {exc}")
+
+
+def _big(size: int) -> Response:
+    repeats = size // len(BIG_PATTERN) + 1
+    return Response(200, {"content-type": "application/octet-stream"}, (BIG_PATTERN * repeats)[:size])
+
+
+def _alloc() -> Response:
+    hoard = []
+    while True:  # until the host's memory limit stops us
+        hoard.append(bytearray(1 << 20))
+
+
+def route(request: Request) -> Response:
+    url = urlsplit(request.uri)
+    path, query = url.path, parse_qs(url.query)
+    arg = query.get
+
+    if path == "/hello":
+        return _text(200, "Hello from Python!")
+    if path == "/echo":
+        return _echo(request)
+    if path == "/spin-headers":
+        return _json({k: v for k, v in request.headers.items() if k.lower().startswith("spin-")})
+    if path.startswith("/status/"):
+        try:
+            status = int(path.removeprefix("/status/"))
+        except ValueError:
+            return _text(400, "bad status")
+        return _text(status, f"status {status}")
+    if path == "/vars":
+        return _vars(query)
+    if path.startswith("/kv/"):
+        return _kv(request.method, path.removeprefix("/kv/"), request.body or b"")
+    if path == "/counter":
+        return _counter()
+    if path == "/outbound":
+        return _outbound(arg("url", [""])[0])
+    if path == "/env":
+        value = os.environ.get(arg("name", [""])[0])
+        return _text(404, "unset") if value is None else _text(200, value)
+    if path == "/file":
+        return _file(arg("path", [""])[0])
+    if path == "/big":
+        return _big(int(arg("bytes", ["0"])[0]))
+    if path == "/log":
+        print("py-spin stdout marker", flush=True)
+        print("py-spin stderr marker", file=sys.stderr, flush=True)
+        return _text(200, "logged")
+    if path == "/loop":
+        while True:
+            pass
+    if path == "/alloc":
+        return _alloc()
+    if path == "/sdk-error":
+        raise RuntimeError("py-spin raised inside handle_request")  # the SDK turns this into a 500
+    return _text(404, "not found")
+
+
+class IncomingHandler(http.IncomingHandler):
+    def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        # Raised here, outside the SDK's handle_request wrapper, the exception escapes the export: componentize-py
+        # prints the traceback and the call traps, with no response set. That is what /raise is for.
+        if (request.path_with_query() or "").split("?")[0] == "/raise":
+            raise RuntimeError("py-spin raised an uncaught exception")
+        super().handle(request, response_out)
+
+    def handle_request(self, request: Request) -> Response:
+        return route(request)
