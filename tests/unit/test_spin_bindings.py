@@ -1,0 +1,330 @@
+"""Spin's host interfaces as registry providers: what each call returns, and that the values fit the real WIT types.
+
+Provider functions are called as the linker calls them (``impl(ctx, *host_args)``) with a real RequestContext and
+SpinServices. Where the exact WIT types matter (the deny stubs read them; every return value must lower into
+them), the types come from an import-only component generated from the Spin Python SDK 3.4.1's own WIT with
+wasm-tools (the toolchains scripts/install_app_toolchains.sh installs); those tests skip without the toolchains.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import glob
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+from wasmtime import _ffi as ffi
+from wasmtime.component import Component, FuncType, ResourceHost, Variant
+
+from runtime.host import adapt, marshal
+from runtime.host.context import ComponentHost, RequestContext
+from runtime.host.linking import plan_imports
+from runtime.host.registry import REGISTRY
+from runtime.host.traps import HostTrap
+from runtime.host.values import Err, Ok
+from runtime.http.contract import ComponentConfig
+from runtime.manifest import parse_manifest
+from runtime.spin.bindings import deny
+from runtime.spin.bindings import key_value as spin_kv
+from runtime.spin.key_value import MAX_OPEN_STORES_PER_INSTANCE
+from runtime.spin.services import SpinServices
+
+MANIFEST = """
+spin_manifest_version = 2
+[application]
+name = "app"
+[variables]
+greeting = { default = "hello" }
+api_token = { required = true, secret = true }
+[[trigger.http]]
+route = "/..."
+component = "web"
+[component.web]
+source = "web.wasm"
+key_value_stores = ["default"]
+[component.web.variables]
+greeting = "{{ greeting }}"
+token = "{{ api_token }}"
+literal = "fixed-value"
+[component.other]
+source = "other.wasm"
+"""
+
+SPIN_IMPORTS = (
+    "wasi:config/store@0.2.0-draft-2024-09-27", "spin:postgres/postgres@3.0.0", "spin:postgres/postgres@4.0.0",
+    "spin:sqlite/sqlite@3.0.0", "fermyon:spin/llm@2.0.0", "fermyon:spin/redis@2.0.0",
+    "fermyon:spin/rdbms-types@2.0.0", "fermyon:spin/postgres@2.0.0", "fermyon:spin/mqtt@2.0.0",
+    "fermyon:spin/mysql@2.0.0", "fermyon:spin/sqlite@2.0.0", "fermyon:spin/key-value@2.0.0",
+    "fermyon:spin/variables@2.0.0", "wasi:keyvalue/store@0.2.0-draft2", "wasi:keyvalue/atomics@0.2.0-draft2",
+    "wasi:keyvalue/batch@0.2.0-draft2",
+)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> SpinServices:
+    manifest = parse_manifest(MANIFEST, tmp_path / "spin.toml")
+    return SpinServices.build(manifest, {"SPIN_VARIABLE_API_TOKEN": "t0ken"}, work_dir=tmp_path)
+
+
+def context(services: Any, component_id: str = "web") -> RequestContext:
+    config = ComponentConfig(id=component_id, wasm_path=Path("/dev/null"), executor="component", environment={},
+                             services=services)
+    return RequestContext(ComponentHost(config))
+
+
+def call(import_name: str, func: str, ctx: RequestContext, *args: Any) -> Any:
+    interface = REGISTRY.find(import_name)
+    assert interface is not None, import_name
+    return interface.functions[func](ctx, *args)
+
+
+def rep_of(result: Ok[Any]) -> int:
+    assert isinstance(result, Ok) and isinstance(result.value, ResourceHost), result
+    return result.value.rep
+
+
+# ---------------------------------------------------------------------------------------------------- variables
+
+VARIABLES = "fermyon:spin/variables@2.0.0"
+CONFIG = "wasi:config/store@0.2.0-draft-2024-09-27"
+
+
+def test_variables_get_resolves_component_variables(services: SpinServices):
+    ctx = context(services)
+    assert call(VARIABLES, "get", ctx, "greeting") == Ok("hello")
+    assert call(VARIABLES, "get", ctx, "token") == Ok("t0ken")
+    assert call(VARIABLES, "get", ctx, "literal") == Ok("fixed-value")
+
+
+def test_variables_errors_are_spins_cases(services: SpinServices):
+    ctx = context(services)
+    undefined = call(VARIABLES, "get", ctx, "api_token")  # an app variable the component does not map
+    assert isinstance(undefined, Err) and undefined.value.tag == "undefined"
+    invalid = call(VARIABLES, "get", ctx, "Not-Valid")
+    assert isinstance(invalid, Err) and invalid.value.tag == "invalid-name"
+    assert call(VARIABLES, "get", context(services, "other"), "greeting").value.tag == "undefined"
+
+
+def test_without_services_variables_answer_a_provider_error():
+    result = call(VARIABLES, "get", context(None), "greeting")
+    assert isinstance(result, Err) and result.value.tag == "provider"
+
+
+def test_wasi_config_get_and_get_all(services: SpinServices):
+    ctx = context(services)
+    assert call(CONFIG, "get", ctx, "greeting") == Ok("hello")
+    assert call(CONFIG, "get", ctx, "nope") == Ok(None)  # undefined: none, as the WASI spec asks
+    assert call(CONFIG, "get", ctx, "Bad-Name") == Ok(None)
+    assert call(CONFIG, "get-all", ctx) == Ok([("greeting", "hello"), ("token", "t0ken"), ("literal", "fixed-value")])
+    assert call(CONFIG, "get-all", context(services, "other")) == Ok([])
+
+
+# ---------------------------------------------------------------------------------------------------- key-value
+
+KV = "fermyon:spin/key-value@2.0.0"
+
+
+def test_spin_key_value_store_operations(services: SpinServices):
+    ctx = context(services)
+    store = rep_of(call(KV, "[static]store.open", ctx, "default"))
+    assert call(KV, "[method]store.get", ctx, store, "k") == Ok(None)
+    assert call(KV, "[method]store.set", ctx, store, "k", b"v") == Ok(None)
+    assert call(KV, "[method]store.get", ctx, store, "k") == Ok(b"v")
+    assert call(KV, "[method]store.exists", ctx, store, "k") == Ok(True)
+    assert call(KV, "[method]store.get-keys", ctx, store) == Ok(["k"])
+    assert call(KV, "[method]store.delete", ctx, store, "k") == Ok(None)
+    assert call(KV, "[method]store.exists", ctx, store, "k") == Ok(False)
+
+
+def test_spin_key_value_access_denied_and_no_such_store(services: SpinServices):
+    assert call(KV, "[static]store.open", context(services), "cache") == Err(Variant("access-denied"))
+    assert call(KV, "[static]store.open", context(services, "other"), "default") == Err(Variant("access-denied"))
+    widened = dataclasses.replace(services, key_value_labels={"web": ("default", "ghost")})
+    assert call(KV, "[static]store.open", context(widened), "ghost") == Err(Variant("no-such-store"))
+
+
+def test_spin_key_value_store_table_full_until_a_handle_is_dropped(services: SpinServices):
+    ctx = context(services)
+    reps = [rep_of(call(KV, "[static]store.open", ctx, "default")) for _ in range(MAX_OPEN_STORES_PER_INSTANCE)]
+    assert call(KV, "[static]store.open", ctx, "default") == Err(Variant("store-table-full"))
+    spin_kv.STORE.on_drop(ctx, ctx.table.pop(reps[0]))  # what the linker's destructor does on resource.drop
+    rep_of(call(KV, "[static]store.open", ctx, "default"))
+
+
+def test_spin_key_value_handles_are_not_buckets(services: SpinServices):
+    ctx = context(services)
+    bucket = rep_of(call(WASI_STORE, "open", ctx, "default"))
+    with pytest.raises(HostTrap):
+        call(KV, "[method]store.get", ctx, bucket, "k")
+
+
+# ---------------------------------------------------------------------------------------------------- wasi:keyvalue
+
+WASI_STORE = "wasi:keyvalue/store@0.2.0-draft2"
+ATOMICS = "wasi:keyvalue/atomics@0.2.0-draft2"
+BATCH = "wasi:keyvalue/batch@0.2.0-draft2"
+
+
+def test_wasi_keyvalue_shares_the_spin_store(services: SpinServices):
+    ctx = context(services)
+    spin_store = rep_of(call(KV, "[static]store.open", ctx, "default"))
+    call(KV, "[method]store.set", ctx, spin_store, "shared", b"yes")
+    bucket = rep_of(call(WASI_STORE, "open", ctx, "default"))
+    assert call(WASI_STORE, "[method]bucket.get", ctx, bucket, "shared") == Ok(b"yes")
+    assert call(WASI_STORE, "[method]bucket.set", ctx, bucket, "b", b"2") == Ok(None)
+    assert call(WASI_STORE, "[method]bucket.exists", ctx, bucket, "b") == Ok(True)
+    keys = call(WASI_STORE, "[method]bucket.list-keys", ctx, bucket, None)
+    assert sorted(keys.value["keys"]) == ["b", "shared"] and keys.value["cursor"] is None
+    assert call(WASI_STORE, "[method]bucket.list-keys", ctx, bucket, "c").value.tag == "other"
+    assert call(WASI_STORE, "[method]bucket.delete", ctx, bucket, "b") == Ok(None)
+    assert call(WASI_STORE, "open", context(services, "other"), "default") == Err(Variant("access-denied"))
+
+
+def test_wasi_keyvalue_atomics(services: SpinServices):
+    ctx = context(services)
+    bucket = rep_of(call(WASI_STORE, "open", ctx, "default"))
+    assert call(ATOMICS, "increment", ctx, bucket, "n", 2) == Ok(2)
+    assert call(ATOMICS, "increment", ctx, bucket, "n", 3) == Ok(5)
+    cas = rep_of(call(ATOMICS, "[static]cas.new", ctx, bucket, "n"))
+    assert call(ATOMICS, "[method]cas.current", ctx, cas) == Ok(b"5")
+    assert call(ATOMICS, "swap", ctx, cas, b"50") == Ok(None)
+    assert cas not in ctx.table  # swap takes ownership of the cas
+    stale = rep_of(call(ATOMICS, "[static]cas.new", ctx, bucket, "n"))
+    call(WASI_STORE, "[method]bucket.set", ctx, bucket, "n", b"changed")
+    failed = call(ATOMICS, "swap", ctx, stale, b"lost")
+    assert isinstance(failed, Err) and failed.value.tag == "cas-failed"
+    fresh = failed.value.payload.rep
+    assert call(ATOMICS, "[method]cas.current", ctx, fresh) == Ok(b"changed")
+    assert call(WASI_STORE, "[method]bucket.get", ctx, bucket, "n") == Ok(b"changed")
+
+
+def test_wasi_keyvalue_batch(services: SpinServices):
+    ctx = context(services)
+    bucket = rep_of(call(WASI_STORE, "open", ctx, "default"))
+    assert call(BATCH, "set-many", ctx, bucket, [("a", b"1"), ("b", b"2")]) == Ok(None)
+    assert call(BATCH, "get-many", ctx, bucket, ["a", "x", "b"]) == Ok([("a", b"1"), ("x", None), ("b", b"2")])
+    assert call(BATCH, "delete-many", ctx, bucket, ["a"]) == Ok(None)
+    assert call(BATCH, "get-many", ctx, bucket, ["a"]) == Ok([("a", None)])
+
+
+# ---------------------------------------------------------------------------------------------------- real WIT types
+
+
+def _toolchain(name: str) -> Path:
+    return Path(os.environ.get("SPIN_SHIM_CACHE", "/var/cache/containerd-shim-spin-test")) / "toolchains" / name
+
+
+@pytest.fixture(scope="module")
+def sdk_imports(tmp_path_factory: pytest.TempPathFactory) -> tuple[wasmtime.Engine, Component]:
+    """A component importing exactly what the Spin Python SDK 3.4.1's spin-http world imports (a dummy core)."""
+    tools_file = _toolchain("wasm-tools") / "WASM_TOOLS"
+    wit_dirs = glob.glob(str(_toolchain("spin-py") / "lib" / "python3*" / "site-packages" / "spin_sdk" / "wit"))
+    if not tools_file.is_file() or not wit_dirs:
+        pytest.skip("needs the app toolchains (scripts/install_app_toolchains.sh)")
+    wasm_tools = tools_file.read_text().strip()
+    out = tmp_path_factory.mktemp("sdk")
+    subprocess.run([wasm_tools, "component", "embed", "--dummy", wit_dirs[0], "--world", "spin-http",
+                    "-o", out / "core.wasm"], check=True)
+    subprocess.run([wasm_tools, "component", "new", out / "core.wasm", "-o", out / "dummy.wasm"], check=True)
+    engine = wasmtime.Engine()
+    return engine, Component.from_file(engine, str(out / "dummy.wasm"))
+
+
+def _func_types(engine: wasmtime.Engine, component: Component, import_name: str) -> dict[str, FuncType]:
+    exports = component.type.imports(engine)[import_name].ty.exports(engine)
+    return {name: item.ty for name, item in exports.items() if isinstance(item.ty, FuncType)}
+
+
+def _lowers(engine: wasmtime.Engine, func_type: FuncType, value: Any) -> None:
+    """Lower ``value`` into the function's real result type, as the linker's callback does; raises if it won't."""
+    marshal.install_tagged_lowering()
+    lower = adapt.lowerer(func_type.result)
+    raw = ffi.wasmtime_component_val_t()
+    func_type.result.convert_to_c(wasmtime.Store(engine), lower(value) if lower else value, ctypes.pointer(raw))
+
+
+def test_every_spin_import_of_the_sdk_is_served(sdk_imports):
+    engine, component = sdk_imports
+    plan = plan_imports(component, engine)
+    assert not [m for m in plan.missing if m.split("#")[0] in SPIN_IMPORTS]
+    assert {p.import_name for p in plan.interfaces} >= set(SPIN_IMPORTS)
+
+
+@pytest.mark.parametrize(("import_name", "case", "has_message"), [
+    ("fermyon:spin/sqlite@2.0.0", "access-denied", False),
+    ("spin:sqlite/sqlite@3.0.0", "access-denied", False),
+    ("fermyon:spin/postgres@2.0.0", "connection-failed", True),
+    ("fermyon:spin/mysql@2.0.0", "connection-failed", True),
+    ("spin:postgres/postgres@3.0.0", "connection-failed", True),
+    ("spin:postgres/postgres@4.0.0", "connection-failed", True),
+    ("fermyon:spin/mqtt@2.0.0", "connection-failed", True),
+    ("fermyon:spin/redis@2.0.0", "other", True),
+])
+def test_denied_open_returns_the_interfaces_own_error(sdk_imports, import_name, case, has_message):
+    engine, component = sdk_imports
+    func_type = _func_types(engine, component, import_name)["[static]connection.open"]
+    impl = REGISTRY.find(import_name).function_for_link("[static]connection.open", func_type)
+    ctx = context(None)
+    result = impl(ctx, "address")
+    assert isinstance(result, Err) and result.value.tag == case
+    if has_message:
+        assert "not provided by this shim" in result.value.payload
+    assert ctx.notes and "not provided by this shim" in ctx.notes[0]
+    _lowers(engine, func_type, result)
+
+
+def test_denied_llm_calls_return_runtime_error(sdk_imports):
+    engine, component = sdk_imports
+    for name, func_type in _func_types(engine, component, "fermyon:spin/llm@2.0.0").items():
+        result = REGISTRY.find("fermyon:spin/llm@2.0.0").function_for_link(name, func_type)(context(None), "m", "p")
+        assert result.value.tag == "runtime-error" and "fermyon:spin/llm" in result.value.payload
+        _lowers(engine, func_type, result)
+
+
+def test_denied_functions_without_an_error_result_trap(sdk_imports):
+    engine, component = sdk_imports
+    func_type = _func_types(engine, component, "spin:sqlite/sqlite@3.0.0")["[method]connection.last-insert-rowid"]
+    impl = REGISTRY.find("spin:sqlite/sqlite@3.0.0").function_for_link("[method]connection.last-insert-rowid",
+                                                                      func_type)
+    with pytest.raises(HostTrap, match="not provided by this shim"):
+        impl(context(None), 1)
+
+
+def test_provider_results_fit_the_real_types(sdk_imports, services: SpinServices):
+    engine, component = sdk_imports
+    ctx = context(services)
+    kv = _func_types(engine, component, KV)
+    _lowers(engine, kv["[static]store.open"], call(KV, "[static]store.open", ctx, "default"))
+    _lowers(engine, kv["[static]store.open"], call(KV, "[static]store.open", ctx, "cache"))
+    for value in (Ok(None), Ok(b"x"), Err(Variant("no-such-store")), Err(Variant("other", "sqlite said no"))):
+        _lowers(engine, kv["[method]store.get"], value)
+    _lowers(engine, kv["[method]store.get-keys"], Ok(["a", "b"]))
+    variables = _func_types(engine, component, VARIABLES)["get"]
+    _lowers(engine, variables, call(VARIABLES, "get", ctx, "greeting"))
+    _lowers(engine, variables, call(VARIABLES, "get", ctx, "nope"))
+    config = _func_types(engine, component, CONFIG)
+    _lowers(engine, config["get"], call(CONFIG, "get", ctx, "nope"))
+    _lowers(engine, config["get"], call(CONFIG, "get", ctx, "greeting"))
+    _lowers(engine, config["get-all"], call(CONFIG, "get-all", ctx))
+    wasi_store = _func_types(engine, component, WASI_STORE)
+    bucket = call(WASI_STORE, "open", ctx, "default")
+    _lowers(engine, wasi_store["open"], bucket)
+    _lowers(engine, wasi_store["[method]bucket.list-keys"],
+            call(WASI_STORE, "[method]bucket.list-keys", ctx, bucket.value.rep, None))
+    atomics = _func_types(engine, component, ATOMICS)
+    cas = call(ATOMICS, "[static]cas.new", ctx, bucket.value.rep, "k")
+    call(WASI_STORE, "[method]bucket.set", ctx, bucket.value.rep, "k", b"moved")
+    _lowers(engine, atomics["swap"], call(ATOMICS, "swap", ctx, cas.value.rep, b"v"))
+    _lowers(engine, atomics["swap"], Err(Variant("store-error", Variant("other", "x"))))
+    batch = _func_types(engine, component, BATCH)
+    _lowers(engine, batch["get-many"], call(BATCH, "get-many", ctx, bucket.value.rep, ["k", "missing"]))
+
+
+def test_deny_picks_cases_from_the_type_alone():
+    assert deny.DENIAL_CASES[0] == "access-denied"
+    assert deny.denial_error(None, "m") is None
