@@ -51,6 +51,9 @@ APP_CACHE_DIR = CACHE_ROOT / "apps"
 INDEX_NAME = "index.json"
 META_NAME = ".build.json"  # in a cache entry; written last, so its presence means the entry is complete
 INSTALL_HINT = "run `sudo bash scripts/install_app_toolchains.sh` first"
+#: Cache entries kept per app (newest first), so other worktrees' and branches' builds survive without the
+#: cache growing by ~70 MB per source edit forever.
+KEEP_ENTRIES_PER_APP = 3
 #: Bump when a build step changes in a way the recipe commands below do not show.
 RECIPE_VERSION = 1
 #: Build outputs never depend on these, so they never change a cache key.
@@ -279,6 +282,13 @@ def _build_entry(recipe: Recipe, key: str, built: dict[str, Path]) -> Path:
     return entry
 
 
+def _prune(app: str, keep: Path) -> None:
+    """Drop all but the newest KEEP_ENTRIES_PER_APP cache entries of an app (never `keep`, the one in use)."""
+    entries = sorted(APP_CACHE_DIR.glob(f"{app}-" + "[0-9a-f]" * 64), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [e for e in entries if e != keep][KEEP_ENTRIES_PER_APP - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _read_meta(entry: Path) -> dict | None:
     try:
         return json.loads((entry / META_NAME).read_text())
@@ -292,16 +302,31 @@ def index_entry(meta: dict) -> dict:
     return {"dir": meta["app"], **{name: meta[name] for name in keys}}
 
 
-def _install_app(entry: Path, meta: dict, out_dir: Path) -> None:
-    """Copy a cache entry to out_dir/<app>/ unless the copy there is already of this key."""
+def _install_app(entry: Path, meta: dict, out_dir: Path, previous: dict | None) -> None:
+    """Copy a cache entry to out_dir/<app>/ unless the copy there is already of this key.
+
+    The app dir gets exactly what spin.toml names (no build metadata), since tests pack it into images as is.
+    """
     target = out_dir / meta["app"]
-    if _read_meta(target) == meta and all((target / name).is_file() for name in meta["wasm"]):
+    if (
+        previous is not None
+        and previous.get("key") == meta["key"]
+        and all((target / name).is_file() and (target / name).stat().st_size == size
+                for name, size in meta["size"].items())
+    ):
         return
     staging = out_dir / f".tmp-{meta['app']}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(entry, staging)
+    shutil.copytree(entry, staging, ignore=shutil.ignore_patterns(META_NAME))
     shutil.rmtree(target, ignore_errors=True)
     os.rename(staging, target)
+
+
+def _read_index(out_dir: Path) -> dict[str, dict]:
+    try:
+        return json.loads((out_dir / INDEX_NAME).read_text())["apps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def build(out_dir: Path = BUILD_DIR, *, force: bool = False) -> Path:
@@ -313,6 +338,8 @@ def build(out_dir: Path = BUILD_DIR, *, force: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(APP_CACHE_DIR / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time, across tests, worktrees and CI reruns
+        previous = _read_index(out_dir)
+        (out_dir / INDEX_NAME).unlink(missing_ok=True)  # written last: its presence means every app dir is complete
         keys: dict[str, str] = {}
         built: dict[str, Path] = {}
         index: dict[str, dict] = {}
@@ -325,10 +352,12 @@ def build(out_dir: Path = BUILD_DIR, *, force: bool = False) -> Path:
                 entry = _build_entry(recipe, key, built)
                 meta = _read_meta(entry)
                 assert meta is not None
+                _prune(recipe.app, keep=entry)
             else:
+                os.utime(entry)  # pruning keeps the most recently *used* entries
                 log(f"{recipe.app}: cached ({key[:12]}, first built in {meta['build_seconds']:.1f} s)")
             built[recipe.app] = entry
-            _install_app(entry, meta, out_dir)
+            _install_app(entry, meta, out_dir, previous.get(recipe.app))
             index[recipe.app] = index_entry(meta)
         text = json.dumps({"apps": index}, indent=2, sort_keys=True) + "\n"
         tmp = out_dir / f".{INDEX_NAME}.tmp"
@@ -361,6 +390,7 @@ def main(argv: list[str]) -> int:
 #: py-spin is not here: it imports Spin APIs (wasi:config, fermyon:spin/*) that wasmtime serve does not provide.
 SMOKE_REQUESTS: dict[str, list[tuple[str, str, bytes | None, int, bytes]]] = {
     "js-echo": [("GET", "/hello", None, 200, b"Hello from JS!"), ("POST", "/echo", b"ping", 200, b"ping"),
+                ("GET", "/api/whoami", None, 200, b"smoke"),
                 ("GET", "/status/418", None, 418, b"status 418"), ("GET", "/nope", None, 404, b"not found")],
     "py-proxy": [("GET", "/hello", None, 200, b"Hello from Python (proxy world)!"),
                  ("POST", "/echo", b"ping", 200, b"ping"), ("GET", "/nope", None, 404, b"not found")],
@@ -389,7 +419,9 @@ def _request(port: int, method: str, path: str, body: bytes | None) -> tuple[int
 
 def _serve_and_check(wasmtime: str, wasm: Path, requests: list[tuple[str, str, bytes | None, int, bytes]]) -> list[str]:
     port = _free_port()
-    server = subprocess.Popen([wasmtime, "serve", "-Scli", "--addr", f"127.0.0.1:{port}", str(wasm)],
+    # WHO: js-echo reads it through wasi:cli/environment, which the multi app depends on.
+    server = subprocess.Popen([wasmtime, "serve", "-Scli", "--env", "WHO=smoke", "--addr", f"127.0.0.1:{port}",
+                               str(wasm)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     failures = []
     try:
