@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS spin_key_value (
 """
 
 
+#: Connections a forked child inherited (see _Database.connection): referenced so they are never closed.
+_INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
+
+
 class KeyValueError(Exception):
     """A store operation failed; ``kind`` is the WIT error case, ``str()`` the ``other`` payload / a description."""
 
@@ -87,7 +91,10 @@ class _Database:
         pid = os.getpid()
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None or getattr(self._local, "pid", None) != pid:
-            # A connection from before a fork is dropped unused (not closed: closing touches the parent's locks).
+            if connection is not None:
+                # Inherited through fork: never used nor closed here (closing runs SQLite's last-connection
+                # checkpoint/WAL cleanup in the wrong process), only kept from the garbage collector.
+                _INHERITED_CONNECTIONS.append(connection)
             connection = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=True
             )
