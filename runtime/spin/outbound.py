@@ -189,20 +189,28 @@ class OutboundPolicy:
         entries: Iterable[str],
         where: str = "",
         resolve_variable: Callable[[str], str] | None = None,
+        is_secret: Callable[[str], bool] | None = None,
     ) -> OutboundPolicy:
         """Parse every entry now (so a bad one fails task Create), expanding ``{{ var }}`` with resolve_variable.
 
         ``resolve_variable(name)`` returns an application variable's value or raises (its message is kept).
-        Raises OutboundHostsError naming ``where`` and the entry.
+        Raises OutboundHostsError naming ``where`` and the entry; when a bad entry's template uses a variable
+        ``is_secret`` says is secret, the message shows only the template, never the expanded text.
         """
         hosts: list[AllowedHost] = []
         for entry in entries:
-            for expanded in _expand(entry, where, resolve_variable):
-                try:
+            text = _render(entry, where, resolve_variable)
+            try:
+                for expanded in _legacy_forms(text):
                     hosts.append(_parse_entry(expanded))
-                except ValueError as exc:
-                    shown = repr(entry) if expanded == entry else f"{entry!r} (= {expanded!r})"
-                    raise OutboundHostsError(f"{_prefix(where)}allowed_outbound_hosts entry {shown}: {exc}") from None
+            except ValueError as exc:
+                if text != entry and is_secret is not None and any(map(is_secret, Template.parse(entry).references)):
+                    raise OutboundHostsError(
+                        f"{_prefix(where)}allowed_outbound_hosts entry {entry!r} is invalid once its variables are "
+                        "expanded (the value is not shown: it uses a secret variable)"
+                    ) from None
+                shown = repr(entry) if text == entry else f"{entry!r} (= {text!r})"
+                raise OutboundHostsError(f"{_prefix(where)}allowed_outbound_hosts entry {shown}: {exc}") from None
         return cls(hosts=tuple(hosts), where=where)
 
     @property
@@ -247,30 +255,36 @@ def _prefix(where: str) -> str:
     return f"{where}: " if where else ""
 
 
-def _expand(entry: str, where: str, resolve_variable: Callable[[str], str] | None) -> list[str]:
-    """Template expansion, then the legacy ``allowed_http_hosts`` conversion: the entries to parse."""
-    text = entry
-    if "{{" in entry:
-        try:
-            template = Template.parse(entry)
-        except TemplateError as exc:
-            raise OutboundHostsError(f"{_prefix(where)}allowed_outbound_hosts entry {entry!r}: {exc}") from None
-        if resolve_variable is None:
-            raise OutboundHostsError(
-                f"{_prefix(where)}allowed_outbound_hosts entry {entry!r} uses variables, but none are available here"
-            )
-        try:
-            text = template.render(resolve_variable)
-        except Exception as exc:  # the resolver's own error says which variable and why
-            raise OutboundHostsError(f"{_prefix(where)}allowed_outbound_hosts entry {entry!r}: {exc}") from None
+def _render(entry: str, where: str, resolve_variable: Callable[[str], str] | None) -> str:
+    """The entry with its ``{{ var }}`` templates expanded (the entry itself when it has none)."""
+    if "{{" not in entry:
+        return entry
+    try:
+        template = Template.parse(entry)
+    except TemplateError as exc:
+        raise OutboundHostsError(f"{_prefix(where)}allowed_outbound_hosts entry {entry!r}: {exc}") from None
+    if resolve_variable is None:
+        raise OutboundHostsError(
+            f"{_prefix(where)}allowed_outbound_hosts entry {entry!r} uses variables, but none are available here"
+        )
+    try:
+        return template.render(resolve_variable)
+    except Exception as exc:  # the resolver's own error says which variable and why
+        raise OutboundHostsError(f"{_prefix(where)}allowed_outbound_hosts entry {entry!r}: {exc}") from None
+
+
+def _legacy_forms(text: str) -> list[str]:
+    """``scheme://...`` entries as they are; the deprecated ``allowed_http_hosts`` forms converted as Spin does.
+
+    Raises ValueError for text that is neither.
+    """
     text = text.strip()
     if "://" in text:
         return [text]
     if text in ("*", ":", "", "?"):
-        raise OutboundHostsError(
-            f"{_prefix(where)}allowed_outbound_hosts entry {entry!r} is not an allowed outbound host format: "
-            "hosts must be in the form <scheme>://<host>[:<port>], with '*' wildcards allowed for each; "
-            f"'*://*:*' allows all outbound networking (no sandboxing). See {_DOCS}"
+        raise ValueError(
+            "not an allowed outbound host format: hosts must be in the form <scheme>://<host>[:<port>], with '*' "
+            f"wildcards allowed for each; '*://*:*' allows all outbound networking (no sandboxing). See {_DOCS}"
         )
     if text == _ALLOW_ALL_LEGACY:
         return ["http://*:*", "https://*:*", "http://self"]
@@ -283,10 +297,7 @@ def _expand(entry: str, where: str, resolve_variable: Callable[[str], str] | Non
     except ValueError:
         legacy, legacy_port = None, None
     if legacy is None or not legacy.hostname or legacy.path not in ("", "/") or legacy.query or "@" in text:
-        raise OutboundHostsError(
-            f"{_prefix(where)}allowed_outbound_hosts entry {entry!r} does not contain a scheme "
-            f"(write e.g. 'https://{text}' or '*://{text}'); see {_DOCS}"
-        )
+        raise ValueError(f"does not contain a scheme (write e.g. 'https://{text}' or '*://{text}'); see {_DOCS}")
     host = legacy.netloc.rstrip("/").rsplit(":", 1)[0] if legacy_port is not None else legacy.netloc.rstrip("/")
     suffix = f":{legacy_port}" if legacy_port is not None else ""
     return [f"http://{host}{suffix}", f"https://{host}{suffix}"]

@@ -77,7 +77,10 @@ class SpinServices:
                         f"define it in /{RUNTIME_CONFIG_FILE_NAME} as [key_value_store.{label}] type = \"spin\""
                     )
             policies[component_id] = OutboundPolicy.parse(
-                component.allowed_outbound_hosts, where=where, resolve_variable=_value_for_outbound(variables)
+                component.allowed_outbound_hosts,
+                where=where,
+                resolve_variable=_value_for_outbound(variables),
+                is_secret=lambda name: name in manifest.variables and manifest.variables[name].secret,
             )
             labels[component_id] = tuple(component.key_value_stores)
             used_labels.update(component.key_value_stores)

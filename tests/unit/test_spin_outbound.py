@@ -191,6 +191,13 @@ def test_expanded_template_that_is_malformed_shows_both_forms():
     assert "'https://{{ host }}/path' (= 'https://a.test/path')" in message
 
 
+def test_a_bad_entry_from_a_secret_variable_is_not_shown():
+    with pytest.raises(OutboundHostsError) as info:
+        OutboundPolicy.parse(["https://{{ host }}/x"], where="w", resolve_variable=lambda _: "s3cr3t.test",
+                             is_secret=lambda name: name == "host")
+    assert "s3cr3t" not in str(info.value) and "'https://{{ host }}/x' is invalid" in str(info.value)
+
+
 def rejected_with(entry: str, **variables: str) -> str:
     with pytest.raises(OutboundHostsError) as info:
         policy(entry, **variables)
