@@ -102,11 +102,15 @@ class VariableResolver:
         missing = self.missing()
         if not missing:
             return
-        how = "; ".join(f"{name}: set {' or '.join(env_names(name))}" for name in missing)
+        if len(missing) == 1:
+            how = f"set {' or '.join(env_names(missing[0]))} in the container's environment"
+        else:
+            how = "set in the container's environment: " + "; ".join(
+                f"{name}: {' or '.join(env_names(name))}" for name in missing
+            )
         plural = "s" if len(missing) > 1 else ""
         raise MissingVariablesError(
-            f"{self.where}: required variable{plural} without a value: {', '.join(missing)} "
-            f"(set them in the container's environment: {how})"
+            f"{self.where}: required variable{plural} without a value: {', '.join(missing)} ({how})"
         )
 
     # ------------------------------------------------------------------------------------------------ guest calls

@@ -87,7 +87,17 @@ def test_required_variables_are_checked_at_load_naming_the_env_vars():
     message = str(info.value)
     assert isinstance(info.value, AppError)
     assert message.startswith("/app/spin.toml: required variables without a value: api_key, token")
-    assert "SPIN_VARIABLE_API_KEY or API_KEY" in message and "SPIN_VARIABLE_TOKEN or TOKEN" in message
+    assert "api_key: SPIN_VARIABLE_API_KEY or API_KEY; token: SPIN_VARIABLE_TOKEN or TOKEN" in message
+
+
+def test_one_missing_variable_says_how_to_set_it():
+    r = resolver("api_token = { required = true }", 'k = "{{ api_token }}"')
+    with pytest.raises(MissingVariablesError) as info:
+        r.check_required()
+    assert str(info.value) == (
+        "/app/spin.toml: required variable without a value: api_token "
+        "(set SPIN_VARIABLE_API_TOKEN or API_TOKEN in the container's environment)"
+    )
 
 
 def test_required_variable_set_by_env_passes():
