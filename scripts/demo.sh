@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job, from nothing: install everything (scripts/setup.sh), start a private containerd with
-# this shim on its PATH, import a sample Spin app image (spin.toml + wasm, command trigger) and run it
-# with `ctr run --runtime io.containerd.spin.v2`, then stop containerd and clean up. Needs root.
-#   scripts/demo.sh [--version 1.6|1.7|2.1] [--keep]   (--keep leaves containerd running to play with)
+# The main job, from nothing: install everything (scripts/setup.sh), build a sample Spin HTTP app with the
+# Spin Python SDK (scripts/build_http_apps.py), start a private containerd with this shim on its PATH, import
+# the app as an image (spin.toml + wasm at the root, command "/"), serve it with
+# `ctr run -d --net-host --runtime io.containerd.spin.v2` on $DEMO_ADDR, and ask it with curl. Then stop
+# the task and containerd and clean up. Needs root.
+#   scripts/demo.sh [--version 1.6|1.7|2.1] [--keep]   (--keep leaves the app and containerd running)
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSION=2.1
@@ -17,7 +19,8 @@ done
 
 bash "$REPO_ROOT/scripts/setup.sh"
 PY="$REPO_ROOT/.venv/bin/python"
-"$PY" "$REPO_ROOT/scripts/build_guests.py" >/dev/null
+"$PY" "$REPO_ROOT/scripts/build_http_apps.py" >/dev/null
+DEMO_ADDR="${DEMO_ADDR:-127.0.0.1:3000}"
 
 WORK=/tmp/spin-shim-demo
 if [[ -f "$WORK/containerd/instance.json" ]]; then
@@ -37,14 +40,36 @@ trap stop EXIT
 # shellcheck disable=SC1091
 source "$WORK/env.sh"
 
-APP="$REPO_ROOT/tests/guests/build/apps/command-hello"
-IMAGE=docker.io/library/spin-command-hello:demo
+APP="$REPO_ROOT/tests/apps/build/py-spin"
+IMAGE=docker.io/library/spin-py-demo:latest
 "$PY" "$REPO_ROOT/scripts/mkoci.py" "$APP" "$WORK/app.tar" "$IMAGE" --os wasip1 --arch wasm \
     --entrypoint '["/"]' >/dev/null
 "$CTR" --address "$CONTAINERD_ADDRESS" images import --all-platforms "$WORK/app.tar" >/dev/null
 
-echo "+ ctr run --rm --runtime io.containerd.spin.v2 $IMAGE demo / hello containerd"
-"$CTR" --address "$CONTAINERD_ADDRESS" run --rm --runtime io.containerd.spin.v2 "$IMAGE" demo / hello containerd
+ctr_() { "$CTR" --address "$CONTAINERD_ADDRESS" "$@"; }
+stop_app() {
+    ctr_ task kill demo >/dev/null 2>&1 || true
+    for _ in $(seq 50); do ctr_ task ls | grep -q '^demo .*RUNNING' || break; sleep 0.2; done
+    ctr_ task rm -f demo >/dev/null 2>&1 || true
+    ctr_ containers rm demo >/dev/null 2>&1 || true
+}
+if [[ $KEEP -eq 0 ]]; then
+    trap 'stop_app; stop' EXIT
+fi
+
+echo "+ ctr run -d --net-host --runtime io.containerd.spin.v2 --env SPIN_HTTP_LISTEN_ADDR=$DEMO_ADDR --env SPIN_VARIABLE_API_TOKEN=demo $IMAGE demo /"
+ctr_ run -d --net-host --runtime io.containerd.spin.v2 --log-uri "file://$WORK/demo.log" \
+    --env "SPIN_HTTP_LISTEN_ADDR=$DEMO_ADDR" --env SPIN_VARIABLE_API_TOKEN=demo "$IMAGE" demo /
+for _ in $(seq 300); do  # the first start compiles the 37 MB component (~6 s); later starts load it in ms
+    curl -fsS "http://$DEMO_ADDR/.well-known/spin/health" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+for path in /hello "/vars?names=greeting" /counter /counter; do
+    echo "+ curl http://$DEMO_ADDR$path"
+    curl -sS "http://$DEMO_ADDR$path"
+    echo
+done
 if [[ $KEEP -eq 1 ]]; then
+    echo "the app keeps serving on http://$DEMO_ADDR (container log: $WORK/demo.log);"
     echo "containerd $VERSION keeps running: source $WORK/env.sh, then use \$CTR --address \$CONTAINERD_ADDRESS"
 fi
