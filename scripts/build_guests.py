@@ -9,6 +9,8 @@ componentize-py or wasm-tools (they would add tens of MB and seconds to build a 
 Outputs (all listed with kind and sha256 in build/index.json):
   hello.wasm, loop.wasm, sleep.wasm, trap.wasm, readfile.wasm   WASI p1 command modules
   hello-component.wasm                                          WASI p2 command component (wasi:cli/run)
+  wagi-echo.wasm, wagi-status.wasm, wagi-noheaders.wasm         WAGI (CGI over WASI p1) modules
+  spin1-echo.wasm                                               Spin 1 HTTP module (wit-bindgen 0.2 ABI)
   missing-import-p1.wasm, missing-import-component.wasm         import things no host provides
   corrupt.wasm (valid header, garbage body), random.wasm (random bytes), truncated.wasm (hello.wasm cut short)
   apps/<name>/                                                  Spin apps: tests/guests/apps/<name> + their wasm
@@ -45,6 +47,10 @@ WAT_GUESTS: dict[str, tuple[str, str]] = {
     "missing-import-p1.wasm": ("missing_import_p1.wat", "p1-module"),
     "hello-component.wasm": ("hello_component.wat", "p2-component"),
     "missing-import-component.wasm": ("missing_import_component.wat", "p2-component"),
+    "wagi-echo.wasm": ("wagi_echo.wat", "p1-module"),
+    "wagi-status.wasm": ("wagi_status.wat", "p1-module"),
+    "wagi-noheaders.wasm": ("wagi_noheaders.wat", "p1-module"),
+    "spin1-echo.wasm": ("spin1_echo.wat", "spin1-module"),
 }
 
 #: app dir name -> guests copied next to its spin.toml
