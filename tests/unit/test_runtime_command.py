@@ -356,9 +356,10 @@ def test_unknown_trigger_type_is_named(apps, settings):
         load_app(apps / "unknown-trigger", ["/"], {}, settings)
 
 
-def test_http_trigger_says_it_comes_later(apps, settings):
-    with pytest.raises(UnsupportedTriggerError, match="http trigger is not implemented in this build yet"):
-        load_app(apps / "http-trigger", ["/"], {}, settings)
+def test_http_route_to_a_command_module_says_to_use_wagi(apps, settings):
+    # hello.wasm is a WASI p1 command: not a wasi:http component, not a Spin 1 module; maybe a CGI program
+    with pytest.raises(WasmLoadError, match=r"without Spin 1's `handle-http-request` export.*type = \"wagi\""):
+        load_app(apps / "http-trigger", ["/"], {"SPIN_HTTP_LISTEN_ADDR": "127.0.0.1:0"}, settings)
 
 
 def test_missing_component_source_is_a_manifest_error(apps, settings):
