@@ -87,8 +87,10 @@ class RequestContext:
         #: The first exception a host function raised (HostTrap, GuestExit, or a bug): the executor reports it
         #: instead of wasmtime's generic "python exception" trap.
         self.host_failure: BaseException | None = None
-        #: Non-fatal problems for HandleOutcome.notes (e.g. guest wrote past its Content-Length).
+        #: Non-fatal problems for HandleOutcome.notes (e.g. an outbound request denied by policy).
         self.notes: list[str] = []
+        #: Run by the executor when the request ends, whatever happened (e.g. closing outbound connections).
+        self.cleanups: list[Callable[[], None]] = []
 
     def new(self, kind: ResourceKind, obj: Any) -> ResourceHost:
         """Put ``obj`` in the table and return the ``own<kind>`` handle to give to the guest."""
