@@ -1,0 +1,85 @@
+"""The listening socket of the HTTP trigger, from ``SPIN_HTTP_LISTEN_ADDR``.
+
+Bound once by the instance process (in the task's network namespace) before the workers fork, so that every
+worker inherits it and a bad or busy address fails the task at start with a message naming the variable, not a
+worker later. SO_REUSEPORT lets workers add their own sockets on the same address (runtime.http.workers).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+
+from runtime.errors import AppError
+
+#: containerd-shim-spin's variable (and default) for the address the HTTP trigger listens on.
+LISTEN_ADDR_ENV = "SPIN_HTTP_LISTEN_ADDR"
+DEFAULT_LISTEN_ADDR = "0.0.0.0:80"
+
+
+class ListenError(AppError):
+    """The HTTP listen address is malformed, in use, or not bindable here."""
+
+
+def parse_listen_addr(addr: str) -> tuple[socket.AddressFamily, str, int]:
+    """``"0.0.0.0:80"``, ``"127.0.0.1:3000"``, ``"[::]:80"``, ``":8080"`` (all IPv4 interfaces) → family, host, port.
+
+    Hosts must be IP literals, as Rust's ``SocketAddr`` parse (which containerd-shim-spin uses) requires.
+    """
+    text = addr.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: expected host:port, e.g. 0.0.0.0:80 or [::]:80")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: {port_text!r} is not a port number (0-65535)")
+    port = int(port_text)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: [{host}] is not an IPv6 address") from None
+        return socket.AF_INET6, host, port
+    if host == "":
+        return socket.AF_INET, "0.0.0.0", port
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ListenError(
+            f"{LISTEN_ADDR_ENV}={addr!r}: {host!r} is not an IP address (use e.g. 0.0.0.0, 127.0.0.1 or [::])"
+        ) from None
+    if ip.version == 6:
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: write IPv6 addresses in brackets, e.g. [::1]:80")
+    return socket.AF_INET, host, port
+
+
+def bind_listener(addr: str, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on ``addr``, inheritable by forked workers, that workers may join with SO_REUSEPORT.
+
+    SO_REUSEPORT is set only after bind: bound with it, a second app of the same uid (two host-network pods
+    run by this shim as root) would silently *share* the port with the first and receive half its traffic;
+    bound without it, the second bind fails with EADDRINUSE as it should, and workers can still join ours.
+    """
+    family, host, port = parse_listen_addr(addr)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "[::]:80" serves IPv4 too, as Rust's TcpListener does on Linux (bindv6only=0 is the default).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.listen(backlog)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise ListenError(f"{LISTEN_ADDR_ENV}={addr}: address already in use") from None
+        if err.errno == errno.EACCES:
+            raise ListenError(f"{LISTEN_ADDR_ENV}={addr}: permission denied (a port below 1024 needs "
+                              f"CAP_NET_BIND_SERVICE)") from None
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise ListenError(f"{LISTEN_ADDR_ENV}={addr}: no such local address in this network namespace") from None
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr}: cannot listen: {err.strerror}") from None
+    return sock

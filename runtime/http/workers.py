@@ -1,0 +1,366 @@
+"""Pre-forked worker processes serving one listening socket, and the supervisor that keeps them honest.
+
+Why processes: a worker runs one guest at a time (runtime.http.dispatch) because threads share the GIL, so cores
+are used by running one worker per core (reference/wasmtime-py-findings.md §4.2: two processes doubled the
+throughput of every guest, where two threads in one process did not).
+
+The caller (the shim's instance process: single-threaded, already in the task's netns and cgroup) loads the app
+and binds the listener, then hands both to ``WorkerPool``. Forking after the load means compiled components and
+imported modules are shared copy-on-write; ``make_worker`` runs in each child to build what must not cross a fork
+(wasmtime Engines and Stores, threads, the event loop).
+
+Failure policy, for Kubernetes' sake: a worker that dies unexpectedly (OOM killer, crash, a bug) is not restarted
+behind kubelet's back. The supervisor writes one line naming the worker and its fate to the container log, stops
+the other workers and returns an exit status like a container's (128 + signal, or the worker's status), so the
+task exits and the pod's restart policy decides. Workers die with the supervisor (PR_SET_PDEATHSIG), so a
+supervisor killed outright leaves no orphan serving the port.
+
+Two ways to share the port, chosen by ``reuseport`` (see the measurements in the final report of this module's
+issue): every worker accepts on the one inherited socket (the kernel wakes all, the least busy accepts first), or
+each worker but the first binds its own SO_REUSEPORT socket to the same address (the kernel spreads connections by
+hash, whatever each worker's load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import math
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Servable(Protocol):
+    """What a worker runs: ``HttpServer`` (runtime.http.server) has this shape."""
+
+    async def serve(self, sockets: Sequence[socket.socket]) -> None: ...
+
+    async def shutdown(self, grace: float) -> None: ...
+
+
+@dataclass
+class _Worker:
+    index: int
+    pid: int
+    pidfd: int
+    control_fd: int
+    status: int | None = None  # os.waitpid status once reaped
+
+
+def describe_exit(status: int) -> tuple[str, int]:
+    """("killed by signal 9 (SIGKILL)", 137) or ("exited with status 3", 3), for a waitpid status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"was killed by signal {sig} ({name})", 128 + sig
+    code = os.waitstatus_to_exitcode(status)
+    return f"exited with status {code}", code
+
+
+class WorkerPool:
+    """``count`` forked workers serving ``listener``; ``run`` supervises them until they are all gone."""
+
+    def __init__(self, count: int, listener: socket.socket, make_worker: Callable[[], Servable], *,
+                 reuseport: bool = False, stop_grace: float = 10.0, failure_grace: float = 2.0,
+                 name: str = "http worker", log_fd: int = 2) -> None:
+        if count < 1:
+            raise ValueError("a worker pool needs at least one worker")
+        self.count = count
+        self._listener = listener
+        self._make_worker = make_worker
+        self._reuseport = reuseport
+        #: Grace a worker uses when signalled directly (SIGTERM) rather than through ``terminate``.
+        self._stop_grace = stop_grace
+        self._failure_grace = failure_grace
+        self._name = name
+        self._log_fd = log_fd
+        self._workers: list[_Worker] = []
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Written by terminate() (maybe in a signal handler or another thread), read by run(): plain attribute
+        # stores are atomic under the GIL, and the pipe byte wakes run() from poll.
+        self._requested_grace: float | None = None
+        self._supervisor_pid = os.getpid()
+
+    # ------------------------------------------------------------------------------------------- supervisor
+
+    def terminate(self, grace: float) -> None:
+        """Ask every worker to stop accepting and finish its requests within ``grace`` seconds, then exit.
+
+        Safe from a signal handler or another thread: it only records the request and wakes ``run``.
+        """
+        if self._requested_grace is None or grace < self._requested_grace:
+            self._requested_grace = grace
+        try:
+            os.write(self._wake_w, b"t")
+        except (BlockingIOError, OSError):
+            pass
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self._workers]
+
+    def run(self) -> int:
+        """Fork the workers and supervise them; returns the exit status the instance process should have."""
+        try:
+            if self._requested_grace is None:
+                self._fork_all()
+            return self._supervise()
+        finally:
+            for fd in (self._wake_r, self._wake_w):
+                _close(fd)
+
+    def _fork_all(self) -> None:
+        # Whatever sits in Python's stdio buffers would otherwise be written once per process.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for index in range(self.count):
+            control_r, control_w = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+            if pid == 0:
+                _close(control_w)
+                self._child(index, control_r)  # never returns
+            _close(control_r)
+            self._workers.append(_Worker(index, pid, os.pidfd_open(pid), control_w))
+
+    def _supervise(self) -> int:
+        poller = select.poll()
+        by_fd = {}
+        for worker in self._workers:
+            poller.register(worker.pidfd, select.POLLIN)
+            by_fd[worker.pidfd] = worker
+        poller.register(self._wake_r, select.POLLIN)
+        exit_status: int | None = None
+        stopping_sent = False
+        kill_at = math.inf
+        killed: set[int] = set()
+        while any(w.status is None for w in self._workers):
+            if self._requested_grace is not None and not stopping_sent:
+                stopping_sent = True
+                kill_at = time.monotonic() + self._requested_grace + 1.0
+                self._send_stop(self._requested_grace)
+            timeout = None if kill_at == math.inf else max(0, int((kill_at - time.monotonic()) * 1000))
+            for fd, _ in poller.poll(timeout):
+                if fd == self._wake_r:
+                    _drain(self._wake_r)
+                    continue
+                worker = by_fd[fd]
+                poller.unregister(fd)
+                self._reap(worker)
+                how, code = describe_exit(worker.status or 0)
+                if worker.pid in killed:
+                    exit_status = exit_status or code
+                elif code != 0 or not stopping_sent:
+                    if exit_status is None:
+                        exit_status = code or 1
+                        self._log(f"spin: {self._name} {worker.index} (pid {worker.pid}) {how}"
+                                  + ("" if stopping_sent else "; stopping the other workers"))
+                    if not stopping_sent:
+                        self.terminate(self._failure_grace)
+            if time.monotonic() >= kill_at:
+                for worker in self._workers:
+                    if worker.status is None:
+                        self._log(f"spin: {self._name} {worker.index} (pid {worker.pid}) did not stop in time; "
+                                  f"killing it")
+                        _kill(worker.pid, signal.SIGKILL)
+                        killed.add(worker.pid)
+                kill_at = math.inf
+        for worker in self._workers:
+            _close(worker.pidfd)
+            _close(worker.control_fd)
+        return exit_status or 0
+
+    def _send_stop(self, grace: float) -> None:
+        for worker in self._workers:
+            if worker.status is None:
+                try:
+                    os.write(worker.control_fd, f"{grace}\n".encode())
+                except OSError:  # the worker is already gone; its pidfd will say how
+                    pass
+
+    def _reap(self, worker: _Worker) -> None:
+        try:
+            _, status = os.waitpid(worker.pid, 0)
+        except ChildProcessError:  # someone else reaped it (a SIGCHLD handler of the caller): status unknown
+            status = 1 << 8
+        worker.status = status
+
+    def _log(self, line: str) -> None:
+        try:
+            os.write(self._log_fd, (line + "\n").encode())
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------------------------------- worker
+
+    def _child(self, index: int, control_r: int) -> None:
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != self._supervisor_pid:  # the supervisor died before prctl took effect
+                os._exit(1)
+            _reset_signals()
+            # Only this worker's control pipe may stay open here: a sibling's write end held by this process
+            # would hide the supervisor's death (EOF) from that sibling.
+            for worker in self._workers:
+                _close(worker.control_fd)
+                _close(worker.pidfd)
+            for fd in (self._wake_r, self._wake_w):
+                _close(fd)
+            sockets = [self._listener]
+            if self._reuseport and index > 0:
+                sockets = [_reuseport_socket(self._listener)]
+                self._listener.close()
+            server = self._make_worker()
+            code = asyncio.run(self._serve(server, sockets, control_r))
+        except BaseException as exc:  # noqa: BLE001 - whatever happens, the child must not return into the caller
+            try:
+                os.write(self._log_fd, f"spin: {self._name} {index} failed: {type(exc).__name__}: {exc}\n".encode())
+            except OSError:
+                pass
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    async def _serve(self, server: Servable, sockets: list[socket.socket], control_r: int) -> int:
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[float] = loop.create_future()
+
+        def request_stop(grace: float) -> None:
+            if not stop.done():
+                stop.set_result(grace)
+
+        def on_control() -> None:
+            data = os.read(control_r, 64)
+            # EOF: the supervisor is gone (PDEATHSIG covers a kill; this covers a supervisor that exited).
+            request_stop(float(data.split(b"\n", 1)[0]) if data else 0.0)
+
+        os.set_blocking(control_r, False)
+        loop.add_reader(control_r, on_control)
+        loop.add_signal_handler(signal.SIGTERM, request_stop, self._stop_grace)
+        serving = asyncio.ensure_future(server.serve(sockets))
+        await asyncio.wait([serving, stop], return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # raises what stopped it
+            return 1  # a server that stops by itself was not asked to
+        await server.shutdown(stop.result())
+        await serving
+        return 0
+
+
+def _reuseport_socket(listener: socket.socket) -> socket.socket:
+    """A new listening socket on the listener's address, in its SO_REUSEPORT group."""
+    sock = socket.socket(listener.family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if listener.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                        listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    sock.bind(listener.getsockname())
+    sock.listen(1024)
+    return sock
+
+
+def _reset_signals() -> None:
+    """Undo the supervisor's Python signal handlers in a worker (they would act on the supervisor's objects)."""
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, TypeError):
+            pass
+    # Ctrl-C in a terminal reaches the whole process group: the supervisor decides, workers wait to be told.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------ worker count
+
+
+def cpu_quota_cores(cpu_max: str) -> int | None:
+    """Cores a cgroup v2 ``cpu.max`` ("200000 100000", "max 100000") allows, rounded up; None = no quota."""
+    fields = cpu_max.split()
+    if not fields or fields[0] == "max":
+        return None
+    period = int(fields[1]) if len(fields) > 1 else 100000
+    return max(1, math.ceil(int(fields[0]) / period))
+
+
+def _cgroup_quota(proc_cgroup: str, cgroup_root: Path) -> int | None:
+    """The tightest cpu quota on this process's cgroup and its ancestors (v2, or v1's cpu controller)."""
+    limits: list[int] = []
+    for line in proc_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            directory = cgroup_root / path.lstrip("/")
+            while True:
+                try:
+                    cores = cpu_quota_cores((directory / "cpu.max").read_text())
+                except (OSError, ValueError):
+                    cores = None
+                if cores is not None:
+                    limits.append(cores)
+                if directory == cgroup_root or cgroup_root not in directory.parents:
+                    break
+                directory = directory.parent
+        elif "cpu" in controllers.split(","):
+            directory = cgroup_root / controllers / path.lstrip("/")
+            try:
+                quota = int((directory / "cpu.cfs_quota_us").read_text())
+                period = int((directory / "cpu.cfs_period_us").read_text())
+            except (OSError, ValueError):
+                continue
+            if quota > 0 and period > 0:
+                limits.append(max(1, math.ceil(quota / period)))
+    return min(limits) if limits else None
+
+
+def default_worker_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: str | None = None) -> int:
+    """Workers to run: the CPUs this process may use (affinity), capped by its cgroup's cpu quota."""
+    cpus = len(os.sched_getaffinity(0))
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            proc_cgroup = ""
+    quota = _cgroup_quota(proc_cgroup, cgroup_root)
+    return max(1, min(cpus, quota) if quota is not None else cpus)

@@ -1,0 +1,764 @@
+"""The HTTP server over real sockets on 127.0.0.1, with small Python executors standing in for guests.
+
+Each test starts an HttpServer on its own event loop thread (as a worker runs it) and talks to it with raw
+sockets parsed by h11's client side, so the bytes on the wire are what is checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import os
+import re
+import socket
+import threading
+import time
+
+import h11
+import pytest
+
+from runtime.http.contract import ClientGone, GuestFailure
+from runtime.http.dispatch import AdaptiveDispatcher, DispatchPolicy
+from runtime.http.listen import ListenError, bind_listener, parse_listen_addr
+from runtime.http.routing import Router
+from runtime.http.server import HttpServer, ServerOptions
+from runtime.http.wellknown import AppInfo
+
+# ------------------------------------------------------------------------------------------------ executors
+
+
+def _read_all(body) -> bytes:
+    parts = []
+    while chunk := body.read(65536):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+class Echo:
+    """Answers with the request body (Content-Length), and what the server told it in response headers."""
+
+    component_id = "echo"
+
+    def __init__(self):
+        self.heads = []
+
+    def handle(self, head, body, sink):
+        self.heads.append(head)
+        data = _read_all(body)
+        headers = dict(head.headers)
+        sink.start(200, [(b"content-length", str(len(data)).encode()),
+                         (b"x-client-addr", headers[b"spin-client-addr"]),
+                         (b"x-path-info", headers[b"spin-path-info"])])
+        sink.write(data)
+        sink.finish()
+
+
+class StreamEcho:
+    """Chunked both ways: writes each piece as it reads it, no Content-Length."""
+
+    component_id = "stream"
+
+    def handle(self, head, body, sink):
+        sink.start(200, [(b"content-type", b"application/octet-stream")])
+        while chunk := body.read(65536):
+            sink.write(chunk)
+        sink.finish([(b"x-trailer", b"done")])
+
+
+class Big:
+    """Writes ``size`` bytes in 64 KiB pieces, recording how far it got (for backpressure)."""
+
+    component_id = "big"
+
+    def __init__(self, size):
+        self.size = size
+        self.written = 0
+        self.error = None
+
+    def handle(self, head, body, sink):
+        sink.start(200, [(b"content-length", str(self.size).encode())])
+        self.written = 0
+        piece = b"x" * 65536
+        try:
+            while self.written < self.size:
+                sink.write(piece[: self.size - self.written])
+                self.written += min(65536, self.size - self.written)
+        except ClientGone as exc:
+            self.error = exc
+            raise
+        sink.finish()
+
+
+class Slow:
+    component_id = "slow"
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def handle(self, head, body, sink):
+        time.sleep(self.seconds)
+        sink.start(200, [(b"content-length", b"4")])
+        sink.write(b"slow")
+        sink.finish()
+
+
+class Stuck:
+    """A guest that never answers: sleeps (GIL released, like wasm) or spins (GIL held) until its deadline."""
+
+    component_id = "stuck"
+
+    def __init__(self, spin=False):
+        self.spin = spin
+
+    def handle(self, head, body, sink):
+        assert head.deadline < float("inf")
+        while time.monotonic() < head.deadline:
+            if not self.spin:
+                time.sleep(0.01)
+        raise GuestFailure(504, "timed out", "spin: stuck: request deadline exceeded")
+
+
+class Fails:
+    component_id = "fails"
+
+    def __init__(self, after_start=False):
+        self.after_start = after_start
+
+    def handle(self, head, body, sink):
+        if self.after_start:
+            sink.start(200, [(b"content-length", b"100")])
+            sink.write(b"partial")
+        raise GuestFailure(503, "guest unavailable", "spin: fails: trap: unreachable")
+
+
+class Raises:
+    component_id = "raises"
+
+    def handle(self, head, body, sink):
+        raise ValueError("executor bug")
+
+
+class RecordsClientGone:
+    component_id = "reader"
+
+    def __init__(self):
+        self.outcome = None
+        self.done = threading.Event()
+
+    def handle(self, head, body, sink):
+        try:
+            _read_all(body)
+            self.outcome = "complete"
+        except ClientGone as exc:
+            self.outcome = exc
+        finally:
+            self.done.set()
+        raise GuestFailure(408, "body stalled")
+
+
+class Ignores:
+    """Answers without reading the body."""
+
+    component_id = "ignores"
+
+    def handle(self, head, body, sink):
+        sink.start(200, [(b"content-length", b"2")])
+        sink.write(b"ok")
+        sink.finish()
+
+
+# ------------------------------------------------------------------------------------------------ harness
+
+
+class Running:
+    def __init__(self, routes, executors, **options):
+        router, _ = Router.build(routes)
+        self.server = HttpServer(router, executors, ServerOptions(**options))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_until_complete,
+                                       args=(self.server.serve([self.sock]),), daemon=True)
+        self.thread.start()
+        while not getattr(self.server, "_servers", None):
+            time.sleep(0.005)
+
+    def shutdown(self, grace=1.0):
+        asyncio.run_coroutine_threadsafe(self.server.shutdown(grace), self.loop).result(grace + 5)
+        self.thread.join(5)
+
+    def connect(self):
+        return Client(self.port)
+
+    def http(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+
+class Client:
+    """A raw connection with h11 parsing the responses."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    def send(self, data: bytes):
+        self.sock.sendall(data)
+
+    def request(self, method, target, headers=(), body=None):
+        headers = [(b"host", b"test"), *headers]
+        if body is not None:
+            headers.append((b"content-length", str(len(body)).encode()))
+        self.send(self.h11.send(h11.Request(method=method, target=target, headers=headers)))
+        if body:
+            self.send(self.h11.send(h11.Data(data=body)))
+        self.send(self.h11.send(h11.EndOfMessage()))
+
+    def next_event(self):
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                self.h11.receive_data(self.sock.recv(1 << 20))
+                continue
+            return event
+
+    def response(self):
+        """(status, headers dict, body, trailers dict) of the next final response."""
+        event = self.next_event()
+        while isinstance(event, h11.InformationalResponse):
+            event = self.next_event()
+        assert isinstance(event, h11.Response), event
+        body = []
+        while True:
+            part = self.next_event()
+            if isinstance(part, h11.Data):
+                body.append(part.data)
+            elif isinstance(part, h11.EndOfMessage):
+                return event.status_code, dict(event.headers), b"".join(body), dict(part.headers)
+
+    def next_cycle(self):
+        self.h11.start_next_cycle()
+
+    def closed_within(self, seconds) -> bool:
+        """True if the server closes (EOF or RST) within ``seconds``."""
+        self.sock.settimeout(seconds)
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def running():
+    servers = []
+
+    def start(routes, executors, **options):
+        server = Running(routes, executors, **options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.thread.is_alive():
+            server.shutdown(0.5)
+
+
+def _raw_response(sock) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    return data
+
+
+# ------------------------------------------------------------------------------------------------ basics
+
+
+def test_keep_alive_reuses_one_connection(running):
+    echo = Echo()
+    srv = running([("/...", "echo")], {"echo": echo})
+    client = srv.connect()
+    addrs = set()
+    for i in range(3):
+        client.request(b"POST", f"/r{i}".encode(), body=b"hello %d" % i)
+        status, headers, body, _ = client.response()
+        assert (status, body) == (200, b"hello %d" % i)
+        addrs.add(headers[b"x-client-addr"])
+        client.next_cycle()
+    assert len(addrs) == 1 and addrs.pop() == f"127.0.0.1:{client.sock.getsockname()[1]}".encode()
+    assert [h.target for h in echo.heads] == ["/r0", "/r1", "/r2"]
+
+
+def test_request_head_carries_spin_headers_and_route(running):
+    echo = Echo()
+    srv = running([("/api/...", "echo")], {"echo": echo}, request_timeout=30)
+    client = srv.connect()
+    client.request(b"GET", b"/api/users/1?x=y", headers=[(b"spin-path-info", b"/forged")])
+    status, headers, _, _ = client.response()
+    assert status == 200 and headers[b"x-path-info"] == b"/users/1"
+    head = echo.heads[0]
+    spin = {k: v for k, v in head.headers if k.startswith(b"spin-")}
+    assert spin[b"spin-full-url"] == b"http://test/api/users/1?x=y"
+    assert spin[b"spin-matched-route"] == b"/api/..." and spin[b"spin-component-route"] == b"/api"
+    assert (head.method, head.target, head.authority, head.component_id) == ("GET", "/api/users/1?x=y", "test",
+                                                                            "echo")
+    assert head.route.path_info == "/users/1"
+    assert 29 < head.deadline - time.monotonic() <= 30
+
+
+def test_pipelined_requests_are_answered_in_order(running):
+    srv = running([("/...", "echo")], {"echo": Echo()})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"".join(b"GET /p%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5)))
+    data = b""
+    while data.count(b"x-path-info") < 5:
+        data += sock.recv(65536)
+    assert re.findall(rb"x-path-info: (/p\d)", data) == [b"/p%d" % i for i in range(5)]
+
+
+def test_no_route_is_an_empty_404(running):
+    srv = running([("/only", "echo")], {"echo": Echo()})
+    client = srv.connect()
+    client.request(b"GET", b"/other")
+    status, headers, body, _ = client.response()
+    assert (status, body, headers[b"content-length"]) == (404, b"", b"0")
+    client.next_cycle()
+    client.request(b"GET", b"/only")  # still usable
+    assert client.response()[0] == 200
+
+
+def test_health_answers_even_under_a_catch_all_route_without_a_guest(running):
+    echo = Echo()
+    srv = running([("/...", "echo")], {"echo": echo}, app_info=AppInfo(name="demo", version="1.2.3"))
+    client = srv.connect()
+    client.request(b"GET", b"/.well-known/spin/health")
+    assert client.response()[:3:2] == (200, b"OK")
+    client.next_cycle()
+    client.request(b"GET", b"/.well-known/spin/info")
+    status, headers, body, _ = client.response()
+    assert status == 200 and b'"name": "demo"' in body and headers[b"content-type"] == b"application/json"
+    assert echo.heads == []
+
+
+def test_head_gets_the_headers_of_get_and_no_body(running):
+    srv = running([("/...", "big")], {"big": Big(1000)})
+    client = srv.connect()
+    client.request(b"HEAD", b"/x")
+    status, headers, body, _ = client.response()
+    assert (status, headers[b"content-length"], body) == (200, b"1000", b"")
+    client.next_cycle()
+    client.request(b"GET", b"/x")
+    assert len(client.response()[2]) == 1000
+
+
+def test_http_1_0_gets_a_close_delimited_response(running):
+    srv = running([("/...", "stream")], {"stream": StreamEcho()})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower() and body == b"hello"
+
+
+def test_malformed_request_is_400_and_closed(running):
+    srv = running([("/...", "echo")], {"echo": Echo()})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+    assert _raw_response(sock).startswith(b"HTTP/1.1 400 ")
+
+
+def test_non_ascii_target_is_400(running):
+    srv = running([("/...", "echo")], {"echo": Echo()})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _raw_response(sock).startswith(b"HTTP/1.1 400 ")
+
+
+# ------------------------------------------------------------------------------------------------ bodies
+
+
+def test_chunked_request_and_chunked_response_with_trailers(running):
+    srv = running([("/...", "stream")], {"stream": StreamEcho()})
+    client = srv.connect()
+    client.send(client.h11.send(h11.Request(method=b"POST", target=b"/",
+                                            headers=[(b"host", b"x"), (b"transfer-encoding", b"chunked")])))
+    for piece in (b"one ", b"two ", b"three"):
+        client.send(client.h11.send(h11.Data(data=piece)))
+    client.send(client.h11.send(h11.EndOfMessage()))
+    status, headers, body, trailers = client.response()
+    assert (status, body) == (200, b"one two three")
+    assert headers[b"transfer-encoding"] == b"chunked"
+    assert trailers == {b"x-trailer": b"done"}
+
+
+def test_ten_mib_both_ways(running):
+    srv = running([("/...", "stream")], {"stream": StreamEcho()})
+    payload = os.urandom(10 * 1024 * 1024)
+    client = srv.connect()
+    head = client.h11.send(h11.Request(method=b"POST", target=b"/", headers=[
+        (b"host", b"x"), (b"content-length", str(len(payload)).encode())]))
+    # A streaming echo answers while the upload is still going: send and receive at once, as real clients do.
+    sender = threading.Thread(target=client.send, args=(head + payload,))
+    sender.start()
+    client.h11.send(h11.Data(data=payload))
+    client.h11.send(h11.EndOfMessage())
+    status, headers, data, _ = client.response()
+    sender.join(10)
+    assert status == 200 and headers[b"transfer-encoding"] == b"chunked"
+    assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
+
+
+def test_ten_mib_echo_with_content_length(running):
+    srv = running([("/...", "echo")], {"echo": Echo()}, body_buffer_high=64 * 1024)
+    payload = os.urandom(10 * 1024 * 1024)
+    conn = srv.http()
+    conn.request("PUT", "/", body=payload)
+    response = conn.getresponse()
+    assert response.getheader("content-length") == str(len(payload))
+    assert response.read() == payload
+
+
+def test_guest_write_blocks_while_the_client_does_not_read(running):
+    big = Big(64 * 1024 * 1024)
+    srv = running([("/...", "big")], {"big": big}, write_buffer_high=64 * 1024)
+    client = srv.connect()
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.request(b"GET", b"/")
+    time.sleep(0.5)
+    stalled_at = big.written
+    assert stalled_at < 16 * 1024 * 1024
+    time.sleep(0.2)
+    assert big.written - stalled_at <= 128 * 1024  # blocked, not buffering
+    assert len(client.response()[2]) == big.size
+
+
+def test_client_that_stops_reading_is_gone_after_the_body_timeout(running):
+    big = Big(256 * 1024 * 1024)
+    srv = running([("/...", "big")], {"big": big}, body_timeout=0.5)
+    client = srv.connect()
+    client.request(b"GET", b"/")
+    deadline = time.monotonic() + 10
+    while big.error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert isinstance(big.error, ClientGone)
+
+
+def test_stalled_upload_gives_the_guest_client_gone_and_closes(running):
+    reader = RecordsClientGone()
+    srv = running([("/...", "reader")], {"reader": reader}, body_timeout=0.5)
+    client = srv.connect()
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part")
+    assert reader.done.wait(5)
+    assert isinstance(reader.outcome, ClientGone)
+    status, headers, body, _ = client.response()
+    assert (status, headers.get(b"connection")) == (408, b"close")
+    assert client.closed_within(3)
+
+
+def test_unread_small_body_is_drained_and_the_connection_kept(running):
+    srv = running([("/...", "ignores")], {"ignores": Ignores()})
+    client = srv.connect()
+    for _ in range(2):
+        client.request(b"POST", b"/", body=b"x" * 10000)
+        assert client.response()[:3:2] == (200, b"ok")
+        client.next_cycle()
+
+
+def test_expect_100_continue_is_sent_when_the_guest_reads(running):
+    srv = running([("/...", "echo")], {"echo": Echo()})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert _raw_response(sock).startswith(b"HTTP/1.1 100 Continue\r\n")
+    sock.sendall(b"hello")
+    final = _raw_response(sock)
+    while not final.endswith(b"hello"):
+        final += sock.recv(100)
+    assert final.startswith(b"HTTP/1.1 200 ")
+
+
+def test_expect_100_continue_not_sent_when_the_guest_answers_without_reading(running):
+    srv = running([("/...", "ignores")], {"ignores": Ignores()})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    response = _raw_response(sock)
+    assert response.startswith(b"HTTP/1.1 200 ") and b"connection: close" in response
+
+
+# ------------------------------------------------------------------------------------------------ limits
+
+
+def test_huge_header_block_is_431(running):
+    srv = running([("/...", "echo")], {"echo": Echo()}, max_header_bytes=64 * 1024)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n")
+    assert _raw_response(sock).startswith(b"HTTP/1.1 431 ")
+
+
+def test_slowloris_is_disconnected_after_the_header_timeout(running):
+    srv = running([("/...", "echo")], {"echo": Echo()}, header_timeout=1.0)
+    client = srv.connect()
+    start = time.monotonic()
+    client.send(b"GET / HTTP/1.1\r\n")
+    closed = False
+    for i in range(40):  # one header byte every 0.1 s would take 4 s
+        try:
+            client.send(b"X"[:1] if i % 2 else b"-")
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+            break
+        time.sleep(0.1)
+        client.sock.settimeout(0.001)
+        try:
+            if client.sock.recv(1) == b"":
+                closed = True
+                break
+        except (TimeoutError, BlockingIOError):
+            pass
+        except ConnectionResetError:
+            closed = True
+            break
+    assert closed and time.monotonic() - start < 2.5
+
+
+def test_idle_keep_alive_connection_is_closed(running):
+    srv = running([("/...", "echo")], {"echo": Echo()}, keepalive_timeout=0.3)
+    client = srv.connect()
+    client.request(b"GET", b"/")
+    client.response()
+    assert client.closed_within(2)
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+
+def test_guest_failure_before_start_is_its_status_and_text_and_a_log_line(running, capfd):
+    srv = running([("/...", "fails")], {"fails": Fails()})
+    client = srv.connect()
+    client.request(b"GET", b"/")
+    status, headers, body, _ = client.response()
+    assert (status, body) == (503, b"guest unavailable")
+    assert headers[b"content-type"].startswith(b"text/plain")
+    time.sleep(0.05)
+    assert "spin: fails: trap: unreachable\n" in capfd.readouterr().err
+
+
+def test_guest_failure_after_start_aborts_the_connection(running):
+    srv = running([("/...", "fails")], {"fails": Fails(after_start=True)})
+    client = srv.connect()
+    client.request(b"GET", b"/")
+    with pytest.raises((h11.RemoteProtocolError, ConnectionResetError)):
+        client.response()
+
+
+def test_executor_bug_is_a_500_and_the_server_keeps_serving(running, capfd):
+    srv = running([("/bug", "raises"), ("/...", "echo")], {"raises": Raises(), "echo": Echo()})
+    client = srv.connect()
+    client.request(b"GET", b"/bug")
+    assert client.response()[0] == 500
+    client.next_cycle()
+    client.request(b"GET", b"/fine")
+    assert client.response()[0] == 200
+    err = capfd.readouterr().err
+    assert "spin: raises: internal error handling GET /bug: ValueError: executor bug" in err
+
+
+def test_stuck_guest_times_out_with_its_deadline(running):
+    srv = running([("/...", "stuck")], {"stuck": Stuck()}, request_timeout=0.3)
+    client = srv.connect()
+    start = time.monotonic()
+    client.request(b"GET", b"/")
+    assert client.response()[0] == 504
+    assert 0.25 < time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize("spin", [False, True], ids=["sleeping", "spinning"])
+def test_stuck_guest_does_not_block_other_requests(running, spin):
+    srv = running([("/stuck", "stuck"), ("/...", "echo")], {"stuck": Stuck(spin=spin), "echo": Echo()},
+                  request_timeout=3.0)
+    stuck = srv.connect()
+    stuck.request(b"GET", b"/stuck")
+    time.sleep(0.1)
+    other = srv.connect()
+    start = time.monotonic()
+    for _ in range(5):
+        other.request(b"GET", b"/x")
+        assert other.response()[0] == 200
+        other.next_cycle()
+    assert time.monotonic() - start < 1.0
+    assert stuck.response()[0] == 504
+
+
+def test_slow_upload_does_not_block_other_requests(running):
+    reader = RecordsClientGone()
+    srv = running([("/upload", "reader"), ("/...", "echo")], {"reader": reader, "echo": Echo()})
+    upload = srv.connect()
+    upload.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nsome")
+    time.sleep(0.1)
+    other = srv.connect()
+    other.request(b"GET", b"/x")
+    assert other.response()[0] == 200
+    assert not reader.done.is_set()
+    upload.send(b"x" * 996)
+    assert reader.done.wait(5) and reader.outcome == "complete"
+
+
+# ------------------------------------------------------------------------------------------------ shutdown
+
+
+def test_shutdown_drains_an_in_flight_request_and_stops_accepting(running):
+    srv = running([("/...", "slow")], {"slow": Slow(0.5)})
+    idle = srv.connect()
+    client = srv.connect()
+    client.request(b"GET", b"/")
+    time.sleep(0.1)
+    done = threading.Thread(target=srv.shutdown, args=(5.0,))
+    done.start()
+    status, headers, body, _ = client.response()
+    assert (status, body, headers.get(b"connection")) == (200, b"slow", b"close")
+    assert idle.closed_within(2)
+    done.join(5)
+    assert not srv.thread.is_alive()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1)
+
+
+def test_shutdown_grace_bounds_a_stuck_request(running):
+    srv = running([("/...", "stuck")], {"stuck": Stuck()}, request_timeout=30)
+    client = srv.connect()
+    client.request(b"GET", b"/")
+    time.sleep(0.1)
+    start = time.monotonic()
+    srv.shutdown(0.3)
+    assert time.monotonic() - start < 2
+    assert client.closed_within(1)
+
+
+# ------------------------------------------------------------------------------------------------ dispatch
+
+
+def _concurrency(policy, jobs, job_seconds):
+    """Max guests running at once, and each job's (start, end), for ``jobs`` submitted together."""
+    loop = asyncio.new_event_loop()
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    spans = []
+    all_done = threading.Event()
+
+    def job(ticket):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        start = time.monotonic()
+        time.sleep(job_seconds)
+        with lock:
+            state["now"] -= 1
+            spans.append((start, time.monotonic()))
+            if len(spans) == jobs:
+                all_done.set()
+
+    async def main():
+        dispatcher = AdaptiveDispatcher(asyncio.get_running_loop(), spill_after=policy.spill_after,
+                                        fresh_limit=policy.fresh_limit)
+        for _ in range(jobs):
+            dispatcher.submit(job)
+        while not all_done.is_set():
+            await asyncio.sleep(0.005)
+        dispatcher.close()
+        return dispatcher
+
+    dispatcher = loop.run_until_complete(main())
+    loop.close()
+    return state["max"], dispatcher.spilled
+
+
+def test_adaptive_dispatch_runs_short_jobs_one_at_a_time():
+    most, spilled = _concurrency(DispatchPolicy(spill_after=0.05), jobs=8, job_seconds=0.002)
+    assert (most, spilled) == (1, 0)
+
+
+def test_adaptive_dispatch_spills_when_the_running_job_takes_long():
+    most, spilled = _concurrency(DispatchPolicy(spill_after=0.005), jobs=4, job_seconds=0.2)
+    assert most == 4 and spilled == 3
+
+
+def test_a_guest_blocked_on_the_client_lets_the_next_one_start_at_once():
+    loop = asyncio.new_event_loop()
+    started = []
+    release = threading.Event()
+
+    def blocked_job(ticket):
+        ticket.block()
+        started.append(("blocked", time.monotonic()))
+        release.wait(5)
+        ticket.unblock()
+
+    def quick_job(ticket):
+        started.append(("quick", time.monotonic()))
+        release.set()
+
+    async def main():
+        dispatcher = AdaptiveDispatcher(asyncio.get_running_loop(), spill_after=10.0)
+        dispatcher.submit(blocked_job)
+        dispatcher.submit(quick_job)
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        dispatcher.close()
+
+    start = time.monotonic()
+    loop.run_until_complete(asyncio.wait_for(main(), 5))
+    loop.close()
+    assert time.monotonic() - start < 1.0 and [name for name, _ in started] == ["blocked", "quick"]
+
+
+# ------------------------------------------------------------------------------------------------ listen address
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("0.0.0.0:80", (socket.AF_INET, "0.0.0.0", 80)),
+    ("127.0.0.1:3000", (socket.AF_INET, "127.0.0.1", 3000)),
+    ("[::]:80", (socket.AF_INET6, "::", 80)),
+    ("[::1]:8080", (socket.AF_INET6, "::1", 8080)),
+    (":8080", (socket.AF_INET, "0.0.0.0", 8080)),
+])
+def test_listen_address_forms(text, expected):
+    assert parse_listen_addr(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("80", "expected host:port"),
+    ("localhost:80", "not an IP address"),
+    ("0.0.0.0:http", "not a port number"),
+    ("0.0.0.0:70000", "not a port number"),
+    ("::1:80", "in brackets"),
+    ("[1.2.3.4]:80", "not an IPv6 address"),
+])
+def test_bad_listen_address_is_a_clear_error(text, message):
+    with pytest.raises(ListenError) as info:
+        parse_listen_addr(text)
+    assert str(info.value).startswith(f"SPIN_HTTP_LISTEN_ADDR={text!r}: ") and message in str(info.value)
+
+
+def test_address_in_use_is_a_clear_error_even_for_a_reuseport_listener():
+    first = bind_listener("127.0.0.1:0")
+    port = first.getsockname()[1]
+    try:
+        with pytest.raises(ListenError) as info:
+            bind_listener(f"127.0.0.1:{port}")
+        assert str(info.value) == f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}: address already in use"
+        # ... while a worker's own SO_REUSEPORT socket may join it.
+        joined = socket.socket()
+        joined.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        joined.bind(("127.0.0.1", port))
+        joined.close()
+    finally:
+        first.close()

@@ -1,0 +1,241 @@
+"""The pre-forked worker pool, driven the way the instance process drives it: a supervisor process with a
+listener, SIGTERM for a graceful stop, and workers that may die under it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runtime.http.workers import cpu_quota_cores, default_worker_count, describe_exit
+
+REPO = Path(__file__).resolve().parents[2]
+
+SUPERVISOR = textwrap.dedent("""
+    import os, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from runtime.http.listen import bind_listener
+    from runtime.http.routing import Router
+    from runtime.http.server import HttpServer, ServerOptions
+    from runtime.http.workers import WorkerPool
+
+    class Pid:
+        component_id = "pid"
+
+        def handle(self, head, body, sink):
+            if head.target.startswith("/slow="):
+                time.sleep(float(head.target[len("/slow="):]))
+            data = str(os.getpid()).encode()
+            sink.start(200, [(b"content-length", str(len(data)).encode())])
+            sink.write(data)
+            sink.finish()
+
+    listener = bind_listener("127.0.0.1:0")
+    router, _ = Router.build([("/...", "pid")])
+
+    def make_worker():
+        if os.environ.get("BROKEN_WORKER"):
+            raise RuntimeError("cannot load the component")
+        return HttpServer(router, {"pid": Pid()}, ServerOptions())
+
+    pool = WorkerPool(int(sys.argv[2]), listener, make_worker, reuseport=sys.argv[3] == "1")
+    signal.signal(signal.SIGTERM, lambda *_: pool.terminate(float(os.environ.get("GRACE", "5"))))
+    print(listener.getsockname()[1], flush=True)
+    sys.exit(pool.run())
+""")
+
+
+class Supervisor:
+    def __init__(self, count=2, reuseport=False, env=None):
+        self.proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(REPO), str(count), str(int(reuseport))],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.port = int(self.proc.stdout.readline())
+
+    def get(self, target="/", timeout=5.0) -> tuple[int, str]:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body.decode()
+
+    def wait_ready(self, workers):
+        deadline = time.monotonic() + 10
+        while len(self.children()) < workers or not self._answers():
+            assert time.monotonic() < deadline, "workers did not come up"
+            time.sleep(0.02)
+
+    def _answers(self):
+        try:
+            return self.get("/.well-known/spin/health", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    def children(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
+
+    def finish(self, timeout=10) -> tuple[int, str]:
+        code = self.proc.wait(timeout)
+        return code, self.proc.stderr.read()
+
+
+@pytest.fixture
+def supervisors():
+    started = []
+
+    def start(**kwargs):
+        supervisor = Supervisor(**kwargs)
+        started.append(supervisor)
+        return supervisor
+
+    yield start
+    for supervisor in started:
+        if supervisor.proc.poll() is None:
+            supervisor.proc.kill()
+            supervisor.proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("reuseport", [False, True], ids=["shared-socket", "reuseport"])
+def test_two_workers_serve_the_port(supervisors, reuseport):
+    sup = supervisors(count=2, reuseport=reuseport)
+    sup.wait_ready(2)
+    workers = set(sup.children())
+    assert len(workers) == 2
+    served = {int(sup.get()[1]) for _ in range(60)}
+    assert served <= workers
+    if reuseport:
+        assert served == workers  # the kernel's hash spreads 60 connections over both sockets
+
+
+def test_sigkill_of_a_worker_fails_the_pool_with_137_and_stops_the_other(supervisors):
+    sup = supervisors(count=2)
+    sup.wait_ready(2)
+    victim, other = sup.children()
+    os.kill(victim, signal.SIGKILL)
+    code, err = sup.finish()
+    assert code == 137
+    assert err.count("\n") == 1
+    assert f"(pid {victim}) was killed by signal 9 (SIGKILL); stopping the other workers" in err
+    assert not _alive(other)
+
+
+def test_a_worker_that_fails_to_start_fails_the_pool(supervisors):
+    sup = supervisors(count=2, env={"BROKEN_WORKER": "1"})
+    code, err = sup.finish()
+    assert code == 1
+    assert "failed: RuntimeError: cannot load the component" in err
+    assert "exited with status 1" in err
+
+
+def test_terminate_drains_in_flight_requests_then_exits_zero(supervisors):
+    sup = supervisors(count=2, env={"GRACE": "5"})
+    sup.wait_ready(2)
+    workers = sup.children()
+    result = {}
+    slow = threading.Thread(target=lambda: result.update(answer=sup.get("/slow=0.7")))
+    slow.start()
+    time.sleep(0.2)
+    start = time.monotonic()
+    sup.proc.send_signal(signal.SIGTERM)
+    slow.join(5)
+    assert result["answer"][0] == 200 and int(result["answer"][1]) in workers
+    code, err = sup.finish()
+    assert (code, err) == (0, "")
+    assert time.monotonic() - start < 3
+    assert not any(_alive(pid) for pid in workers)
+    with pytest.raises(OSError):
+        sup.get()
+
+
+def test_terminate_kills_workers_stuck_past_the_grace(supervisors):
+    sup = supervisors(count=1, env={"GRACE": "0.2"})
+    sup.wait_ready(1)
+    outcome = []
+
+    def stuck_request():
+        try:
+            outcome.append(sup.get("/slow=30", timeout=30))
+        except (OSError, IndexError) as exc:  # aborted: no (complete) response
+            outcome.append(exc)
+
+    client = threading.Thread(target=stuck_request)
+    client.start()
+    time.sleep(0.2)
+    sup.proc.send_signal(signal.SIGTERM)
+    # The worker's server aborts the stuck connection after the grace and exits though the guest thread still
+    # sleeps: the pool ends promptly and cleanly.
+    code, _ = sup.finish(timeout=5)
+    client.join(5)
+    assert code == 0 and not isinstance(outcome[0], tuple)
+
+
+def test_workers_die_with_the_supervisor(supervisors):
+    sup = supervisors(count=2)
+    sup.wait_ready(2)
+    workers = sup.children()
+    sup.proc.kill()
+    sup.proc.wait()
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(pid) for pid in workers)
+
+
+@pytest.mark.parametrize("status, text, code", [
+    (signal.SIGKILL, "was killed by signal 9 (SIGKILL)", 137),
+    (signal.SIGSEGV, "was killed by signal 11 (SIGSEGV)", 139),
+    (3 << 8, "exited with status 3", 3),
+    (0, "exited with status 0", 0),
+])
+def test_exit_descriptions(status, text, code):
+    assert describe_exit(status) == (text, code)
+
+
+@pytest.mark.parametrize("cpu_max, cores", [("max 100000", None), ("200000 100000", 2), ("150000 100000", 2),
+                                             ("50000 100000", 1), ("", None)])
+def test_cpu_quota_in_cores_rounds_up(cpu_max, cores):
+    assert cpu_quota_cores(cpu_max) == cores
+
+
+def test_worker_count_is_capped_by_the_tightest_cgroup_quota(tmp_path):
+    pod = tmp_path / "kubepods" / "pod1"
+    task = pod / "task"
+    task.mkdir(parents=True)
+    (tmp_path / "kubepods" / "cpu.max").write_text("max 100000\n")
+    (pod / "cpu.max").write_text("100000 100000\n")
+    (task / "cpu.max").write_text("max 100000\n")
+    assert default_worker_count(tmp_path, "0::/kubepods/pod1/task\n") == 1
+
+
+def test_worker_count_without_quota_is_the_cpus_we_may_use(tmp_path):
+    assert default_worker_count(tmp_path, "0::/\n") == len(os.sched_getaffinity(0))
+
+
+def test_worker_count_reads_cgroup_v1_quota(tmp_path):
+    cpu = tmp_path / "cpu,cpuacct" / "docker" / "x"
+    cpu.mkdir(parents=True)
+    (cpu / "cpu.cfs_quota_us").write_text("50000\n")
+    (cpu / "cpu.cfs_period_us").write_text("100000\n")
+    assert default_worker_count(tmp_path, "4:cpu,cpuacct:/docker/x\n3:memory:/docker/x\n") == 1
