@@ -44,7 +44,7 @@ from runtime.host import marshal
 from runtime.host.context import ComponentHost, RequestContext, bound
 from runtime.host.linking import build_linker, check_imports, describe_exception
 from runtime.host.registry import REGISTRY, Registry
-from runtime.host.traps import GuestExit, HostTrap
+from runtime.host.traps import GuestExit
 from runtime.host.wasi.http import IncomingExchange, exchange_of, new_incoming_request, new_response_outparam
 from runtime.host.wasi.io import DeadlineExceeded
 from runtime.http.contract import GuestFailure
@@ -60,12 +60,13 @@ _INCOMING_HANDLER = re.compile(r"^wasi:http/incoming-handler@0\.2\.\d+$")
 class EpochTicker:
     """Advances an Engine's epoch every ``interval`` seconds from one daemon thread, so deadlines can fire.
 
-    One per (process, engine): ``EpochTicker.shared(engine)``. A thread does not survive fork, so ``start`` after
-    fork starts a new one (it is idempotent and cheap enough to call on every request). 10 ms makes a deadline
+    One per engine: ``EpochTicker.shared(engine)``, also in a forked child, which inherits the object but not its
+    thread: ``start`` notices the new pid and starts one (it is idempotent and cheap enough to call on every
+    request). Two tickers on one engine would advance its epoch twice as fast and halve every deadline. 10 ms makes a deadline
     fire at most ~10 ms late; the thread costs one wakeup per tick (~0.1 % of a core measured idle).
     """
 
-    _shared: dict[tuple[int, int], EpochTicker] = {}
+    _shared: dict[int, EpochTicker] = {}
     _shared_lock = threading.Lock()
 
     def __init__(self, engine: wasmtime.Engine, interval: float = 0.01) -> None:
@@ -78,12 +79,19 @@ class EpochTicker:
 
     @classmethod
     def shared(cls, engine: wasmtime.Engine) -> EpochTicker:
-        key = (os.getpid(), id(engine))
+        key = id(engine)  # the ticker holds the engine, so the id cannot be reused while it is in the dict
         with cls._shared_lock:
             ticker = cls._shared.get(key)
             if ticker is None:
                 ticker = cls._shared[key] = cls(engine)
             return ticker
+
+    @classmethod
+    def start_for(cls, engine: wasmtime.Engine) -> EpochTicker:
+        """Start (after fork: restart) the shared ticker of ``engine``; what a worker does once at start-up."""
+        ticker = cls.shared(engine)
+        ticker.start()
+        return ticker
 
     def start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
@@ -132,6 +140,31 @@ class ComponentExecutor:
         self.handle_index = self._find_handle(component, engine)
         self.plan = check_imports(component, engine, config, registry)
         self.linker = build_linker(engine, self.plan)
+        self._trial_instantiate()
+
+    def _trial_instantiate(self) -> None:
+        """Instantiate once in a throwaway Store, so that what only instantiation checks fails at load.
+
+        That is the memory limit (a guest whose initial memory exceeds SPIN_MAX_INSTANCE_MEMORY) and any link
+        error our import plan cannot see. No guest code runs: WASI toolchains emit no start functions (as in
+        runtime.guest); it costs about a millisecond.
+        """
+        store = wasmtime.Store(self.engine)
+        if self.config.max_instance_memory is not None:
+            store.set_limits(memory_size=self.config.max_instance_memory)
+        store.set_epoch_deadline(2**62)
+        try:
+            self.linker.instantiate(store, self.component)
+        except wasmtime.WasmtimeError as exc:
+            reason = error_reason(str(exc))
+            if "exceeds memory limits" in reason:
+                raise WasmLoadError(
+                    f"{self.component_id}: needs more linear memory than the per-instance limit of "
+                    f"{self.config.max_instance_memory} bytes (SPIN_MAX_INSTANCE_MEMORY): {reason}"
+                ) from None
+            raise WasmLoadError(f"{self.component_id}: cannot instantiate: {reason}") from None
+        finally:
+            store.close()
 
     def _find_handle(self, component: Component, engine: wasmtime.Engine) -> object:
         exports = list(component.type.exports(engine))
@@ -175,7 +208,7 @@ class ComponentExecutor:
                 request = new_incoming_request(ctx, head, body)
                 outparam = new_response_outparam(ctx, sink)
                 func(store, request, outparam)
-            except (wasmtime.WasmtimeError, wasmtime.Trap, HostTrap, GuestExit) as exc:
+            except Exception as exc:  # noqa: BLE001 - traps, host errors, and wasmtime-py conversion errors alike
                 failure = exc
             finally:
                 t3 = time.perf_counter() if timing else 0.0
@@ -255,4 +288,10 @@ class ComponentExecutor:
             return 500, "Internal Server Error", f"spin: {cid}: error: {host_failure} before completing a response"
         if host_failure is not None:
             return 500, "Internal Server Error", f"spin: {cid}: error: {describe_exception(host_failure)}"
-        return 500, "Internal Server Error", failure_line(cid, message)
+        line = failure_line(cid, message)
+        limit = self.config.max_instance_memory
+        if limit is not None and ": trap: " in line:
+            # A memory.grow past the limit returns -1 to the guest, which then usually traps; wasmtime's C API
+            # tells the host neither the Store's memory size nor that a grow failed, so say it as a possibility.
+            line += f" (if the guest ran out of memory: its limit is {limit} bytes)"
+        return 500, "Internal Server Error", line

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from runtime.errors import MissingImportError
+from runtime.errors import MissingImportError, WasmLoadError
 from runtime.files import Preopen
 from runtime.host.context import ComponentHost, RequestContext
 from runtime.host.executor import ComponentExecutor, EpochTicker
@@ -263,12 +263,9 @@ def test_instance_memory_is_limited_at_run_time() -> None:
     assert serve(executor, "/hello").status == 200  # a fresh instance per request: nothing carried over
 
 
-def test_an_instance_that_cannot_fit_its_memory_limit_is_a_500_saying_so() -> None:
-    executor = make_executor("py-spin", max_instance_memory=8 << 20)
-    with pytest.raises(GuestFailure) as failure:
-        serve(executor, "/hello")
-    assert failure.value.status == 500
-    assert "memory limit (8388608 bytes)" in failure.value.log_line
+def test_an_instance_that_cannot_fit_its_memory_limit_fails_at_load() -> None:
+    with pytest.raises(WasmLoadError, match="per-instance limit of 8388608 bytes"):
+        make_executor("py-spin", max_instance_memory=8 << 20)
 
 
 def test_a_failure_after_the_response_started_is_raised_for_an_abort(js_echo: ComponentExecutor) -> None:
@@ -381,19 +378,19 @@ def test_nothing_leaks_across_requests(py_spin: ComponentExecutor, upstream: str
     assert open_fds() <= before
 
 
-def test_the_epoch_ticker_restarts_in_a_forked_child_and_covers_deadlines() -> None:
+def test_one_epoch_ticker_per_engine_restarts_in_a_forked_child() -> None:
     from runtime.engine import shared_engine
 
-    ticker = EpochTicker.shared(shared_engine())
-    assert EpochTicker.shared(shared_engine()) is ticker
+    engine = shared_engine()
+    ticker = EpochTicker.start_for(engine)
+    assert EpochTicker.shared(engine) is ticker
     assert ticker.ticks_for(0.001) == 2 and ticker.ticks_for(1.0) == 101
-    ticker.start()
+    parent_thread = ticker._thread
     pid = os.fork()
-    if pid == 0:  # the child: the parent's thread is gone, start() makes a new one
-        child = EpochTicker.shared(shared_engine())
-        child._thread = ticker._thread
-        child._pid = ticker._pid
-        child.start()
-        os._exit(0 if child._thread is not ticker._thread and child._thread.is_alive() else 1)
+    if pid == 0:  # the child inherits the object, not the thread: start_for must start exactly one new thread
+        child = EpochTicker.start_for(engine)
+        ok = child is ticker and child._thread is not parent_thread and child._thread is not None
+        os._exit(0 if ok and child._thread.is_alive() else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+    assert ticker._thread is parent_thread
