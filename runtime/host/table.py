@@ -53,9 +53,6 @@ class ResourceTable:
     def __contains__(self, rep: int) -> bool:
         return rep in self._objects
 
-    def values(self) -> list[Any]:
-        return list(self._objects.values())
-
     def clear(self) -> list[Any]:
         """Empty the table and return what was left in it (for closing, e.g. outbound connections)."""
         left = list(self._objects.values())

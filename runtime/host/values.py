@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 from wasmtime.component import Variant
 
-__all__ = ["Ok", "Err", "Some", "Variant", "variant"]
+__all__ = ["Ok", "Err", "Some", "Variant", "OK_EMPTY"]
 
 T = TypeVar("T")
 
@@ -47,10 +47,6 @@ class Some(Generic[T]):
     """The present case of an ``option<option<T>>`` (the only place where None alone would be ambiguous)."""
 
     value: T
-
-
-def variant(tag: str, payload: Any = None) -> Variant:
-    return Variant(tag, payload)
 
 
 #: Shared instances for the hottest return values (no allocation per call).

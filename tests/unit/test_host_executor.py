@@ -22,7 +22,7 @@ import pytest
 
 from runtime.errors import MissingImportError, WasmLoadError
 from runtime.files import Preopen
-from runtime.host.context import ComponentHost, RequestContext
+from runtime.host.context import RequestContext
 from runtime.host.executor import ComponentExecutor, EpochTicker
 from runtime.host.linking import check_imports
 from runtime.host.registry import REGISTRY, Registry

@@ -17,8 +17,17 @@ from typing import TYPE_CHECKING, Any
 from runtime.host.registry import REGISTRY
 from runtime.host.traps import GuestExit, HostTrap
 from runtime.host.values import Ok
-from runtime.host.wasi.io import INPUT_STREAM, OUTPUT_STREAM, InputSource, InputStream, OutputStream, OutputTarget, \
-    StreamFailure, TimerPollable, POLLABLE
+from runtime.host.wasi.io import (
+    INPUT_STREAM,
+    OUTPUT_STREAM,
+    POLLABLE,
+    InputSource,
+    InputStream,
+    OutputStream,
+    OutputTarget,
+    StreamFailure,
+    TimerPollable,
+)
 
 if TYPE_CHECKING:
     from runtime.host.context import RequestContext

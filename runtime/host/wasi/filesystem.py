@@ -25,7 +25,6 @@ from runtime.host.values import OK_EMPTY, Err, Ok
 from runtime.host.wasi.io import INPUT_STREAM, InputSource, InputStream, IoError, StreamFailure
 
 if TYPE_CHECKING:
-    from runtime.files import Preopen
     from runtime.host.context import RequestContext
 
 VERSIONS = ("0.2.*",)
