@@ -251,6 +251,11 @@ class ComponentExecutor:
                     exchange.finish(None)
                 return  # exit(0) after a complete response: the guest is done, nothing failed
         status, public, line = self._classify(ctx, failure, host_failure)
+        if exchange is not None and exchange.finished:
+            # The whole response reached the sink before the guest failed: the client has its answer, so the
+            # failure is only logged (as Spin does), never turned into an abort of a complete response.
+            write_stderr_line(line + " (after the response was complete)")
+            return
         if started:
             raise GuestFailure(status, public, line + " (after the response started: connection aborted)")
         raise GuestFailure(status, public, line)

@@ -308,6 +308,23 @@ def test_a_response_body_never_finished_aborts_but_one_never_asked_for_is_empty(
                 py_spin._outcome(ctx, None)
 
 
+def test_a_trap_after_a_complete_response_is_only_logged(
+    py_spin: ComponentExecutor, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import wasmtime
+
+    sink = MemorySink()
+    ctx = RequestContext(py_spin.host)
+    exchange = ctx.state["wasi:http/incoming-exchange"] = IncomingExchange(sink)
+    exchange.set_response(ctx, OutgoingResponse(Fields()))
+    exchange.finish(None)
+    py_spin._outcome(ctx, wasmtime.WasmtimeError("wasm trap: wasm `unreachable` instruction executed"))
+    assert sink.finished
+    assert "spin: py-spin: trap: wasm `unreachable` instruction executed (after the response was complete)" in (
+        capfd.readouterr().err
+    )
+
+
 def test_an_error_code_instead_of_a_response_is_a_500(py_spin: ComponentExecutor) -> None:
     ctx = RequestContext(py_spin.host)
     exchange = ctx.state["wasi:http/incoming-exchange"] = IncomingExchange(MemorySink())
