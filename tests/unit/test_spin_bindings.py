@@ -11,8 +11,10 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import glob
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -328,3 +330,67 @@ def test_provider_results_fit_the_real_types(sdk_imports, services: SpinServices
 def test_deny_picks_cases_from_the_type_alone():
     assert deny.DENIAL_CASES[0] == "access-denied"
     assert deny.denial_error(None, "m") is None
+
+
+# ---------------------------------------------------------------------------------------------------- the real app
+
+
+@pytest.fixture(scope="module")
+def py_spin_app(tmp_path_factory: pytest.TempPathFactory):
+    """py-spin (Spin Python SDK 3.4.1) served by ComponentExecutor with its app's SpinServices; no HTTP."""
+    from runtime.engine import shared_engine
+    from runtime.host.executor import ComponentExecutor
+    from runtime.manifest import load_manifest
+    from tests.unit.test_host_marshal import BUILD_DIR, app_wasm, load_component
+
+    app_wasm("py-spin")  # builds the test apps (or skips) when they are not there yet
+    work_dir = tmp_path_factory.mktemp("py-spin-work")
+    manifest = load_manifest(BUILD_DIR / "py-spin" / "spin.toml")
+    services = SpinServices.build(manifest, {"SPIN_VARIABLE_API_TOKEN": "s3cret", "GREETING": "hi from env"},
+                                  work_dir=work_dir)
+    config = ComponentConfig(id="py-spin", wasm_path=app_wasm("py-spin"), executor="component",
+                             environment={}, services=services)
+    return ComponentExecutor(config, load_component("py-spin"), shared_engine()), work_dir
+
+
+def test_py_spin_reads_variables_from_env_defaults_and_literals(py_spin_app):
+    from tests.unit.test_host_executor import serve
+
+    executor, _ = py_spin_app
+    sink = serve(executor, "/vars?names=greeting,token,literal,undeclared,Bad-Name")
+    assert sink.status == 200, sink.body
+    values = json.loads(sink.body)
+    assert values["greeting"] == "hi from env" and values["token"] == "s3cret" and values["literal"] == "fixed-value"
+    assert values["undeclared"].startswith("ERROR: Error_Undefined(")
+    assert values["Bad-Name"].startswith("ERROR: Error_InvalidName(")
+
+
+def test_py_spin_key_value_round_trip_in_the_work_dir(py_spin_app):
+    from tests.unit.test_host_executor import serve
+
+    executor, work_dir = py_spin_app
+    assert serve(executor, "/kv/colour", "PUT", b"green").status == 200
+    assert serve(executor, "/kv/colour").body == b"green"
+    first = int(serve(executor, "/counter").body)
+    assert int(serve(executor, "/counter").body) == first + 1
+    assert serve(executor, "/kv/colour", "DELETE").status == 200
+    assert serve(executor, "/kv/colour").status == 404
+    assert (work_dir / ".spin" / "sqlite_key_value.db").is_file()
+
+
+def test_py_spin_key_value_request_cost(py_spin_app):
+    """Report what a store open + get + set adds to a request (the SDK's /counter) over a plain /hello."""
+    from tests.unit.test_host_executor import serve
+
+    executor, _ = py_spin_app
+
+    def per_request(target: str, rounds: int = 30) -> float:
+        serve(executor, target)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            assert serve(executor, target).status == 200
+        return (time.perf_counter() - started) / rounds
+
+    hello, counter = per_request("/hello"), per_request("/counter")
+    print(f"py-spin /hello {hello * 1e3:.2f} ms, /counter (open+get+set) {counter * 1e3:.2f} ms")
+    assert counter < hello + 0.05
