@@ -215,14 +215,15 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
                   settings: RuntimeSettings, work_dir: Path) -> HttpApp:
     """Validate and load every component the app's http routes use; bind the listener. Raises AppError."""
     from runtime.files import stage_component_files, sweep_stale_staging
-    from runtime.http.server import bind_listener
+    from runtime.http.listen import bind_listener
     from runtime.spin.services import SpinServices
 
     routes = retained_routes(parse_http_triggers(manifest), env, manifest)
     router = _build_router(manifest, routes)
     workers = worker_count(env)
     timeout = request_timeout(env)
-    services = SpinServices.build(manifest, env, work_dir=work_dir)
+    services = SpinServices.build(manifest, env, work_dir=work_dir,
+                                  component_ids=sorted({route.component_id for route in routes}))
 
     sweep_stale_staging(settings.cache_dir)
     staged: list[StagedFiles] = []
@@ -245,13 +246,12 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
         raise
 
     def make_server() -> Any:
-        """Runs in each worker after fork: per-process threads (epoch ticker) and the server object."""
-        from runtime.engine import shared_engine
-        from runtime.host.executor import EpochTicker
+        """Runs in each worker after fork (the executors start their epoch tickers there on first use)."""
         from runtime.http.server import HttpServer, ServerOptions
+        from runtime.http.wellknown import AppInfo
 
-        EpochTicker.start_for(shared_engine())
-        return HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_name=manifest.application.name))
+        info = AppInfo(name=manifest.application.name, version=manifest.application.version)
+        return HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_info=info))
 
     names = ", ".join(repr(c) for c in executors)
     description = (f"Spin app {manifest.application.name!r} (http trigger on {listen_addr}, "

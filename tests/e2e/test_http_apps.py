@@ -128,8 +128,13 @@ def test_js_app_answers_and_streams_ten_mib(js_echo):
     assert hello.status == 200 and hello.text == "Hello from JS!"
     payload = os.urandom(TEN_MIB)
     echoed = js_echo.get("/echo", "-X", "POST", "-H", "Transfer-Encoding: chunked", data=payload, timeout=120)
-    assert echoed.status == 200
+    assert echoed.status == 200 and echoed.headers["x-body-length"] == str(TEN_MIB)
     assert hashlib.sha256(echoed.body).digest() == hashlib.sha256(payload).digest()
+    # /echo-stream answers with the request body as a stream: the response starts before the upload ends
+    streamed = js_echo.get("/echo-stream", "-X", "POST", "-H", "Transfer-Encoding: chunked", data=payload,
+                           timeout=120)
+    assert streamed.status == 200 and streamed.headers.get("transfer-encoding") == "chunked"
+    assert hashlib.sha256(streamed.body).digest() == hashlib.sha256(payload).digest()
     big = js_echo.get(f"/big?bytes={TEN_MIB}", timeout=120)
     assert big.status == 200 and len(big.body) == TEN_MIB
     assert js_echo.get("/status/201").status == 201

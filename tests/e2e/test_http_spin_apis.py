@@ -91,15 +91,3 @@ def test_outbound_http_to_a_host_not_allowed_is_refused(app, upstream):
     assert response.status == 502, response.text
     assert "not allowed" in response.text.lower() or "denied" in response.text.lower(), response.text
 
-
-def test_missing_required_variable_fails_create_with_its_name(containerd_21, images_21, http_apps):
-    image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
-    task = HttpTask(containerd_21, image, "spin-apis-novar")
-    try:
-        result = task.run(wait_ready=False)
-        assert result.returncode != 0
-        assert "api_token" in result.stderr and "SPIN_VARIABLE_API_TOKEN" in result.stderr, result.stderr
-        assert "api_token" in task.log()  # also in the container log, where kubectl logs looks
-    finally:
-        task.remove()
-    assert_no_leaks(containerd_21, [task.task_id])

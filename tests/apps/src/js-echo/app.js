@@ -44,7 +44,7 @@ async function handle(request) {
     const status = Number.parseInt(path.slice("/status/".length), 10);
     return Number.isNaN(status) ? text(400, "bad status") : text(status, `status ${status}`);
   }
-  if (path === "/headers") {
+  if (path.endsWith("/headers")) {  // under any route, like /whoami
     return new Response(JSON.stringify(Object.fromEntries(request.headers)), {
       status: 200,
       headers: { "content-type": "application/json" },
