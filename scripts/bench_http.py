@@ -80,8 +80,8 @@ _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*?(\d+)")
 
 
-def run_wrk(url: str, connections: int, duration: float) -> WrkResult:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url + WRK_PATH],
+def run_wrk(url: str, connections: int, duration: int) -> WrkResult:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url + WRK_PATH],
                          capture_output=True, text=True, check=True).stdout
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     latencies = {int(m.group(1)): float(m.group(2)) * scale[m.group(3)] for m in _LATENCY.finditer(out)}
@@ -138,7 +138,7 @@ class WasmtimeServe:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server and concurrency")
     parser.add_argument("--apps", default="js-echo,py-proxy")
     parser.add_argument("--connections", default="1,16")

@@ -210,3 +210,29 @@ source = "wagi-echo.wasm"
     for expected in ("POST", "/some/path", "x=1", "/cgi/...", "cgi body"):
         assert expected in response.text, (expected, response.text)
     assert task.get("/elsewhere").status == 404  # no route: the trigger's own 404
+
+
+def test_components_to_retain_serves_only_those_components(serve):
+    task = serve("multi", "http-multi-retain", {"SPIN_COMPONENTS_TO_RETAIN": "api,deep"})
+    assert task.get("/api/whoami").text.strip() == "api"
+    assert task.get("/api/v1/whoami").text.strip() == "deep"
+    assert task.get("/whoami").status == 404  # "fallback" was not retained: its route is gone
+    assert task.get("/api/exact").headers.get("x-who") == "api"  # so is "exact"'s; "/api/..." takes it
+
+
+def test_spin1_core_module(serve, guests):
+    manifest = b"""spin_manifest_version = 2
+[application]
+name = "spin1-echo"
+[[trigger.http]]
+route = "/v1/..."
+component = "legacy"
+[component.legacy]
+source = "spin1-echo.wasm"
+"""
+    task = serve("spin1-echo", "http-spin1",
+                 files={"/spin.toml": manifest, "/spin1-echo.wasm": guests["spin1-echo.wasm"]})
+    response = task.get("/v1/thing?x=1", "-X", "POST", data=b"legacy body")
+    assert response.status == 200
+    for expected in ("POST", "/v1/thing?x=1", "legacy body"):
+        assert expected in response.text, (expected, response.text)
