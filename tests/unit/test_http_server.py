@@ -62,6 +62,7 @@ class StreamEcho:
     def handle(self, head, body, sink):
         sink.start(200, [(b"content-type", b"application/octet-stream")])
         while chunk := body.read(65536):
+            assert type(chunk) is bytes and len(chunk) <= 65536  # not h11's bytearrays: guests keep them
             sink.write(chunk)
         sink.finish([(b"x-trailer", b"done")])
 
@@ -357,6 +358,28 @@ def test_head_gets_the_headers_of_get_and_no_body(running):
     client.next_cycle()
     client.request(b"GET", b"/x")
     assert len(client.response()[2]) == 1000
+
+
+@pytest.mark.parametrize("target, status", [("/.well-known/spin/health", 200), ("/nowhere", 404), ("/fails", 503)])
+def test_head_of_server_and_error_answers_has_no_body(running, target, status):
+    srv = running([("/fails", "fails")], {"fails": Fails()})
+    client = srv.connect()
+    for _ in range(2):  # the connection stays usable: no stray body bytes
+        client.request(b"HEAD", target.encode())
+        got, headers, body, _ = client.response()
+        assert (got, body) == (status, b"")
+        client.next_cycle()
+
+
+def test_client_that_half_closes_after_its_request_still_gets_the_response(running):
+    srv = running([("/...", "slow")], {"slow": Slow(0.1)})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"slow")
 
 
 def test_http_1_0_gets_a_close_delimited_response(running):
@@ -746,6 +769,31 @@ def test_bad_listen_address_is_a_clear_error(text, message):
     with pytest.raises(ListenError) as info:
         parse_listen_addr(text)
     assert str(info.value).startswith(f"SPIN_HTTP_LISTEN_ADDR={text!r}: ") and message in str(info.value)
+
+
+def test_ipv6_wildcard_listener_serves_ipv4_and_ipv6_clients(running):
+    echo = Echo()
+    router, _ = Router.build([("/...", "echo")])
+    server = HttpServer(router, {"echo": echo})
+    try:
+        listener = bind_listener("[::]:0")
+    except ListenError:
+        pytest.skip("no IPv6 here")
+    port = listener.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve([listener]),), daemon=True)
+    thread.start()
+    try:
+        for host in ("127.0.0.1", "::1"):
+            with socket.create_connection((host, port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert _raw_response(sock).startswith(b"HTTP/1.1 200 ")
+        addrs = [dict(head.headers)[b"spin-client-addr"] for head in echo.heads]
+        assert addrs[0].startswith(b"[::ffff:127.0.0.1]:") and addrs[1].startswith(b"[::1]:")
+    finally:
+        asyncio.run_coroutine_threadsafe(server.shutdown(0.5), loop).result(5)
+        thread.join(5)
+        listener.close()
 
 
 def test_address_in_use_is_a_clear_error_even_for_a_reuseport_listener():

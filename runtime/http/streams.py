@@ -1,0 +1,312 @@
+"""The request body and the response as guest threads see them: the server's half of the contract.
+
+``BodyPipe`` is the contract's RequestBody and ``ResponseChannel`` its ResponseSink. Both live between two
+threads: a guest thread calls them and blocks in them; the event loop (runtime.http.server) feeds the body and
+sends the response. Flow control blocks the guest thread, never the loop:
+
+- request body: the loop stops reading the socket while more than ``body_buffer_high`` bytes wait for the guest,
+  and the guest's ``read`` resumes it once it has taken half of that;
+- response body: ``write`` blocks while the socket's send buffer is over ``write_buffer_high`` (asyncio's
+  pause_writing) or that many bytes are queued for the loop, for at most ``body_timeout`` seconds, then
+  ClientGone.
+
+A response's events (start, data, end, 100-continue, "guest done") queue in the channel and the loop takes them in
+one batch (``take``), so a small response costs the guest thread one ``call_soon_threadsafe``, not three.
+
+While a guest waits on the client it tells the dispatcher (``Ticket.block``), so another request may run.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http
+import threading
+import time
+from collections import deque
+from typing import Any, Protocol
+
+import h11
+
+from runtime.http.contract import ClientGone, Headers
+from runtime.http.dispatch import Ticket
+
+
+class ConnectionPort(Protocol):
+    """What the streams need from their connection (runtime.http.server's ``_Connection``)."""
+
+    #: True while asyncio has paused writing (the socket's send buffer is over its high-water mark).
+    writing_paused: bool
+
+    @property
+    def body_buffer_high(self) -> int: ...
+
+    @property
+    def write_buffer_high(self) -> int: ...
+
+    @property
+    def body_timeout(self) -> float: ...
+
+    def threadsafe(self, callback: Any, *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop."""
+
+    def flush(self, channel: ResponseChannel) -> None:
+        """(On the loop) send what ``channel.take()`` returns."""
+
+    def close_after_response(self) -> None: ...
+
+    def resume_reading_for_body(self) -> None: ...
+
+
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_DATE_CACHE: tuple[int, bytes] = (0, b"")
+
+
+def date_header() -> bytes:
+    global _DATE_CACHE
+    now = int(time.time())
+    if _DATE_CACHE[0] != now:
+        _DATE_CACHE = (now, email.utils.formatdate(now, usegmt=True).encode())
+    return _DATE_CACHE[1]
+
+
+def build_response(status: int, headers: Headers) -> h11.Response:
+    """An h11 Response with a reason phrase and a Date (as hyper sends); raises h11.LocalProtocolError if bad."""
+    if not any(name.lower() == b"date" for name, _ in headers):
+        headers = [*headers, (b"date", date_header())]
+    return h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+
+
+# Events a guest thread queues for the loop, in order (``ResponseChannel.take``).
+START, DATA, END, CONTINUE, FAIL, ABORT, DONE = range(7)
+
+
+class BodyPipe:
+    """The request body between the loop (feeds it) and the guest thread (reads it): the contract's RequestBody."""
+
+    def __init__(self, conn: ConnectionPort, channel: ResponseChannel, deadline: float,
+                 expect_continue: bool) -> None:
+        self._conn = conn
+        self._channel = channel
+        self._deadline = deadline
+        self._cond = threading.Condition(threading.Lock())
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._error: str | None = None
+        self._reading_paused = False
+        self._expect_continue = expect_continue
+        self.ticket: Ticket | None = None
+
+    # loop side ------------------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> bool:
+        """Queue body bytes; True when the loop should stop reading the socket until the guest catches up."""
+        data = bytes(data)  # h11 hands out bytearrays; the contract (and ctypes callers) promise bytes
+        with self._cond:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            self._cond.notify()
+            if self._buffered > self._conn.body_buffer_high and not self._reading_paused:
+                self._reading_paused = True
+                return True
+            return False
+
+    def end(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify()
+
+    def fail(self, reason: str) -> None:
+        with self._cond:
+            if not self._eof and self._error is None:
+                self._error = reason
+            self._cond.notify()
+
+    def drop(self) -> bool:
+        """The guest is done: forget what it did not read; True if the socket was paused for it."""
+        with self._cond:
+            self._chunks.clear()
+            self._buffered = 0
+            paused, self._reading_paused = self._reading_paused, False
+            return paused
+
+    # guest side -----------------------------------------------------------------------------------------
+
+    def read(self, max_bytes: int) -> bytes:
+        if self._expect_continue:
+            # The client holds its body back until we say so; say it only when the guest actually wants it.
+            self._expect_continue = False
+            self._channel.queue_continue()
+        with self._cond:
+            if not self._chunks and not self._eof and self._error is None:
+                self._wait_locked()
+            if self._chunks:
+                return self._take_locked(max(1, max_bytes))
+            if self._error is not None:
+                raise ClientGone(self._error)
+            return b""
+
+    def _wait_locked(self) -> None:
+        ticket = self.ticket
+        if ticket is not None:
+            ticket.block()
+        try:
+            stall_at = time.monotonic() + self._conn.body_timeout
+            while not self._chunks and not self._eof and self._error is None:
+                now = time.monotonic()
+                if now >= self._deadline:
+                    self._error = "the request deadline passed while waiting for the request body"
+                elif now >= stall_at:
+                    self._error = f"no request body received for {self._conn.body_timeout:g} s"
+                else:
+                    self._cond.wait(min(stall_at, self._deadline) - now)
+                    continue
+                self._conn.threadsafe(self._conn.close_after_response)
+        finally:
+            if ticket is not None:
+                ticket.unblock()
+
+    def _take_locked(self, max_bytes: int) -> bytes:
+        first = self._chunks[0]
+        if len(first) <= max_bytes:
+            self._chunks.popleft()
+            data = first
+            # Coalesce small chunks (chunked uploads arrive in pieces) so the guest makes fewer host calls.
+            while self._chunks and len(data) + len(self._chunks[0]) <= max_bytes:
+                data += self._chunks.popleft()
+        else:
+            data, self._chunks[0] = first[:max_bytes], first[max_bytes:]
+        self._buffered -= len(data)
+        if self._reading_paused and self._buffered <= self._conn.body_buffer_high // 2:
+            self._reading_paused = False
+            self._conn.threadsafe(self._conn.resume_reading_for_body)
+        return data
+
+
+class ResponseChannel:
+    """The response from the guest thread to the loop: the contract's ResponseSink, plus the server's own ends."""
+
+    def __init__(self, conn: ConnectionPort, head_only: bool) -> None:
+        self._conn = conn
+        self._head_only = head_only
+        self._cond = threading.Condition(threading.Lock())
+        self._pending: list[tuple[Any, ...]] = []
+        self._pending_bytes = 0
+        self._flush_scheduled = False
+        self._started = False
+        self._finished = False
+        self._gone: str | None = None
+        self.ticket: Ticket | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def gone(self) -> str | None:
+        """Why the response can no longer reach the client, or None."""
+        return self._gone
+
+    def start(self, status: int, headers: Headers) -> None:
+        if self._started:
+            raise RuntimeError("the response was already started")
+        response = build_response(status, headers)  # validates names and values before anything is committed
+        self._started = True
+        self._queue((START, response), 0)
+
+    def write(self, data: bytes) -> None:
+        if not self._started or self._finished:
+            raise RuntimeError("write outside a started, unfinished response")
+        if not data or self._head_only:
+            if self._gone is not None:
+                raise ClientGone(self._gone)
+            return
+        self._queue((DATA, bytes(data)), len(data))
+        self._wait_writable()
+
+    def finish(self, trailers: Headers | None = None) -> None:
+        if not self._started or self._finished:
+            raise RuntimeError("finish outside a started, unfinished response")
+        self._finished = True
+        self._queue((END, trailers or []), 0)
+
+    # the server's side (guest thread) -------------------------------------------------------------------
+
+    def queue_continue(self) -> None:
+        try:
+            self._queue((CONTINUE,), 0)
+        except ClientGone:
+            pass
+
+    def fail(self, status: int, text: str) -> None:
+        """Answer with an error the guest did not write (nothing was started)."""
+        self._started = self._finished = True
+        self._queue((FAIL, status, text), 0, force=True)
+
+    def abort(self) -> None:
+        self._queue((ABORT,), 0, force=True)
+
+    def done(self) -> None:
+        """The guest's job returned: the loop may move the connection on."""
+        self._queue((DONE,), 0, force=True)
+
+    def _queue(self, item: tuple[Any, ...], nbytes: int, force: bool = False) -> None:
+        with self._cond:
+            if self._gone is not None and not force:
+                raise ClientGone(self._gone)
+            self._pending.append(item)
+            self._pending_bytes += nbytes
+            schedule = not self._flush_scheduled
+            self._flush_scheduled = True
+        if schedule:
+            self._conn.threadsafe(self._conn.flush, self)
+
+    def _wait_writable(self) -> None:
+        conn = self._conn
+        high = conn.write_buffer_high
+        with self._cond:
+            if self._pending_bytes <= high and not conn.writing_paused:
+                return
+        ticket = self.ticket
+        if ticket is not None:
+            ticket.block()
+        try:
+            with self._cond:
+                stall_at = time.monotonic() + conn.body_timeout
+                while (self._pending_bytes > high or conn.writing_paused) and self._gone is None:
+                    remaining = stall_at - time.monotonic()
+                    if remaining <= 0:
+                        self._gone = f"the client read nothing for {conn.body_timeout:g} s"
+                        self._pending.append((ABORT,))
+                        conn.threadsafe(conn.flush, self)
+                        break
+                    self._cond.wait(remaining)
+                if self._gone is not None:
+                    raise ClientGone(self._gone)
+        finally:
+            if ticket is not None:
+                ticket.unblock()
+
+    # loop side ------------------------------------------------------------------------------------------
+
+    def take(self) -> list[tuple[Any, ...]]:
+        with self._cond:
+            items, self._pending = self._pending, []
+            self._pending_bytes = 0
+            self._flush_scheduled = False
+            self._cond.notify_all()
+            return items
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def set_gone(self, reason: str) -> None:
+        with self._cond:
+            if self._gone is None:
+                self._gone = reason
+            self._cond.notify_all()
