@@ -58,7 +58,8 @@ class RequestHead:
     route: RouteInfo
     #: The full URL Spin puts in ``spin-full-url``.
     full_url: str
-    #: Monotonic time (time.monotonic()) after which the guest is stopped and the client gets a 504.
+    #: Monotonic time (time.monotonic()) after which the guest is stopped and the client gets a 504;
+    #: ``math.inf`` when the server has no request timeout configured (Spin's default).
     deadline: float
     #: Content-Length when the client sent one, else None (chunked or no body).
     content_length: int | None = None
@@ -68,7 +69,9 @@ class RequestBody(Protocol):
     def read(self, max_bytes: int) -> bytes:
         """Block until some body bytes (at most max_bytes) are there; b"" at the end of the body.
 
-        Raises ClientGone when the client disconnected or stalled past the server's body timeout.
+        Raises ClientGone when the client disconnected or stalled past the server's body timeout, or when the
+        request's deadline passed while waiting (a blocked host call must not outlive the deadline).
+        While it waits, the server counts the guest as idle and may start another request in the process.
         """
         ...
 
@@ -87,7 +90,8 @@ class ResponseSink(Protocol):
     def write(self, data: bytes) -> None:
         """Queue body bytes; blocks while the client is slower than the guest (backpressure).
 
-        Raises ClientGone when the client went away: the executor stops the guest's writes with an error.
+        Raises ClientGone when the client went away, or read nothing for the server's body timeout: the
+        executor stops the guest's writes with an error.
         """
         ...
 
