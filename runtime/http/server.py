@@ -117,6 +117,8 @@ class _Connection(asyncio.Protocol):
         self._lingering = False
         #: The request in this cycle is a HEAD: h11 frames its response as empty, so no body may be sent.
         self._head_only = False
+        #: The request in this cycle declared a body larger than ``max_discard_bytes``.
+        self._too_big_to_drain = False
 
     # ------------------------------------------------------------------------------------------- asyncio
 
@@ -273,7 +275,8 @@ class _Connection(asyncio.Protocol):
         Also when the client waits for 100-continue that never came: it may never send the body, so the body
         cannot be drained to reuse the connection (RFC 9110 §10.1.1).
         """
-        if self._closing or self._h11.they_are_waiting_for_100_continue:
+        body_left = self._h11.their_state is h11.SEND_BODY
+        if self._closing or self._h11.they_are_waiting_for_100_continue or (body_left and self._too_big_to_drain):
             return [*headers, (b"connection", b"close")]
         return None
 
@@ -327,6 +330,7 @@ class _Connection(asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         self._cancel_timer()
         self._head_only = request.method == b"HEAD"
+        self._too_big_to_drain = False
         try:
             method = request.method.decode("ascii")
             target = request.target.decode("ascii")
@@ -343,6 +347,14 @@ class _Connection(asyncio.Protocol):
             self._closing = True
             self._respond_simple(431, [], b"")
             return
+        client_headers: Headers = list(request.headers)
+        content_length = next((v for n, v in client_headers if n == b"content-length"), None)
+        chunked = any(n == b"transfer-encoding" for n, _ in client_headers)
+        declared = int(content_length) if content_length is not None and not chunked else None
+        if declared is not None and declared > self.options.max_discard_bytes:
+            # Should the answer not need the body (Spin's own answers, a guest that does not read it), the body
+            # is too big to drain: say now that the connection ends with this response.
+            self._too_big_to_drain = True
         path = request_path(target)
         special = well_known_response(path, self.options.app_info)
         if special is not None:
@@ -357,9 +369,6 @@ class _Connection(asyncio.Protocol):
             log_line(self.options.log_fd, f"spin: no executor for component {match.component_id!r}")
             self._respond_simple(500, [], b"")
             return
-        client_headers: Headers = list(request.headers)
-        content_length = next((v for n, v in client_headers if n == b"content-length"), None)
-        chunked = any(n == b"transfer-encoding" for n, _ in client_headers)
         timeout = self.options.request_timeout
         deadline = time.monotonic() + timeout if timeout is not None else math.inf
         spin_headers = spin_request_headers(scheme=self.options.scheme, host=host, target=target, match=match,
@@ -375,7 +384,7 @@ class _Connection(asyncio.Protocol):
             route=match.info,
             full_url=full_url(self.options.scheme, host, target),
             deadline=deadline,
-            content_length=int(content_length) if content_length is not None and not chunked else None,
+            content_length=declared,
         )
         channel = ResponseChannel(self, head_only=method == "HEAD")
         body = BodyPipe(self, channel, deadline, self._h11.they_are_waiting_for_100_continue)
@@ -391,8 +400,9 @@ class _Connection(asyncio.Protocol):
             return
         # A body nobody reads (Spin's own answers, or the guest returned without reading): drain it, up to a cap.
         self._discarded += len(data)
-        if self._discarded > self.options.max_discard_bytes:
-            self.close()
+        if self._discarded > self.options.max_discard_bytes and not self._lingering:
+            self._closing = True
+            self._end_connection()
 
     def _respond_simple(self, status: int, headers: Headers, body: bytes) -> None:
         headers = [*headers, (b"content-length", str(len(body)).encode())]

@@ -177,7 +177,7 @@ def test_route_info_is_what_spin_puts_in_its_headers(route, path, raw, component
     assert match.info.base_path == "/"
 
 
-# ------------------------------------------------------------------------------------------------ build: errors, warnings
+# ------------------------------------------------------------------------------------------ build: errors, warnings
 
 def test_duplicate_route_the_later_one_wins_and_is_reported_as_spin_does():
     router, warnings = Router.build([("/", "comp-/"), ("/foo", "first"), ("/foo", "second"),

@@ -497,6 +497,28 @@ def test_unread_small_body_is_drained_and_the_connection_kept(running):
         client.next_cycle()
 
 
+def test_large_upload_to_no_route_still_reads_its_404(running):
+    srv = running([("/only", "echo")], {"echo": Echo()}, max_discard_bytes=64 * 1024)
+    client = srv.connect()
+    payload = b"x" * (8 * 1024 * 1024)
+    head = client.h11.send(h11.Request(method=b"POST", target=b"/elsewhere", headers=[
+        (b"host", b"x"), (b"content-length", str(len(payload)).encode())]))
+
+    def upload():
+        try:
+            client.send(head + payload)
+        except OSError:  # the server stops reading after its cap; that is the point
+            pass
+
+    sender = threading.Thread(target=upload)
+    sender.start()
+    client.h11.send(h11.Data(data=payload))
+    client.h11.send(h11.EndOfMessage())
+    status, headers, _, _ = client.response()
+    assert (status, headers[b"connection"]) == (404, b"close")
+    sender.join(10)
+
+
 def test_expect_100_continue_is_sent_when_the_guest_reads(running):
     srv = running([("/...", "echo")], {"echo": Echo()})
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
