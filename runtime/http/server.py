@@ -21,9 +21,12 @@ wrong one. Any other exception from an executor is a 500 plus a log line, and th
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import math
 import os
 import socket
+import struct
+import termios
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,6 +107,7 @@ class _Connection(asyncio.Protocol):
         self.writing_paused = False
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.options.max_header_bytes)
         self._transport: asyncio.Transport | None = None
+        self._sock: Any = None
         self._peer = ""
         self._local = ""
         self._exchange: _Exchange | None = None
@@ -125,7 +129,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        sock = transport.get_extra_info("socket")
+        sock = self._sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # asyncio sets TCP_NODELAY only on sockets created with proto=IPPROTO_TCP, and a listener made with
             # socket.socket(family, SOCK_STREAM) hands out proto-0 sockets. Without it, a response whose head and
@@ -198,6 +202,17 @@ class _Connection(asyncio.Protocol):
     @property
     def body_timeout(self) -> float:
         return self.options.body_timeout
+
+    def unsent_bytes(self) -> int:
+        transport, sock = self._transport, self._sock
+        if transport is None or sock is None:
+            return -1
+        try:
+            # SIOCOUTQ (= TIOCOUTQ): bytes in the socket's send queue, not yet acknowledged by the peer.
+            kernel = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            kernel = 0
+        return transport.get_write_buffer_size() + kernel
 
     def threadsafe(self, callback: Any, *args: Any) -> None:
         """Run callback on the loop (from a guest thread)."""

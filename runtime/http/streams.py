@@ -54,6 +54,9 @@ class ConnectionPort(Protocol):
 
     def close_after_response(self) -> None: ...
 
+    def unsent_bytes(self) -> int:
+        """Response bytes not yet acknowledged by the client (asyncio's buffer plus the kernel's send queue)."""
+
     def resume_reading_for_body(self) -> None: ...
 
 
@@ -225,8 +228,13 @@ class ResponseChannel:
             if self._gone is not None:
                 raise ClientGone(self._gone)
             return
-        self._queue((DATA, bytes(data)), len(data))
-        self._wait_writable()
+        # In pieces of the high-water mark, so a large write does not sit whole in asyncio's buffer.
+        step = max(1, self._conn.write_buffer_high)
+        view = memoryview(data)
+        for offset in range(0, len(view), step):
+            piece = bytes(view[offset:offset + step])
+            self._queue((DATA, piece), len(piece))
+            self._wait_writable()
 
     def finish(self, trailers: Headers | None = None) -> None:
         if not self._started or self._finished:
@@ -277,14 +285,22 @@ class ResponseChannel:
         try:
             with self._cond:
                 stall_at = time.monotonic() + conn.body_timeout
+                unsent = self._pending_bytes + conn.unsent_bytes()
                 while (self._pending_bytes > high or conn.writing_paused) and self._gone is None:
-                    remaining = stall_at - time.monotonic()
-                    if remaining <= 0:
+                    now = time.monotonic()
+                    if now >= stall_at:
+                        # asyncio resumes writing only once the kernel has room for a third of its send buffer
+                        # (megabytes), which a slow but steady client can take longer than the timeout to free:
+                        # stalled means nothing acknowledged at all, measured at the kernel's send queue.
+                        still_unsent = self._pending_bytes + conn.unsent_bytes()
+                        if 0 <= still_unsent < unsent:
+                            unsent, stall_at = still_unsent, now + conn.body_timeout
+                            continue
                         self._gone = f"the client read nothing for {conn.body_timeout:g} s"
                         self._pending.append((ABORT,))
                         conn.threadsafe(conn.flush, self)
                         break
-                    self._cond.wait(remaining)
+                    self._cond.wait(stall_at - now)
                 if self._gone is not None:
                     raise ClientGone(self._gone)
         finally:

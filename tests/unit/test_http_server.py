@@ -465,6 +465,34 @@ def test_guest_write_blocks_while_the_client_does_not_read(running):
     assert len(client.response()[2]) == big.size
 
 
+class OneBigWrite:
+    component_id = "one"
+
+    def __init__(self, size):
+        self.size = size
+
+    def handle(self, head, body, sink):
+        sink.start(200, [(b"content-length", str(self.size).encode())])
+        sink.write(b"y" * self.size)
+        sink.finish()
+
+
+def test_a_slow_reader_of_one_large_write_is_not_taken_for_a_stalled_one(running):
+    srv = running([("/...", "one")], {"one": OneBigWrite(8 * 1024 * 1024)}, body_timeout=0.5,
+                  write_buffer_high=64 * 1024)
+    client = srv.connect()
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    client.request(b"GET", b"/")
+    received = 0
+    start = time.monotonic()
+    while received < 8 * 1024 * 1024:  # about 2 s at this pace: four body timeouts
+        chunk = client.sock.recv(256 * 1024)
+        assert chunk, "the server gave up on a client that was reading"
+        received += len(chunk)
+        time.sleep(0.05)
+    assert time.monotonic() - start > 1.0
+
+
 def test_client_that_stops_reading_is_gone_after_the_body_timeout(running):
     big = Big(256 * 1024 * 1024)
     srv = running([("/...", "big")], {"big": big}, body_timeout=0.5)
