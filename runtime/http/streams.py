@@ -7,8 +7,8 @@ sends the response. Flow control blocks the guest thread, never the loop:
 - request body: the loop stops reading the socket while more than ``body_buffer_high`` bytes wait for the guest,
   and the guest's ``read`` resumes it once it has taken half of that;
 - response body: ``write`` blocks while the socket's send buffer is over ``write_buffer_high`` (asyncio's
-  pause_writing) or that many bytes are queued for the loop, for at most ``body_timeout`` seconds, then
-  ClientGone.
+  pause_writing) or that many bytes are queued for the loop; when the client acknowledges nothing for
+  ``body_timeout`` seconds, ClientGone.
 
 A response's events (start, data, end, 100-continue, "guest done") queue in the channel and the loop takes them in
 one batch (``take``), so a small response costs the guest thread one ``call_soon_threadsafe``, not three.
