@@ -261,12 +261,13 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
 
 
 def _build_router(manifest: Manifest, routes: list[HttpRoute]) -> Router:
-    from runtime.http.routing import Router
+    """Spin's router over the retained routes; a route Spin rejects is a RouteError (a ManifestError)."""
+    from runtime.http.routing import RouteError, Router
 
     try:
         router, warnings = Router.build([(route.route, route.component_id) for route in routes])
-    except ValueError as exc:
-        raise ManifestError(f"{manifest.path}: [[trigger.http]]: {exc}") from None
+    except RouteError as exc:
+        raise RouteError(f"{manifest.path}: [[trigger.http]]: {exc}") from None
     for warning in warnings:
         log.warning("%s: %s", manifest.path, warning)
     return router

@@ -84,3 +84,11 @@ def test_worker_count_and_timeout_from_env():
     for raw in ("0", "nan", "soon", "-3"):
         with pytest.raises(InvalidSettingError, match="SPIN_SHIM_REQUEST_TIMEOUT"):
             request_timeout({"SPIN_SHIM_REQUEST_TIMEOUT": raw})
+
+
+def test_a_route_spin_rejects_names_the_manifest(tmp_path):
+    from runtime.http.trigger import _build_router
+
+    manifest = parse_manifest(HEAD + '[[trigger.http]]\nroute = "/a/:/b"\ncomponent = "a"\n', "/spin.toml")
+    with pytest.raises(ManifestError, match=r"^/spin.toml: \[\[trigger.http\]\]: .*route /a/:/b.*component a"):
+        _build_router(manifest, parse_http_triggers(manifest))
