@@ -81,8 +81,11 @@ _ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*?(\d+)"
 
 
 def run_wrk(url: str, connections: int, duration: int) -> WrkResult:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", url + WRK_PATH],
-                         capture_output=True, text=True, check=True).stdout
+    result = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+                             url + WRK_PATH], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk against {url} failed: {result.stdout.strip()} {result.stderr.strip()}")
+    out = result.stdout
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
     latencies = {int(m.group(1)): float(m.group(2)) * scale[m.group(3)] for m in _LATENCY.finditer(out)}
     rps = _RPS.search(out)
@@ -100,11 +103,12 @@ class ShimServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._daemon = daemon
         self._id = f"bench-{name}"
+        self.log_path = workdir / f"{name}.log"
         ref = f"docker.io/spin-shim-bench/{name}:latest"
         tar = workdir / f"{name}.tar"
         build_image_tar(app_dir, tar, ref, os_="wasip1", arch="wasm", entrypoint=["/"])
         daemon.ctr("images", "import", "--all-platforms", str(tar))
-        daemon.ctr("run", "-d", "--net-host", "--runtime", RUNTIME, "--log-uri", f"file://{workdir}/{name}.log",
+        daemon.ctr("run", "-d", "--net-host", "--runtime", RUNTIME, "--log-uri", f"file://{self.log_path}",
                    "--env", f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{self.port}", ref, self._id, "/")
         wait_http(self.url)
 
@@ -118,13 +122,15 @@ class ShimServer:
 class WasmtimeServe:
     """The same component under `wasmtime serve` (one process; it uses every core itself)."""
 
-    def __init__(self, wasm: Path) -> None:
+    def __init__(self, wasm: Path, log_path: Path) -> None:
         binary = Path((TOOLCHAINS / "wasmtime-cli" / "WASMTIME").read_text().strip())
+        self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip()
         self._process = subprocess.Popen([str(binary), "serve", "-Scli", "--addr", f"127.0.0.1:{self.port}",
-                                          str(wasm)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                          str(wasm)], stdout=subprocess.DEVNULL,
+                                         stderr=log_path.open("wb"))
         wait_http(self.url)
 
     def stop(self) -> None:
@@ -166,7 +172,7 @@ def main() -> int:
             wasm = next(app_dir.glob("*.wasm"))
             print(f"== {app} ({wasm.name}, {wasm.stat().st_size / 1e6:.1f} MB)", flush=True)
             ours = ShimServer(daemon, app_dir, app, workdir)
-            reference = WasmtimeServe(wasm)
+            reference = WasmtimeServe(wasm, workdir / f"{app}-wasmtime.log")
             servers = {"shim": ours, "wasmtime serve": reference}
             try:
                 for server in servers.values():  # warm both: first requests pay lazy page faults
@@ -175,7 +181,13 @@ def main() -> int:
                 for _ in range(args.rounds):
                     for conns in connections:
                         for name, server in servers.items():
-                            results.setdefault((name, conns), []).append(run_wrk(server.url, conns, args.duration))
+                            try:
+                                result = run_wrk(server.url, conns, args.duration)
+                            except RuntimeError as exc:
+                                log = ours.log_path if server is ours else reference.log_path
+                                tail = log.read_text("utf-8", "replace")[-3000:] if log.exists() else ""
+                                raise SystemExit(f"{name}: {exc}\n--- {log}:\n{tail}") from None
+                            results.setdefault((name, conns), []).append(result)
             finally:
                 ours.stop()
                 reference.stop()

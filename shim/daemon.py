@@ -30,6 +30,16 @@ log = logging.getLogger("shim.daemon")
 DEFAULT_CACHE_DIR = "/var/lib/containerd-shim-spin/precompiled"
 # How long a daemon with no task and no containerd connection lingers before exiting.
 IDLE_EXIT_SECONDS = 30.0
+#: containerd's environment (inherited by shims) may shorten or lengthen the idle exit; tests use it.
+IDLE_EXIT_ENV = "SPIN_SHIM_IDLE_EXIT_SECONDS"
+
+
+def idle_exit_seconds() -> float:
+    try:
+        seconds = float(os.environ.get(IDLE_EXIT_ENV, IDLE_EXIT_SECONDS))
+    except ValueError:
+        return IDLE_EXIT_SECONDS
+    return seconds if seconds > 0 else IDLE_EXIT_SECONDS
 
 
 def cache_dir() -> Path:
@@ -84,7 +94,7 @@ async def _serve(sock: socket.socket, args: DaemonArgs) -> None:
         systemd_cgroup=bool(args.options.get("systemd_cgroup", False)),
     )
     service = TaskService(context, request_shutdown=stop.set)
-    context.on_task_removed = lambda: idle.update(len(service.tasks))
+    context.on_tasks_changed = idle.update
     methods = service.methods()
     server = TtrpcServer({name: methods for name in TASK_SERVICES})
     server_task = loop.create_task(server.serve(sock))
@@ -111,8 +121,8 @@ class _IdleWatch:
             self._timer.cancel()
             self._timer = None
         if task_count == 0:
-            self._timer = self._loop.call_later(IDLE_EXIT_SECONDS, self._expire)
+            self._timer = self._loop.call_later(idle_exit_seconds(), self._expire)
 
     def _expire(self) -> None:
-        log.info("no task for %.0f s: exiting", IDLE_EXIT_SECONDS)
+        log.info("no task for %.0f s: exiting", idle_exit_seconds())
         self._stop.set()

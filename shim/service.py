@@ -71,13 +71,20 @@ class TaskService:
         if request.id in self.tasks or request.id in self._creating:
             raise AlreadyExists(f"task {request.id!r} already exists")
         self._creating.add(request.id)
+        self._context.on_tasks_changed(self.task_count)
         try:
             options = parse_task_options(request.options)
             task = await Task.create(request, self._context, options)
+            self.tasks[request.id] = task
         finally:
             self._creating.discard(request.id)
-        self.tasks[request.id] = task
+            self._context.on_tasks_changed(self.task_count)
         return shim_pb2.CreateTaskResponse(pid=task.pid)
+
+    @property
+    def task_count(self) -> int:
+        """Tasks this daemon holds, counting those being created (a cold compile can take many seconds)."""
+        return len(self.tasks) + len(self._creating)
 
     async def start(self, request: Any, ctx: CallContext) -> Any:
         task = self._get(request.id, request.exec_id)
@@ -109,7 +116,7 @@ class TaskService:
         task = self._get(request.id, request.exec_id)
         status = await task.delete()
         self.tasks.pop(task.id, None)
-        self._context.on_task_removed()
+        self._context.on_tasks_changed(self.task_count)
         response = shim_pb2.DeleteResponse(pid=task.pid)
         if status is not None:
             response.exit_status = status.code

@@ -47,7 +47,8 @@ class DaemonContext:
     reaper: Reaper
     cache_dir: Path
     systemd_cgroup: bool = False
-    on_task_removed: Callable[[], None] = lambda: None
+    #: Called with the number of tasks (created or being created) whenever it changes: the idle-exit timer.
+    on_tasks_changed: Callable[[int], None] = lambda _count: None
 
 
 @dataclass

@@ -71,14 +71,15 @@ def shim_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("precompiled")
 
 
-def _start_containerd(version: str, workdir: Path, shim_dir: Path, cache_dir: Path) -> PrivateContainerd:
+def _start_containerd(version: str, workdir: Path, shim_dir: Path, cache_dir: Path,
+                      extra_env: dict[str, str] | None = None) -> PrivateContainerd:
     _require_root()
     try:
         bin_dir_for(version)
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"containerd {version} is not installed ({exc}); run scripts/setup.sh")
     daemon = PrivateContainerd(version, workdir, shim_dir, debug=True,
-                               extra_env={"SPIN_SHIM_CACHE_DIR": str(cache_dir)})
+                               extra_env={"SPIN_SHIM_CACHE_DIR": str(cache_dir), **(extra_env or {})})
     daemon.start()
     return daemon
 
