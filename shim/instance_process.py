@@ -9,7 +9,8 @@ Order matters and is the point of this module:
 3. load the app with the runtime (parse, compile or load precompiled) while still
    privileged, since the cache is root's; report ready or a user-facing error;
 4. drop to the spec's user and capabilities, wait for Start, run, exit with the guest's
-   code. SIGTERM interrupts the guest at its next epoch check.
+   code. SIGTERM interrupts a command guest at its next epoch check; an http app (bound
+   to its port in step 3) forks its worker processes here and drains them on SIGTERM.
 
 Nothing here returns: the process ends with os._exit, never by unwinding into the
 daemon's asyncio code it was forked from.
