@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from runtime.exits import INTERRUPT_MESSAGE
 
@@ -24,15 +25,20 @@ if TYPE_CHECKING:
     import wasmtime
 
 
-class Interrupter:
-    """One per LoadedApp: the flag, and the C callback installed on each Store the app runs in."""
+class EpochCallback:
+    """A Store epoch-deadline callback as a ctypes thunk: the one place that speaks this part of the C API.
 
-    def __init__(self, engine: wasmtime.Engine) -> None:
+    ``on_deadline(data, delta_out, kind_out) -> error message or None`` runs when a Store's deadline passes:
+    a message fails the guest with it (a trap whose text is the message); None means "continue", after the
+    handler set the next deadline in ``delta_out[0]`` (ticks from now). ``data`` is the integer given to
+    ``install``, so one callback serves many Stores.
+    """
+
+    def __init__(self, on_deadline: Callable[[int, Any], str | None]) -> None:
         from wasmtime import _ffi as ffi
 
-        self._engine = engine
-        self._requested = threading.Event()
         self._ffi = ffi
+        self._on_deadline = on_deadline
         callback_type = ctypes.CFUNCTYPE(
             ctypes.c_size_t,
             ctypes.POINTER(ffi.wasmtime_context_t),
@@ -42,8 +48,30 @@ class Interrupter:
         )
         # Kept on self: ctypes frees a callback thunk when its Python object dies, and wasmtime would then call
         # freed memory from inside the guest.
-        self._callback = callback_type(self._on_deadline)
+        self._thunk = callback_type(self._call)
+        # No finalizer: Stores may be dropped during interpreter teardown, when calling into Python would crash.
         self._no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+
+    def install(self, store: wasmtime.Store, data: int = 0) -> None:
+        self._ffi.wasmtime_store_epoch_deadline_callback(
+            store.ptr(), self._thunk, ctypes.c_void_p(data) if data else None, self._no_finalizer)
+
+    def _call(self, _context, data, delta_out, kind_out) -> int:  # type: ignore[no-untyped-def]
+        message = self._on_deadline(data or 0, delta_out)
+        if message is not None:
+            error = self._ffi.wasmtime_error_new(message.encode())
+            return ctypes.cast(error, ctypes.c_void_p).value or 0  # wasmtime takes ownership
+        kind_out[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+        return 0
+
+
+class Interrupter:
+    """One per LoadedApp: the flag, and the C callback installed on each Store the app runs in."""
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        self._requested = threading.Event()
+        self._callback = EpochCallback(self._on_deadline)
 
     @property
     def requested(self) -> bool:
@@ -59,13 +87,11 @@ class Interrupter:
 
     def arm(self, store: wasmtime.Store) -> None:
         """Install the callback and a one-tick deadline. Call before instantiating (instantiation checks it)."""
-        self._ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, None, self._no_finalizer)
+        self._callback.install(store)
         store.set_epoch_deadline(1)
 
-    def _on_deadline(self, _context, _data, delta_out, kind_out) -> int:  # type: ignore[no-untyped-def]
+    def _on_deadline(self, _data: int, delta_out: Any) -> str | None:
         if self._requested.is_set():
-            error = self._ffi.wasmtime_error_new(INTERRUPT_MESSAGE.encode())
-            return ctypes.cast(error, ctypes.c_void_p).value or 0  # wasmtime takes ownership
+            return INTERRUPT_MESSAGE
         delta_out[0] = 1
-        kind_out[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
-        return 0
+        return None

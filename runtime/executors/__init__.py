@@ -17,13 +17,12 @@ the container log).
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runtime.exits import error_reason, failure_line
 from runtime.http.contract import ComponentConfig, Executor, GuestFailure, RequestBody, RequestHead
@@ -129,20 +128,9 @@ class RequestClock:
     """
 
     def __init__(self) -> None:
-        from wasmtime import _ffi as ffi
+        from runtime.interrupt import EpochCallback
 
-        self._ffi = ffi
-        callback_type = ctypes.CFUNCTYPE(
-            ctypes.c_size_t,
-            ctypes.POINTER(ffi.wasmtime_context_t),
-            ctypes.c_void_p,
-            ctypes.POINTER(ctypes.c_uint64),
-            ctypes.POINTER(ctypes.c_uint8),
-        )
-        # Kept on self: ctypes frees a thunk when its Python object dies, and wasmtime would call freed memory.
-        self._callback = callback_type(self._on_deadline)
-        # No finalizer: Stores may be dropped during interpreter teardown, when calling into Python would crash.
-        self._no_finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)()
+        self._callback = EpochCallback(self._on_deadline)
         self._watches: dict[int, Watch] = {}
         self._keys = itertools.count(1)
 
@@ -150,8 +138,7 @@ class RequestClock:
         """Install the callback and the first deadline on ``store``; call before instantiating."""
         watch = Watch(next(self._keys), deadline, check)
         self._watches[watch.key] = watch
-        self._ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), self._callback, ctypes.c_void_p(watch.key),
-                                                         self._no_finalizer)
+        self._callback.install(store, watch.key)
         store.set_epoch_deadline(self._ticks(watch, time.monotonic()))
         return watch
 
@@ -162,24 +149,21 @@ class RequestClock:
     def _ticks(watch: Watch, now: float) -> int:
         return 1 if watch.check is not None else deadline_ticks(watch.deadline, now)
 
-    def _on_deadline(self, _context, data, delta_out, kind_out):  # type: ignore[no-untyped-def]
-        watch = self._watches.get(data or 0)
-        if watch is not None:
-            now = time.monotonic()
-            reason = None
-            if now >= watch.deadline:
-                watch.expired = True
-                reason = DEADLINE_MESSAGE
-            elif watch.check is not None:
-                reason = watch.stopped = watch.check()
-            if reason is not None:
-                error = self._ffi.wasmtime_error_new(reason.encode())
-                return ctypes.cast(error, ctypes.c_void_p).value or 0  # wasmtime takes ownership
-            delta_out[0] = self._ticks(watch, now)
-        else:
+    def _on_deadline(self, data: int, delta_out: Any) -> str | None:
+        watch = self._watches.get(data)
+        if watch is None:
             delta_out[0] = 1  # disarmed while running (cannot happen): keep going, look again next tick
-        kind_out[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
-        return 0
+            return None
+        now = time.monotonic()
+        if now >= watch.deadline:
+            watch.expired = True
+            return DEADLINE_MESSAGE
+        if watch.check is not None:
+            watch.stopped = watch.check()
+            if watch.stopped is not None:
+                return watch.stopped
+        delta_out[0] = self._ticks(watch, now)
+        return None
 
 
 def request_store(engine: wasmtime.Engine, head: RequestHead, config: ComponentConfig, clock: RequestClock,
