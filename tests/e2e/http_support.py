@@ -7,15 +7,17 @@ and stderr go to a file (`--log-uri file://...`), which is the container log the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.support import RUNTIME, wait_until
+from tests.e2e.support import RUNTIME, assert_no_leaks, wait_until
 
 #: Seconds an app gets from `ctr run -d` to answering its health endpoint (a cold compile of a 37 MB component
 #: takes ~6 s on these machines; the compile cache is shared by the session).
@@ -154,6 +156,19 @@ class HttpTask:
             os.rmdir(self.log_path.parent)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def serving(daemon: object, image: str, task_id: str, env: dict[str, str]) -> Iterator[HttpTask]:
+    """A running HttpTask for a `with` block (a module fixture); removed and leak-checked afterwards."""
+    task = HttpTask(daemon, image, task_id, env=env)
+    result = task.run()
+    assert result.returncode == 0, f"ctr run failed: {result.stderr}\nlog:\n{task.log()}"
+    try:
+        yield task
+    finally:
+        task.remove()
+        assert_no_leaks(daemon, [task_id])
 
 
 def wait_for_log(task: HttpTask, needle: str, timeout: float = 10.0) -> bool:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.http_support import HttpTask, curl
+from tests.e2e.http_support import HttpTask
 from tests.e2e.support import assert_no_leaks
 
 pytestmark = pytest.mark.e2e

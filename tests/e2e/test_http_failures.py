@@ -12,8 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.http_support import HttpTask, wait_for_log
-from tests.e2e.support import assert_no_leaks
+from tests.e2e.http_support import HttpTask, serving, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
@@ -21,17 +20,11 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def app(containerd_21, images_21, http_apps) -> Iterator[HttpTask]:
     image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
-    task = HttpTask(containerd_21, image, "http-failures", env={
+    with serving(containerd_21, image, "http-failures", {
         "SPIN_VARIABLE_API_TOKEN": "x", "SPIN_SHIM_REQUEST_TIMEOUT": "3",
         "SPIN_MAX_INSTANCE_MEMORY": str(256 * 1024 * 1024),
-    })
-    result = task.run()
-    assert result.returncode == 0, result.stderr
-    try:
+    }) as task:
         yield task
-    finally:
-        task.remove()
-        assert_no_leaks(containerd_21, [task.task_id])
 
 
 def _in_background(fn) -> tuple[threading.Thread, list]:

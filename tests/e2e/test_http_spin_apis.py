@@ -13,8 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.http_support import HttpTask
-from tests.e2e.support import assert_no_leaks
+from tests.e2e.http_support import HttpTask, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -47,15 +46,9 @@ def upstream() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def app(containerd_21, images_21, http_apps) -> Iterator[HttpTask]:
     image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
-    task = HttpTask(containerd_21, image, "spin-apis", env={"SPIN_VARIABLE_API_TOKEN": "s3cret",
-                                                             "GREETING": "hi from env"})
-    result = task.run()
-    assert result.returncode == 0, result.stderr
-    try:
+    with serving(containerd_21, image, "spin-apis", {"SPIN_VARIABLE_API_TOKEN": "s3cret",
+                                                             "GREETING": "hi from env"}) as task:
         yield task
-    finally:
-        task.remove()
-        assert_no_leaks(containerd_21, [task.task_id])
 
 
 def test_variables_resolve_from_env_defaults_and_literals(app):
