@@ -146,12 +146,7 @@ class AdaptiveDispatcher:
     def submit(self, job: Job) -> None:
         with self._lock:
             self._queued.append(job)
-            now = time.monotonic()
-            spawn, next_at = self._admit_locked(now, own_thread=False)
-            waiting = bool(self._queued)
-        self._spawn(spawn)
-        if waiting:
-            self._arm(next_at if next_at is not None else now + self._spill_after / 2)
+        self._admit_from_loop()
 
     def close(self) -> None:
         with self._lock:
@@ -175,6 +170,10 @@ class AdaptiveDispatcher:
         # admit work themselves when they finish or block; this catches the one moment they cannot see, a
         # running job going stale. Being loop-only, it costs guest threads no cross-thread call.
         self._timer, self._timer_at = None, math.inf
+        self._admit_from_loop()
+
+    def _admit_from_loop(self) -> None:
+        """Start what may start now; while requests wait, keep the watchdog armed (loop thread only)."""
         with self._lock:
             now = time.monotonic()
             spawn, next_at = self._admit_locked(now, own_thread=False)

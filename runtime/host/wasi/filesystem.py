@@ -233,13 +233,7 @@ def _stat(ctx: RequestContext, rep: int) -> Any:
 @types.func("[method]descriptor.stat-at")
 def _stat_at(ctx: RequestContext, rep: int, path_flags: set[str], path: str) -> Any:
     desc = _desc(ctx, rep)
-    follow = "symlink-follow" in path_flags
-
-    def stat_at() -> Any:
-        real, _ = desc.resolve(path, follow)
-        return Ok(_stat_record(os.stat(real, follow_symlinks=follow)))
-
-    return _fs(stat_at)
+    return _fs(lambda: Ok(_stat_record(_stat_under(desc, path, path_flags))))
 
 
 @types.func("[method]descriptor.open-at")
@@ -312,12 +306,14 @@ def _metadata_hash_of(ctx: RequestContext, rep: int) -> Any:
 @types.func("[method]descriptor.metadata-hash-at")
 def _metadata_hash_at(ctx: RequestContext, rep: int, path_flags: set[str], path: str) -> Any:
     desc = _desc(ctx, rep)
+    return _fs(lambda: Ok(_metadata_hash(_stat_under(desc, path, path_flags))))
 
-    def hash_at() -> Any:
-        real, _ = desc.resolve(path, "symlink-follow" in path_flags)
-        return Ok(_metadata_hash(os.stat(real, follow_symlinks="symlink-follow" in path_flags)))
 
-    return _fs(hash_at)
+def _stat_under(desc: Descriptor, path: str, path_flags: set[str]) -> os.stat_result:
+    """stat of ``path`` resolved inside ``desc`` (never outside its preopen), following links only if asked."""
+    follow = "symlink-follow" in path_flags
+    real, _ = desc.resolve(path, follow)
+    return os.stat(real, follow_symlinks=follow)
 
 
 types.define("[method]descriptor.advise", lambda ctx, rep, offset, length, advice: OK_EMPTY)
