@@ -234,10 +234,8 @@ def _trigger_type(manifest: Manifest) -> str:
 
 
 def _command_component(manifest: Manifest) -> str:
-    """The component the app's single command trigger runs."""
+    """The component the app's command trigger runs (``_trigger_type`` made sure there is one)."""
     commands = manifest.triggers_of_type(COMMAND_TRIGGER)
-    if not commands:
-        raise ManifestError(f"{manifest.path}: the app declares no triggers; add a [[trigger.command]] table")
     if len(commands) > 1:
         ids = ", ".join(repr(t.id) for t in commands)
         raise ManifestError(

@@ -114,6 +114,7 @@ class _IdleWatch:
     def __init__(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         self._loop = loop
         self._stop = stop
+        self._seconds = idle_exit_seconds()
         self._timer: asyncio.TimerHandle | None = None
 
     def update(self, task_count: int) -> None:
@@ -121,8 +122,8 @@ class _IdleWatch:
             self._timer.cancel()
             self._timer = None
         if task_count == 0:
-            self._timer = self._loop.call_later(idle_exit_seconds(), self._expire)
+            self._timer = self._loop.call_later(self._seconds, self._expire)
 
     def _expire(self) -> None:
-        log.info("no task for %.0f s: exiting", idle_exit_seconds())
+        log.info("no task for %.0f s: exiting", self._seconds)
         self._stop.set()

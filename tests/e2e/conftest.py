@@ -9,6 +9,7 @@ never hide what the shim left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -71,8 +72,10 @@ def shim_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("precompiled")
 
 
-def _start_containerd(version: str, workdir: Path, shim_dir: Path, cache_dir: Path,
-                      extra_env: dict[str, str] | None = None) -> PrivateContainerd:
+@contextlib.contextmanager
+def running_containerd(version: str, workdir: Path, shim_dir: Path, cache_dir: Path,
+                       extra_env: dict[str, str] | None = None) -> Iterator[PrivateContainerd]:
+    """A private containerd with this shim on its PATH, stopped (and cleaned up) when the block ends."""
     _require_root()
     try:
         bin_dir_for(version)
@@ -81,40 +84,34 @@ def _start_containerd(version: str, workdir: Path, shim_dir: Path, cache_dir: Pa
     daemon = PrivateContainerd(version, workdir, shim_dir, debug=True,
                                extra_env={"SPIN_SHIM_CACHE_DIR": str(cache_dir), **(extra_env or {})})
     daemon.start()
-    return daemon
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 @pytest.fixture(scope="module", params=VERSIONS)
 def containerd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                shim_dir: Path, shim_cache_dir: Path) -> Iterator[PrivateContainerd]:
     workdir = tmp_path_factory.mktemp(f"containerd-{request.param}")
-    daemon = _start_containerd(request.param, workdir, shim_dir, shim_cache_dir)
-    try:
+    with running_containerd(request.param, workdir, shim_dir, shim_cache_dir) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture(scope="module")
 def containerd_16(tmp_path_factory: pytest.TempPathFactory, shim_dir: Path,
                   shim_cache_dir: Path) -> Iterator[PrivateContainerd]:
     """One containerd for tests whose subject is the shim, not containerd's version."""
-    daemon = _start_containerd("1.6", tmp_path_factory.mktemp("containerd-one"), shim_dir, shim_cache_dir)
-    try:
+    with running_containerd("1.6", tmp_path_factory.mktemp("containerd-one"), shim_dir, shim_cache_dir) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture(scope="module")
 def containerd_21(tmp_path_factory: pytest.TempPathFactory, shim_dir: Path,
                   shim_cache_dir: Path) -> Iterator[PrivateContainerd]:
     """The newest containerd, for the HTTP app matrix (the start path is covered on every version elsewhere)."""
-    daemon = _start_containerd("2.1", tmp_path_factory.mktemp("containerd-21"), shim_dir, shim_cache_dir)
-    try:
+    with running_containerd("2.1", tmp_path_factory.mktemp("containerd-21"), shim_dir, shim_cache_dir) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.e2e.conftest import Images, _start_containerd
+from tests.e2e.conftest import Images, running_containerd
 from tests.e2e.http_support import HttpTask
 from tests.e2e.support import assert_no_leaks, shim_processes
 
@@ -23,12 +23,9 @@ IDLE_SECONDS = 2
 @pytest.fixture(scope="module")
 def short_idle_containerd(tmp_path_factory: pytest.TempPathFactory, shim_dir: Path,
                           shim_cache_dir: Path) -> Iterator:
-    daemon = _start_containerd("2.1", tmp_path_factory.mktemp("containerd-idle"), shim_dir, shim_cache_dir,
-                               extra_env={"SPIN_SHIM_IDLE_EXIT_SECONDS": str(IDLE_SECONDS)})
-    try:
+    with running_containerd("2.1", tmp_path_factory.mktemp("containerd-idle"), shim_dir, shim_cache_dir,
+                            extra_env={"SPIN_SHIM_IDLE_EXIT_SECONDS": str(IDLE_SECONDS)}) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 def test_a_running_task_keeps_its_daemon_past_the_idle_exit(short_idle_containerd, tmp_path, http_apps):
