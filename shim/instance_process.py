@@ -58,6 +58,12 @@ class InstancePlan:
     resources: dict[str, Any]
     cache_dir: Path
     max_instance_memory: int | None = None
+    #: Where the instance process asks containerd for the container's image when the rootfs holds no app
+    #: (a Spin OCI artifact: its layers are in containerd's content store, not in the rootfs).
+    containerd_address: str = ""
+    namespace: str = "default"
+    #: The image name CRI writes into the spec (io.kubernetes.cri.image-name); saves a Containers/Get round trip.
+    image_name: str | None = None
     daemon_pid: int = field(default_factory=os.getpid)
 
 

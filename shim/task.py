@@ -31,6 +31,9 @@ from shim.task_state import TaskEvent, TaskState, next_state
 
 log = logging.getLogger("shim.task")
 
+#: Set by containerd's CRI plugin on every container it creates (reference §5.1).
+CRI_IMAGE_NAME_ANNOTATION = "io.kubernetes.cri.image-name"
+
 TERMINAL_UNSUPPORTED = (
     "a terminal was requested (ctr run -t, or tty: true in the pod spec), but a Wasm "
     "task has no terminal: run it without -t / tty"
@@ -204,6 +207,8 @@ def _instance_plan(task_id: str, spec: RuntimeSpec, rootfs: Path, context: Daemo
         new_netns=bool(netns and not netns.path),
         resources=spec.resources, cache_dir=context.cache_dir,
         max_instance_memory=int(max_memory) if max_memory and max_memory.isdigit() else None,
+        containerd_address=context.containerd_address, namespace=context.namespace,
+        image_name=spec.annotations.get(CRI_IMAGE_NAME_ANNOTATION) or None,
     )
 
 
