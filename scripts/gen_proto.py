@@ -64,7 +64,7 @@ class Staged:
     """
 
     path: str  # staged path relative to the repo root; decides the module path and descriptor file name
-    grpc: bool = False  # also emit *_pb2_grpc.py (only the containerd gRPC services the oci/ client uses)
+    grpc: bool = False  # also emit *_pb2_grpc.py (the containerd services oci/ calls; CRI for the tests)
     patches: tuple[tuple[str, str], ...] = field(default=())
 
 
@@ -130,6 +130,8 @@ LAYOUT: dict[str, Staged] = {
     # Stats payloads: containerd decodes Stats by type_url io.containerd.cgroups.v{1,2}.Metrics.
     "github.com/containerd/cgroups/v3/cgroup1/stats/metrics.proto": Staged("proto/cgroups/v1/metrics.proto"),
     "github.com/containerd/cgroups/v3/cgroup2/stats/metrics.proto": Staged("proto/cgroups/v2/metrics.proto"),
+    # Kubernetes CRI (package runtime.v1): the e2e tests drive containerd's CRI plugin as kubelet does (tests/e2e/cri.py).
+    "k8s.io/cri-api/pkg/apis/runtime/v1/api.proto": Staged("proto/k8s/cri/v1/api.proto", grpc=True),
 }
 
 # Vendored for provenance but not compiled, with the reason.
