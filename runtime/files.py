@@ -134,6 +134,24 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
     return direct, staged
 
 
+def list_component_files(app_dir: Path, manifest_path: Path, component: Component) -> dict[str, Path]:
+    """Every file the component sees, one by one: {absolute guest path: host file}, sorted by guest path.
+
+    The same placements as ``plan_component_files`` (globs, mappings, exclude_files), with directly preopened
+    directories expanded to their files: what a pushed app lists in its locked ``files`` (oci.push).
+    """
+    direct, staged = plan_component_files(app_dir, manifest_path, component)
+    where = f"{manifest_path}: component {component.id!r}: files"
+    root = Path(os.path.realpath(app_dir))
+    placed = dict(staged)
+    for preopen in direct:
+        for host_file in _walk_files(preopen.host_path):
+            rel = host_file.relative_to(preopen.host_path).as_posix()
+            guest = preopen.guest_path.rstrip("/") + "/" + rel
+            placed[guest] = _checked_file(root, host_file.relative_to(root).as_posix(), where)
+    return dict(sorted(placed.items()))
+
+
 def _checked_file(root: Path, rel: str, where: str) -> Path:
     """Resolve a matched file through any symlinks inside the image; refuse ones that leave the app dir."""
     try:

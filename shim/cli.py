@@ -5,6 +5,9 @@ start|delete` with the bundle as cwd (reference §1.2), and Go's flag syntax: on
 dashes, `-flag value` or `-flag=value`, booleans without a value, flags stop at the first
 positional word. `start` runs on the path of every `ctr run` and pod start, so this
 module and `shim.start` import almost nothing (measured by scripts/bench_start.py).
+
+`push <app> <registry/repo:tag>` is the one command for people: it pushes a Spin app to a
+registry the way `spin registry push` does (oci.push, imported only for it).
 """
 
 from __future__ import annotations
@@ -91,8 +94,14 @@ def _print_info() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["push"]:
+        # A developer's command, not containerd's: its own argparse syntax, and oras imported only here.
+        from oci.push import main as push_main
+
+        sys.exit(push_main(args[1:]))
     try:
-        flags = parse_flags(sys.argv[1:] if argv is None else argv)
+        flags = parse_flags(args)
     except UsageError as exc:
         sys.stderr.write(f"containerd-shim-spin-v2: {exc}\n")
         sys.exit(2)
@@ -111,5 +120,5 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_delete(flags))
     sys.stderr.write(f"containerd-shim-spin-v2: unknown action {flags.action!r}; "
-                     "containerd runs this binary with `start` or `delete`\n")
+                     "containerd runs this binary with `start` or `delete` (and people with `push`)\n")
     sys.exit(2)
