@@ -359,9 +359,38 @@ def push_artifact(artifact: AppArtifact, reference: Reference, *, insecure: bool
     import requests
 
     class _Registry(oras.provider.Registry):
-        # oras retries every failed request five times, sleeping 3 s to 83 s in between: a registry that is down
-        # would take over two minutes to report. One attempt, with a timeout, gives the user the answer now.
-        do_request = oras.provider.Registry.do_request.__wrapped__  # type: ignore[attr-defined]
+        """oras's Registry with one change to ``do_request``, which every oras call goes through.
+
+        oras retries every failed request five times, sleeping 3 s to 83 s in between (a registry that is down
+        takes over two minutes to report), and turns a 401/403 it cannot answer into "Cannot respond to request
+        for authentication.", dropping the registry's own reason. Here: one attempt (with a timeout), the auth
+        challenge answered once as oras does, and a refusal returned as the response, for _check_status to quote.
+        """
+
+        def do_request(self, url: str, method: str = "GET", data: Any = None, headers: dict | None = None,
+                       json: Any = None, stream: bool = False) -> Any:
+            headers = dict(headers or {})
+            if isinstance(self.auth, oras.auth.TokenAuth) and self.auth.token is not None:
+                headers.update(self.auth.get_auth_header())
+
+            def send() -> Any:
+                return self.session.request(method, url, data=data, json=json, headers=headers, stream=stream,
+                                            verify=self._tls_verify)
+
+            response = send()
+            if response.status_code in (401, 403):
+                answered, changed = self.auth.authenticate_request(response, headers)
+                if changed:
+                    headers = answered
+                    response = send()
+            return response
+
+        def _get_location(self, r: Any, container: Any) -> str:
+            # put_upload asks this for the upload session a POST opened; a refused POST has none, and oras would
+            # say only "Issue retrieving session url". Carry the response out instead.
+            if r.status_code not in (200, 201, 202):
+                raise _Refused(r)
+            return super()._get_location(r, container)
 
     class _TimeoutAdapter(requests.adapters.HTTPAdapter):
         def send(self, request: Any, **kwargs: Any) -> Any:
@@ -379,7 +408,10 @@ def push_artifact(artifact: AppArtifact, reference: Reference, *, insecure: bool
         registry.session.request("GET", f"{registry.prefix}://{reference.registry}/v2/")
         for blob in (*artifact.layers, artifact.config):
             with _blob_file(blob) as path:
-                response = registry.upload_blob(path, container, blob.descriptor())
+                try:
+                    response = registry.upload_blob(path, container, blob.descriptor())
+                except _Refused as refused:
+                    response = refused.response
             _check_status(response, reference, f"refused blob {blob.digest} ({blob.media_type})")
         response = registry.do_request(
             f"{registry.prefix}://{container.manifest_url()}",
@@ -401,6 +433,12 @@ def push_artifact(artifact: AppArtifact, reference: Reference, *, insecure: bool
     except (requests.exceptions.RequestException, ValueError, oras.auth.AuthenticationException) as exc:
         raise PushError(f"registry {reference.registry}: {exc}") from None
     return artifact.manifest.digest
+
+
+class _Refused(Exception):
+    def __init__(self, response: Any) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 class _blob_file:
