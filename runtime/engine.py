@@ -40,6 +40,11 @@ ENGINE_SETTINGS: dict[str, object] = {
     "wasm_component_model": True,
 }
 
+#: Operator knob, read from the shim's environment (containerd's): any text here becomes part of the fingerprint, so
+#: every node recompiles instead of trusting blobs it already has (e.g. after replacing libwasmtime in place, which
+#: the version and library size could miss). Empty or unset: no salt.
+CACHE_SALT_ENV = "SPIN_SHIM_CACHE_SALT"
+
 # Host CPU features Cranelift uses when it compiles for the native target ("has_*" ISA flags; Linux calls SSE3
 # "pni"); an artifact compiled with one of these on cannot run on a CPU without it.
 _X86_FLAGS = (
@@ -100,7 +105,9 @@ def engine_fingerprint() -> str:
     Human-readable on purpose (it is written next to the cache entries); use ``fingerprint_digest`` as a key.
     """
     settings = ";".join(f"{k}={v}" for k, v in sorted(ENGINE_SETTINGS.items()))
-    return f"{_wasmtime_build_id()}|{settings}|cpu {cpu_description()}"
+    fingerprint = f"{_wasmtime_build_id()}|{settings}|cpu {cpu_description()}"
+    salt = os.environ.get(CACHE_SALT_ENV, "").strip()
+    return f"{fingerprint}|salt {salt}" if salt else fingerprint
 
 
 def fingerprint_digest(fingerprint: str | None = None) -> str:

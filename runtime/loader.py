@@ -162,6 +162,25 @@ def _load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: Ru
     )
 
 
+def load_locked_app(app_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings, *,
+                    work_dir: Path, name: str) -> LoadedApp | HttpApp:
+    """Load a Spin app from a locked-app directory (runtime.locked_app's layout: how OCI artifacts arrive).
+
+    ``work_dir`` is where the app keeps state (the task's rootfs, as for spin.toml apps); ``name`` is how errors
+    call the lock (e.g. "the locked app of image example.com/app:1"), since its path on the node means nothing to
+    the user.
+    """
+    from runtime.locked_app import load_locked_app as read_lock
+
+    try:
+        settings = settings.with_task_env(env)
+        manifest = read_lock(app_dir, name)
+        return _load_manifest_app(manifest, manifest.path, args, env, settings, work_dir)
+    except AppError as exc:
+        exc.args = (str(exc).replace(str(app_dir / "spin.lock"), name),) + exc.args[1:]
+        raise
+
+
 # ---------------------------------------------------------------------------------------------------- Spin apps
 
 
@@ -171,12 +190,17 @@ def _load_spin_app(
     from runtime.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
+    # The rootfs is the task's work directory: Spin keeps the default key-value store under `.spin/` there,
+    # so data outlives a restart of the task on the same container (as with `spin up` in the app dir).
+    return _load_manifest_app(manifest, manifest_path, args, env, settings, work_dir=root_dir)
+
+
+def _load_manifest_app(manifest: Manifest, manifest_path: Path, args: list[str], env: dict[str, str],
+                       settings: RuntimeSettings, work_dir: Path) -> LoadedApp | HttpApp:
     if _trigger_type(manifest) == HTTP_TRIGGER:
         from runtime.http.trigger import load_http_app
 
-        # The rootfs is the task's work directory: Spin keeps the default key-value store under `.spin/` there,
-        # so data outlives a restart of the task on the same container (as with `spin up` in the app dir).
-        return load_http_app(manifest, args, env, settings, work_dir=root_dir)
+        return load_http_app(manifest, args, env, settings, work_dir=work_dir)
     return _load_command_app(manifest, manifest_path, args, env, settings)
 
 
@@ -313,7 +337,8 @@ def compile_wasm(wasm_path: Path, what: str, name: str,
 
     kind, digest = _sniff(wasm_path, what)
     engine = shared_engine()
-    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify)
+    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify,
+                            store_factory=settings.precompiled_store)
     compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest)
     logging.getLogger(__name__).debug("loaded %s: cache %s in %.1f ms", what, result.outcome, result.seconds * 1000)
     return compiled, ComponentLoad(name=name, wasm_path=wasm_path, kind=kind, cache=result), engine
@@ -348,4 +373,4 @@ def env_from_oci(process_env: list[str]) -> dict[str, str]:
     return env
 
 
-__all__ = ["LoadedApp", "ComponentLoad", "load_app", "compile_wasm", "env_from_oci"]
+__all__ = ["LoadedApp", "ComponentLoad", "load_app", "load_locked_app", "compile_wasm", "env_from_oci"]

@@ -7,10 +7,10 @@ once per instance process from its own config plus the task's environment (see `
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from runtime.errors import InvalidSettingError
 
@@ -30,6 +30,10 @@ class RuntimeSettings:
     #: because a silently corrupted blob would be executed as machine code and crash every start of the task).
     #: "size": only the size recorded in the blob's name (about 0.05 ms; catches truncation, not bit rot).
     cache_verify: Literal["full", "size"] = "full"
+    #: Where compiled blobs are kept, given the engine fingerprint's digest (runtime.precompile.StoreFactory).
+    #: None: the node-local directory under ``cache_dir``. The shim passes containerd's content store here for
+    #: apps that came as OCI artifacts, so the blobs live and die with their image.
+    precompiled_store: Callable[[str], Any] | None = None
 
     def with_task_env(self, env: Mapping[str, str]) -> RuntimeSettings:
         """Apply the Spin knobs a task sets through its environment, as containerd-shim-spin reads them.

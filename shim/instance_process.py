@@ -148,31 +148,37 @@ def _report(status_w: int, message: dict[str, Any]) -> None:
 def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
     """Set up and load; on failure tell the daemon (-> the Create error) and the user
     (-> the task's stderr) and return None."""
+    from oci.errors import ArtifactError, ContentStoreError
     from runtime.errors import AppError
 
     try:
         if cgroup is not None:
             cgroup.add_process(os.getpid())
         _enter_namespaces(plan)
-        from runtime.loader import load_app
         from runtime.settings import RuntimeSettings
+        from shim.app_source import load_task_app
 
         settings = RuntimeSettings(cache_dir=plan.cache_dir,
                                    max_instance_memory=plan.max_instance_memory)
-        app = load_app(plan.rootfs, plan.args, plan.env, settings)
+        app = load_task_app(plan, settings)
         _drop_privileges(plan)
     except AppError as exc:
-        message = str(exc)
-        os.write(2, f"spin shim: {message}\n".encode("utf-8", "replace"))
-        _report(status_w, {"error": message, "user_error": True})
-        return None
+        return _fail(status_w, str(exc), user_error=True)
     except OSError as exc:
-        message = f"cannot set up the instance process: {exc}"
-        os.write(2, f"spin shim: {message}\n".encode("utf-8", "replace"))
-        _report(status_w, {"error": message, "user_error": False})
-        return None
+        return _fail(status_w, f"cannot set up the instance process: {exc}", user_error=False)
+    except ArtifactError as exc:
+        return _fail(status_w, str(exc), user_error=True)
+    except ContentStoreError as exc:
+        return _fail(status_w, f"cannot read the image from containerd: {exc}", user_error=False)
     _report(status_w, {"ready": True})
     return app
+
+
+def _fail(status_w: int, message: str, *, user_error: bool) -> None:
+    """Tell the user (the task's stderr: the container log) and the daemon (the Create error)."""
+    os.write(2, f"spin shim: {message}\n".encode("utf-8", "replace"))
+    _report(status_w, {"error": message, "user_error": user_error})
+    return None
 
 
 def _drop_privileges(plan: InstancePlan) -> None:
