@@ -10,7 +10,7 @@ Two halves, like Spin's `push_locked_core` / `assemble_layers` (reference/shim-v
   containerd 1.7+ accepts and 1.6 refuses ("mismatched image rootfs and manifest layers", containerd-test-env §4).
 * ``push_artifact``: the upload, with the oras library (blob POST+PUT, manifest PUT), and nothing else.
 
-Errors a user can fix are a ``PushError`` (or the manifest's ``ManifestError``) with a one-line message; ``main``
+Errors a user can fix are a ``PushError`` (or the manifest's ``ManifestError``), each a one-line message; ``main``
 prints it and exits 1, never with a traceback.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -25,7 +26,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -441,24 +442,19 @@ class _Refused(Exception):
         self.response = response
 
 
-class _blob_file:
-    """A path to upload from: the blob's own file, or a temporary copy of in-memory bytes (oras reads paths)."""
-
-    def __init__(self, blob: Blob) -> None:
-        self._blob = blob
-        self._temp: str | None = None
-
-    def __enter__(self) -> str:
-        if isinstance(self._blob.content, Path):
-            return str(self._blob.content)
-        fd, self._temp = tempfile.mkstemp(prefix="spin-push-")
+@contextlib.contextmanager
+def _blob_file(blob: Blob) -> Iterator[str]:
+    """A path to upload from (oras reads paths): the blob's own file, or a temporary copy of in-memory bytes."""
+    if isinstance(blob.content, Path):
+        yield str(blob.content)
+        return
+    fd, temp = tempfile.mkstemp(prefix="spin-push-")
+    try:
         with os.fdopen(fd, "wb") as stream:
-            stream.write(self._blob.content)
-        return self._temp
-
-    def __exit__(self, *exc: object) -> None:
-        if self._temp is not None:
-            os.unlink(self._temp)
+            stream.write(blob.content)
+        yield temp
+    finally:
+        os.unlink(temp)
 
 
 def _check_status(response: Any, reference: Reference, what: str, ok: tuple[int, ...] = (200, 201, 202)) -> None:
