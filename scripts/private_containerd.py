@@ -13,6 +13,11 @@ daemon's (by its gRPC address, its state dir, or a pre-start snapshot), never an
 runc state and cgroups are keyed by namespace and container id only, tests that may run in parallel with other
 containerds should use a namespace of their own.
 
+For CRI tests (tests/e2e/cri.py drives the CRI plugin as kubelet does), two opt-in steps: `import_pause_image()`
+puts the sandbox image into namespace k8s.io (scripts/build_pause.py), and `enable_cni()` gives the daemon a bridge
+and /24 of its own for pod networking (claimed under /run/containerd-shim-spin-test/cni, so concurrent daemons never
+share one); `stop()` deletes that bridge and libcni's cached results for it, and releases the claim.
+
 Use as a library::
 
     with PrivateContainerd("1.7", workdir, shim_dir) as ctrd:
@@ -20,7 +25,7 @@ Use as a library::
 
 or as a CLI for demos::
 
-    python3 scripts/private_containerd.py start --version 1.7 --workdir /tmp/w --shim-dir ./bin
+    python3 scripts/private_containerd.py start --version 1.7 --workdir /tmp/w --shim-dir ./bin [--cri]
     python3 scripts/private_containerd.py stop --workdir /tmp/w
 """
 
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -54,6 +60,13 @@ SANDBOX_IMAGE = "localhost/spin-shim-test/pause:1"
 SPIN_RUNTIME_TYPE = "io.containerd.spin.v2"
 RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
 CNI_BIN_DIR = "/usr/lib/cni"  # containernetworking-plugins (ref §5.4)
+CRI_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin keeps its images and containers in
+# CNI networks of concurrently running daemons must not share a bridge or a subnet: each daemon claims a slot
+# (bridge spinshim<slot>, subnet 10.<200 + slot/256>.<slot%256>.0/24) by creating a claim file exclusively.
+CNI_SLOTS = 4096
+CNI_BRIDGE_PREFIX = "spinshim"  # + 3 hex digits = 11 chars; Linux interface names are at most 15 (IFNAMSIZ - 1)
+CNI_CLAIM_DIR = Path("/run/containerd-shim-spin-test/cni")
+CNI_RESULT_CACHE = Path("/var/lib/cni/results")  # libcni's cache of ADD results: <network>-<container>-<ifname>
 
 # Hard-coded by containerd and the runc shim, whatever the config says (ref §1).
 SYSTEM_RUN_DIR = Path("/run/containerd")
@@ -215,6 +228,82 @@ def cgroup_hierarchies() -> list[Path]:
     return sorted(p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink())
 
 
+@dataclass(frozen=True)
+class CniNetwork:
+    """One daemon's pod network: a bridge and a /24, both derived from a slot number."""
+
+    slot: int
+
+    @property
+    def name(self) -> str:
+        """The bridge's name, also used as the CNI network name (so libcni's cache files are recognisably ours)."""
+        return f"{CNI_BRIDGE_PREFIX}{self.slot:03x}"
+
+    @property
+    def subnet(self) -> str:
+        return f"10.{200 + self.slot // 256}.{self.slot % 256}.0/24"
+
+    @property
+    def gateway(self) -> str:
+        """The bridge's own address (isGateway): the host reaches pod IPs through it."""
+        return self.subnet.rsplit(".", 1)[0] + ".1"
+
+    def contains(self, ip: str) -> bool:
+        return ip.rsplit(".", 1)[0] == self.subnet.rsplit(".", 1)[0] and ip != self.gateway
+
+
+def render_cni_conflist(network: CniNetwork, ipam_data_dir: Path) -> str:
+    """The bridge conflist CRI loads from `cni_conf_dir` (ref §5.4, but isGateway true: tests curl pod IPs).
+
+    No loopback entry: the CRI plugin always adds its own loopback network (go-cni WithLoNetwork, using
+    /usr/lib/cni/loopback) and loads only the first conflist of the dir (max_conf_num = 1); and the loopback plugin
+    chained after the bridge would act on eth0, not lo. cniVersion 0.4.0 is understood by all three containerds'
+    libcni and by the plugins 1.1.1.
+    """
+    conflist = {
+        "cniVersion": "0.4.0",
+        "name": network.name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": network.name,
+                "isGateway": True,
+                "ipMasq": False,  # pods need not reach out; masquerading would add iptables rules to clean up
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": network.subnet, "gateway": network.gateway}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(ipam_data_dir),
+                },
+            }
+        ],
+    }
+    return json.dumps(conflist, indent=2) + "\n"
+
+
+def cni_slot_order(workdir: Path) -> list[int]:
+    """Every slot, starting from one derived from the workdir, so a daemon usually gets the same slot each run."""
+    start = int(hashlib.sha256(str(workdir).encode()).hexdigest()[:8], 16) % CNI_SLOTS
+    return [(start + offset) % CNI_SLOTS for offset in range(CNI_SLOTS)]
+
+
+def _routed_ipv4_prefixes() -> set[str]:
+    """The first three octets of every IPv4 route's destination on the host (/proc/net/route is little-endian)."""
+    prefixes = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] != "00000000":
+                octets = int(fields[1], 16).to_bytes(4, "little")
+                prefixes.add(".".join(str(o) for o in octets[:3]))
+    return prefixes
+
+
+def _process_alive(pid: object) -> bool:
+    return isinstance(pid, int) and _is_alive(pid)
+
+
 class PrivateContainerd:
     """One containerd daemon of a given version, confined to `workdir`, with `shim_dir` first on its PATH.
 
@@ -290,6 +379,11 @@ class PrivateContainerd:
     @property
     def cni_conf_dir(self) -> Path:
         return self.workdir / "cni" / "net.d"
+
+    @property
+    def cni_state_path(self) -> Path:
+        """Records the CNI slot this daemon claimed (enable_cni), so stop() in another process can release it."""
+        return self.workdir / "cni" / "network.json"
 
     @property
     def bin_dir(self) -> Path:
@@ -470,6 +564,7 @@ class PrivateContainerd:
             self._terminate(pid)
         owned_ids |= self._bundle_ids()
         self._cleanup_system_paths(owned_ids)
+        self._cleanup_cni()
         self.pid_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
@@ -483,6 +578,114 @@ class PrivateContainerd:
 
     def is_running(self) -> bool:
         return self._running_pid() is not None
+
+    # ---- CRI: sandbox image and pod network ------------------------------------------------------------------
+    def import_pause_image(self) -> None:
+        """Import the sandbox image (scripts/build_pause.py) into namespace k8s.io, where CRI looks for it.
+
+        Without it every RunPodSandbox fails with "failed to get sandbox image" (ref §5.1). Idempotent: an image
+        already listed is not imported again. Call it only for CRI tests; plain ctr tests do not need it.
+        """
+        if SANDBOX_IMAGE in self.ctr("images", "ls", "-q", namespace=CRI_NAMESPACE).stdout.split():
+            return
+        if str(Path(__file__).resolve().parent) not in sys.path:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from build_pause import PAUSE_IMAGE, pause_image_tar  # deferred: compiles C on first use
+
+        assert PAUSE_IMAGE == SANDBOX_IMAGE, (PAUSE_IMAGE, SANDBOX_IMAGE)
+        self.ctr("images", "import", str(pause_image_tar()), namespace=CRI_NAMESPACE)
+
+    @property
+    def cni_network(self) -> CniNetwork | None:
+        """The pod network enable_cni() set up for this workdir, if any."""
+        try:
+            return CniNetwork(int(json.loads(self.cni_state_path.read_text())["slot"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def enable_cni(self) -> CniNetwork:
+        """Give CRI pods a network: claim a free bridge/subnet slot and write its conflist into cni_conf_dir.
+
+        Works before or after start() (CRI watches conf_dir, ref §5.4). The bridge itself is created by the bridge
+        plugin at the first pod; stop() deletes it, libcni's cached results for it and the claim. Idempotent.
+        """
+        existing = self.cni_network
+        if existing is not None:
+            return existing
+        self.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+        network = self._claim_cni_slot()
+        ipam_dir = self.workdir / "cni" / "ipam"
+        ipam_dir.mkdir(parents=True, exist_ok=True)
+        self.cni_state_path.write_text(json.dumps({"slot": network.slot, "bridge": network.name}) + "\n")
+        conflist = self.cni_conf_dir / f"10-{network.name}.conflist"
+        partial = conflist.with_suffix(".tmp")  # CRI reads *.conf, *.conflist, *.json: never a half-written file
+        partial.write_text(render_cni_conflist(network, ipam_dir))
+        partial.replace(conflist)
+        return network
+
+    def _claim_cni_slot(self) -> CniNetwork:
+        CNI_CLAIM_DIR.mkdir(parents=True, exist_ok=True)
+        taken_interfaces = set(os.listdir("/sys/class/net"))
+        routed = _routed_ipv4_prefixes()
+        record = json.dumps({"workdir": str(self.workdir), "pid": os.getpid()})
+        for slot in cni_slot_order(self.workdir):
+            network = CniNetwork(slot)
+            if network.name in taken_interfaces or network.subnet.rsplit(".", 1)[0] in routed:
+                continue
+            claim = CNI_CLAIM_DIR / network.name
+            self._drop_stale_claim(claim)
+            try:
+                fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(record + "\n")
+            return network
+        raise PrivateContainerdError(f"no free CNI slot: all {CNI_SLOTS} bridges/subnets are in use or claimed")
+
+    @staticmethod
+    def _drop_stale_claim(claim: Path) -> None:
+        """A claim is stale once neither its claimant process nor a containerd of its workdir is alive."""
+        try:
+            record = json.loads(claim.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            record = {}
+        workdir = Path(str(record.get("workdir", "/nonexistent")))
+        try:
+            daemon_pid: object = int((workdir / "containerd.pid").read_text().strip())
+        except (OSError, ValueError):
+            daemon_pid = None
+        daemon_alive = _process_alive(daemon_pid) and str(workdir / "config.toml") in _read_cmdline(int(daemon_pid))
+        if not _process_alive(record.get("pid")) and not daemon_alive:
+            claim.unlink(missing_ok=True)
+
+    def _cleanup_cni(self) -> None:
+        """Delete this daemon's bridge, libcni's cache entries for its network, its conflist and its claim.
+
+        Pod netns live under state_dir (netns_mounts_under_state_dir), so the mount cleanup already released them;
+        the bridge outlives its last veth, hence `ip link del` (ref §5.4).
+        """
+        network = self.cni_network
+        if network is None:
+            return
+        if Path("/sys/class/net", network.name).exists():
+            subprocess.run(["ip", "link", "del", network.name], capture_output=True, timeout=30, check=False,
+                           env=_env_with_standard_path(os.environ))
+        # A pod still up when the daemon stopped never got its CNI DEL: drop its cached results, for our network
+        # and for CRI's loopback network (named by pod id, so only pods of our network are touched).
+        for cached in CNI_RESULT_CACHE.glob(f"{network.name}-*"):
+            pod_id = cached.name[len(network.name) + 1 :].rsplit("-", 1)[0]
+            (CNI_RESULT_CACHE / f"cni-loopback-{pod_id}-lo").unlink(missing_ok=True)
+            cached.unlink(missing_ok=True)
+        for conflist in self.cni_conf_dir.glob(f"*{network.name}.conflist"):
+            conflist.unlink(missing_ok=True)
+        claim = CNI_CLAIM_DIR / network.name
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(claim.read_text()).get("workdir") == str(self.workdir):
+                claim.unlink()
+        self.cni_state_path.unlink(missing_ok=True)
 
     # ---- ctr -------------------------------------------------------------------------------------------------
     def ctr(
@@ -756,6 +959,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     start.add_argument("--workdir", required=True, type=Path)
     start.add_argument("--shim-dir", required=True, type=Path)
     start.add_argument("--debug", action="store_true", help="containerd log level debug (shims get -debug)")
+    start.add_argument("--cri", action="store_true", help="import the pause image and give pods a CNI bridge network")
     stop = sub.add_parser("stop", help="stop the private containerd of a workdir and clean up after it")
     stop.add_argument("--version", choices=SUPPORTED_VERSIONS, help="default: the one recorded by start")
     stop.add_argument("--workdir", required=True, type=Path)
@@ -772,6 +976,9 @@ def _start_cli(args: argparse.Namespace) -> int:
     """Print `export K=V` lines so a demo can `eval "$(private_containerd.py start ...)"` and use ctr directly."""
     ctrd = PrivateContainerd(args.version, args.workdir, args.shim_dir, debug=args.debug)
     ctrd.start()
+    if args.cri:
+        ctrd.import_pause_image()
+        ctrd.enable_cni()
     exports = {
         "CONTAINERD_ADDRESS": ctrd.address,
         "CONTAINERD_TTRPC_ADDRESS": ctrd.ttrpc_address,
@@ -780,6 +987,8 @@ def _start_cli(args: argparse.Namespace) -> int:
         "CONTAINERD_VERSION": ctrd.version_string,
         "CTR": str(ctrd.bin_dir / "ctr"),
     }
+    if ctrd.cni_network is not None:
+        exports["CNI_BRIDGE"], exports["CNI_SUBNET"] = ctrd.cni_network.name, ctrd.cni_network.subnet
     print("\n".join(f"export {key}={shlex.quote(value)}" for key, value in exports.items()))
     return 0
 

@@ -1,0 +1,100 @@
+"""Fixtures for tests that drive containerd's CRI plugin (tests/e2e/cri.py), as kubelet would.
+
+Import the fixtures you use into the test module (pytest finds fixtures by name in the module's namespace):
+
+    from tests.e2e.cri_support import cri_busybox, cri_containerd  # noqa: F401
+
+`cri_containerd` is a private containerd (1.6, 1.7, 2.1; the shim from conftest's `shim_dir` on its PATH) with the
+pause image imported and a CNI bridge of its own, yielding (ctrd, CriClient). Whatever pods a test leaves behind
+(a failed assertion skips the test's own teardown) are stopped and removed before the daemon stops, so nothing
+leaks into the next test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import VERSIONS, running_containerd
+from tests.e2e.cri import CriClient
+
+from mkoci import build_image_tar  # noqa: E402  (scripts/ is on sys.path via conftest)
+from private_containerd import CRI_NAMESPACE, PrivateContainerd  # noqa: E402
+
+BUSYBOX = Path("/bin/busybox")  # busybox-static: a static ELF, so the rootfs needs no libc
+BUSYBOX_REF = "docker.io/spin-shim-test/busybox-cri:latest"
+BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "sleep", "true", "false", "httpd", "ip", "wget", "env", "hostname",
+                   "dd", "head", "yes")
+HTTPD_ROOT = "/www"
+HTTPD_INDEX = "hello from busybox httpd\n"
+NETWORK_READY_TIMEOUT_S = 30.0
+
+
+def network_ready(client: CriClient) -> bool:
+    return client.status().get("NetworkReady", (False, ""))[0]
+
+
+def wait_network_ready(client: CriClient, timeout: float = NETWORK_READY_TIMEOUT_S) -> None:
+    """CRI loads the conflist asynchronously (it watches conf_dir); RunPodSandbox before that fails."""
+    deadline = time.monotonic() + timeout
+    while not network_ready(client):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"CRI network not ready after {timeout:.0f} s: {client.status()}")
+        time.sleep(0.1)
+
+
+def build_busybox_tar(directory: Path) -> Path:
+    """A busybox-static image whose httpd serves HTTPD_ROOT (index.html = HTTPD_INDEX)."""
+    if not BUSYBOX.exists():
+        pytest.fail(f"{BUSYBOX} missing: run scripts/setup.sh (busybox-static)")
+    rootfs = directory / "rootfs"
+    if rootfs.exists():
+        shutil.rmtree(rootfs)
+    for sub in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", HTTPD_ROOT.lstrip("/")):
+        (rootfs / sub).mkdir(parents=True)
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+    for applet in BUSYBOX_APPLETS:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / HTTPD_ROOT.lstrip("/") / "index.html").write_text(HTTPD_INDEX)
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\n")
+    tar = directory / "busybox-cri.tar"
+    build_image_tar(rootfs, tar, BUSYBOX_REF, entrypoint=["/bin/sh"])
+    return tar
+
+
+def import_image(ctrd: PrivateContainerd, tar: Path, *, all_platforms: bool = False) -> None:
+    """Import an OCI tar where CRI sees it (namespace k8s.io); wasm images need --all-platforms (ref §2)."""
+    ctrd.ctr("images", "import", *(["--all-platforms"] if all_platforms else []), str(tar), namespace=CRI_NAMESPACE)
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def cri_containerd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shim_dir: Path,
+                   shim_cache_dir: Path) -> Iterator[tuple[PrivateContainerd, CriClient]]:
+    """(ctrd, client) for containerd 1.6, 1.7 and 2.1, with the pause image and a CNI bridge network."""
+    workdir = tmp_path_factory.mktemp(f"cri-{request.param}")
+    with running_containerd(request.param, workdir, shim_dir, shim_cache_dir) as ctrd:
+        ctrd.enable_cni()
+        ctrd.import_pause_image()
+        client = CriClient(ctrd)
+        try:
+            wait_network_ready(client)
+            yield ctrd, client
+        finally:
+            try:
+                client.teardown_all()
+            finally:
+                client.close()
+
+
+@pytest.fixture(scope="module")
+def cri_busybox(cri_containerd: tuple[PrivateContainerd, CriClient],
+                tmp_path_factory: pytest.TempPathFactory) -> str:
+    """BUSYBOX_REF, imported into the module's CRI containerd."""
+    ctrd, _ = cri_containerd
+    import_image(ctrd, build_busybox_tar(tmp_path_factory.mktemp("busybox-cri")))
+    return BUSYBOX_REF
