@@ -90,6 +90,8 @@ class WasmInstance:
             raise Internal(f"instance process exited during create"
                            f"{f' with status {status.code}' if status else ''}")
         log.debug("instance %s ready as pid %d", self._plan.task_id, pid)
+        for line in message.get("loads") or ():
+            log.info("task %s: %s", self._plan.task_id, line)
         return pid
 
     async def _abort(self) -> None:

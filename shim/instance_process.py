@@ -170,8 +170,19 @@ def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
         return _fail(status_w, str(exc), user_error=True)
     except ContentStoreError as exc:
         return _fail(status_w, f"cannot read the image from containerd: {exc}", user_error=False)
-    _report(status_w, {"ready": True})
+    _report(status_w, {"ready": True, "loads": _describe_loads(app)})
     return app
+
+
+def _describe_loads(app: Any) -> list[str]:
+    """One line per wasm: how it was obtained, for the daemon's log ("no compile on a warm start" is visible)."""
+    lines = []
+    for load in getattr(app, "loads", ()):
+        cache = load.cache
+        blob = f", blob {cache.blob_path}" if cache.blob_path is not None else ""
+        lines.append(f"{load.name}: precompile cache {cache.outcome} in {cache.seconds * 1000:.0f} ms "
+                     f"(wasm sha256:{cache.wasm_sha256[:12]}{blob})")
+    return lines
 
 
 def _fail(status_w: int, message: str, *, user_error: bool) -> None:
