@@ -70,6 +70,18 @@ def cache_key() -> str:
     return digest.hexdigest()[:16]
 
 
+def compile_pause(binary: Path) -> None:
+    """gcc the pause source into `binary` (static, so the image needs nothing but this one file)."""
+    source = binary.with_name(binary.name + ".c")
+    source.write_text(PAUSE_C)
+    result = subprocess.run(["gcc", *CFLAGS, "-o", str(binary), str(source)], capture_output=True, text=True,
+                            check=False)
+    source.unlink()
+    if result.returncode != 0:
+        raise RuntimeError(f"gcc failed to build pause (run scripts/setup.sh for gcc/libc6-dev):\n{result.stderr}")
+    os.chmod(binary, 0o755)
+
+
 def pause_image_tar() -> Path:
     """The cached OCI tar of the pause image, built first if missing.
 
@@ -83,16 +95,9 @@ def pause_image_tar() -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as scratch_name:
         scratch = Path(scratch_name)
-        source = scratch / "pause.c"
-        source.write_text(PAUSE_C)
         rootfs = scratch / "rootfs"
         rootfs.mkdir()
-        result = subprocess.run(
-            ["gcc", *CFLAGS, "-o", str(rootfs / "pause"), str(source)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"gcc failed to build pause (run scripts/setup.sh for gcc/libc6-dev):\n{result.stderr}")
-        os.chmod(rootfs / "pause", 0o755)
+        compile_pause(rootfs / "pause")
         built = scratch / "pause-oci.tar"
         mkoci.build_image_tar(rootfs, built, PAUSE_IMAGE, entrypoint=["/pause"])
         os.replace(built, tar)

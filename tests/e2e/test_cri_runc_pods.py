@@ -8,13 +8,14 @@ resource limits work, and StopPodSandbox + RemovePodSandbox (and stopping the da
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import VERSIONS, running_containerd
-from tests.e2e.cri import CriClient, PodHandle, pod_cgroups, remove_pod_cgroups
+from tests.e2e.cri import CriClient, CriError, PodHandle, pod_cgroups, remove_pod_cgroups
 from tests.e2e.cri_support import (  # noqa: F401  (fixtures)
     HTTPD_INDEX,
     HTTPD_ROOT,
@@ -214,3 +215,35 @@ def test_stopping_the_daemon_removes_its_bridge(
     # daemon stop with the pod up it can be removed, which proves runc's container cgroups under it are gone.
     remove_pod_cgroups(cgroup_parent)
     assert not pod_cgroups(cgroup_parent)
+
+
+def test_image_status_and_a_failed_pull_carry_containerds_answer(
+    cri_containerd: tuple[PrivateContainerd, CriClient], cri_busybox: str
+) -> None:
+    _, client = cri_containerd
+    image = client.image_status(cri_busybox)
+    assert image is not None and cri_busybox in image.repo_tags
+    assert image.id.startswith("sha256:")
+    assert any(cri_busybox in i.repo_tags for i in client.list_images())
+    assert client.image_status("docker.io/spin-shim-test/never-imported:1") is None
+    with pytest.raises(CriError) as failure:
+        client.pull_image("127.0.0.1:1/spin-shim-test/unreachable:1", timeout=30)
+    assert "127.0.0.1:1" in failure.value.details, failure.value
+
+
+def test_host_network_pod_runs_without_a_pod_ip(
+    cri_containerd: tuple[PrivateContainerd, CriClient], cri_busybox: str
+) -> None:
+    """kubelet leaves the hostname empty for hostNetwork pods; runc refuses one without a UTS namespace (ref §5.3)."""
+    ctrd, client = cri_containerd
+    network = ctrd.cni_network
+    assert network is not None
+    with client.pod("hostnet", host_network=True) as pod:
+        assert pod.ip == ""
+        assert _bridge_ports(network.name) == []
+        done = client.run_container(pod, "ifaces", cri_busybox, command=["ip", "-o", "link"])
+        assert wait_until(lambda: _exited(client, done), timeout=15)
+        assert client.container_status(done).exit_code == 0
+        host_interfaces = {name for name in os.listdir("/sys/class/net") if name != "lo"}
+        seen = {line.split(":")[1].strip().split("@")[0] for line in client.container_log(done)}
+        assert host_interfaces & seen, f"the host's interfaces are not visible: {seen}"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -105,3 +108,45 @@ def test_conflist_is_a_gateway_bridge_without_masquerade_on_host_local_ipam(tmp_
     ipam = bridge["ipam"]
     assert ipam["type"] == "host-local" and ipam["dataDir"] == str(tmp_path / "ipam")
     assert ipam["ranges"] == [[{"subnet": network.subnet, "gateway": network.gateway}]]
+
+
+# --- the pause binary ------------------------------------------------------------------------------
+
+PT_INTERP = 3  # ELF program header naming the dynamic loader
+needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc missing: run scripts/setup.sh")
+
+
+@needs_gcc
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_pause_blocks_until_told_to_stop_then_exits_zero(tmp_path: Path, signum: int) -> None:
+    """CRI stops the sandbox with SIGTERM; anything but exit 0 would be reported as a failed sandbox."""
+    from build_pause import compile_pause
+
+    binary = tmp_path / "pause"
+    compile_pause(binary)
+    process = subprocess.Popen([str(binary)], stderr=subprocess.PIPE)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=0.3)
+        process.send_signal(signum)
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+        process.wait()
+    assert b"not PID 1" in process.stderr.read()  # type: ignore[union-attr]
+
+
+@needs_gcc
+def test_pause_is_static(tmp_path: Path) -> None:
+    """The image holds nothing but /pause: no dynamic loader, no libc."""
+    from build_pause import compile_pause
+
+    binary = tmp_path / "pause"
+    compile_pause(binary)
+    elf = binary.read_bytes()
+    assert elf[:5] == b"\x7fELF\x02"  # 64-bit ELF
+    phoff, phentsize, phnum = (int.from_bytes(elf[32:40], "little"), int.from_bytes(elf[54:56], "little"),
+                               int.from_bytes(elf[56:58], "little"))
+    program_types = [int.from_bytes(elf[phoff + i * phentsize : phoff + i * phentsize + 4], "little")
+                     for i in range(phnum)]
+    assert PT_INTERP not in program_types
