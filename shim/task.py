@@ -23,11 +23,13 @@ from shim.errors import InvalidArgument, RpcError, Unimplemented
 from shim.events import EventPublisher, timestamp_from_ns
 from shim.instance import Instance, WasmInstance
 from shim.instance_process import InstancePlan
+from shim.native_instance import NativeInstance
 from shim.oci_spec import RuntimeSpec, load_spec
 from shim.reaper import ExitStatus, Reaper
 from shim.rootfs import MountSpec, mount_rootfs, unmount_all
-from shim.stdio import open_task_stdio
+from shim.stdio import TaskStdio, open_task_stdio
 from shim.task_state import TaskEvent, TaskState, next_state
+from shim.workload import is_native
 
 log = logging.getLogger("shim.task")
 
@@ -92,8 +94,8 @@ class Task:
             systemd = bool(options.get("systemd_cgroup", context.systemd_cgroup))
             cgroup = (Cgroup.from_spec(spec.cgroups_path, systemd=systemd)
                       if spec.cgroups_path else None)
-            plan = _instance_plan(request.id, spec, rootfs, context)
-            instance = WasmInstance(plan, stdio, cgroup, context.reaper)
+            instance = _new_instance(request.id, bundle, spec, rootfs, stdio, cgroup, context,
+                                     systemd=systemd)
             task = cls(id=request.id, bundle=bundle, spec=spec, stdin=request.stdin,
                        stdout=request.stdout, stderr=request.stderr, context=context,
                        instance=instance, rootfs_mounted=rootfs_mounted)
@@ -179,8 +181,9 @@ class Task:
         return status
 
     def _release(self) -> None:
+        # Instance first: a native container's processes use the rootfs until runc deletes them.
         for problem in self.instance.release():
-            log.warning("task %s: cgroup not removed: %s", self.id, problem)
+            log.warning("task %s: not cleaned up: %s", self.id, problem)
         if self.rootfs_mounted:
             try:
                 unmount_all(self.rootfs_mounted)
@@ -193,6 +196,18 @@ class Task:
 def _rootfs_dir(bundle: Path, spec: RuntimeSpec) -> Path:
     root = Path(spec.root_path)
     return root if root.is_absolute() else bundle / root
+
+
+def _new_instance(task_id: str, bundle: Path, spec: RuntimeSpec, rootfs: Path, stdio: TaskStdio,
+                  cgroup: Cgroup | None, context: DaemonContext, *, systemd: bool) -> Instance:
+    """runc for the pod's pause container and Linux sidecars, an instance process for Wasm.
+    The cgroup object is shared: a Wasm instance creates it, runc creates a native one itself."""
+    if is_native(spec, rootfs):
+        log.debug("task %s: native container via runc", task_id)
+        return NativeInstance(task_id, bundle, context.namespace, stdio, cgroup, context.reaper,
+                              systemd_cgroup=systemd)
+    log.debug("task %s: Wasm", task_id)
+    return WasmInstance(_instance_plan(task_id, spec, rootfs, context), stdio, cgroup, context.reaper)
 
 
 def _instance_plan(task_id: str, spec: RuntimeSpec, rootfs: Path, context: DaemonContext) -> InstancePlan:
