@@ -26,7 +26,7 @@ from tests.e2e.support import RUNTIME, assert_no_leaks, task_cgroups, wait_until
 pytestmark = pytest.mark.e2e
 
 BUSYBOX = Path("/bin/busybox")  # busybox-static: a static ELF, so the rootfs needs no libc
-APPLETS = ("sh", "echo", "sleep", "cat", "true")
+APPLETS = ("sh", "echo", "sleep", "cat", "true", "head", "tr")
 RUNC_STATE_ROOT = Path("/run/containerd/runc")
 SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type=sandbox"
 
@@ -92,6 +92,15 @@ def test_exit_code_is_reported(containerd, busybox_image):
     assert result.returncode == 3, (result.stdout, result.stderr)
     assert "to-stderr" in result.stderr
     _assert_nothing_left(containerd, "native-exit3")
+
+
+def test_oom_kill_under_the_memory_limit_is_reported(containerd, busybox_image):
+    task_id = "native-oom"
+    result = _run(containerd, busybox_image, task_id, "sh", "-c", "x=$(head -c 268435456 /dev/zero | tr '\\0' a)",
+                  flags=("--memory-limit", str(32 << 20)))
+    assert result.returncode == 137, (result.stdout, result.stderr)
+    assert f"task {task_id} exited with 137 (OOM killed)" in containerd.log_path.read_text()
+    _assert_nothing_left(containerd, task_id)
 
 
 def test_detached_sleep_ps_metrics_sigkill(containerd, busybox_image):
