@@ -102,7 +102,7 @@ class Runc:
                     pass  # runc failed before reading; its exit status and log say why
                 _close(in_w)
                 in_w = None
-            status = self._wait_blocking(pid, exited)
+            status = self._wait_blocking(pid, exited, args[0])
             stderr = _read_available(err_r)
         finally:
             _close(err_r, in_w)
@@ -126,17 +126,20 @@ class Runc:
             raise RuncFailed(f"cannot run {argv[0]}: {exc.strerror}") from None
         return pid, self._reaper.watch(pid)
 
-    def _wait_blocking(self, pid: int, exited: asyncio.Future[ExitStatus]) -> ExitStatus:
+    def _wait_blocking(self, pid: int, exited: asyncio.Future[ExitStatus], command: str) -> ExitStatus:
         """Wait on a pidfd (which does not reap), then let the reaper collect the exit now:
         the loop is blocked, so its SIGCHLD handler cannot run before we return."""
         pidfd = os.pidfd_open(pid)
         try:
-            if not select.select([pidfd], [], [], _COMMAND_TIMEOUT)[0]:
+            finished = bool(select.select([pidfd], [], [], _COMMAND_TIMEOUT)[0])
+            if not finished:
                 _kill_quietly(pid)
                 select.select([pidfd], [], [])
         finally:
             os.close(pidfd)
         self._reaper.reap()
+        if not finished:
+            raise RuncFailed(f"runc {command} did not finish within {_COMMAND_TIMEOUT:.0f} s")
         return exited.result()
 
     def _log_size(self) -> int:
