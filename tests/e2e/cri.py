@@ -320,7 +320,7 @@ class CriClient:
             command=list(command),
             args=list(args),
             working_dir=working_dir,
-            envs=[cri.KeyValue(key=k, value=v) for k, v in (env or {}).items()],
+            envs=[cri.KeyValue(key=k, value=v.encode()) for k, v in (env or {}).items()],  # bytes in CRI 0.36
             log_path=f"{name}/{attempt}.log",
             labels={"io.kubernetes.container.name": name, **(labels or {})},
             annotations=dict(annotations or {}),

@@ -1,0 +1,359 @@
+"""Spin OCI artifacts through containerd's CRI plugin, as kubelet runs them (issue 4).
+
+Each app is pushed with `containerd-shim-spin-v2 push` to a real registry on 127.0.0.1, pulled with CRI
+PullImage and run in a pod whose RuntimeClass handler is this shim. containerd 1.7 and 2.1 unpack artifacts into an
+empty rootfs, so the shim reads the app from the content store; containerd 1.6 cannot pull them at all
+(reference/containerd-test-env.md §4), and there the image form (spin.toml in the rootfs) is what runs.
+
+The precompile cache lives in the content store: the tests read its labels with our own containerd client and the
+shim's log lines ("<component>: precompile cache compiled|hit|rebuilt").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oci import media_types as mt
+from oci.client import ContainerdClient
+from oci.errors import ContentStoreError
+from oci.precompiled import GC_REF_PREFIX, LABEL_PREFIX
+from oci.push import AppArtifact, Blob, assemble_app, parse_reference, push_artifact
+from runtime.engine import CACHE_SALT_ENV
+from tests.e2e.conftest import running_containerd
+from tests.e2e.cri import CriClient, CriError, PodHandle
+from tests.e2e.cri_support import import_image, wait_network_ready
+from tests.e2e.http_support import curl
+from tests.e2e.registry_support import Registry, registry, trust_registry  # noqa: F401  (`registry`: a fixture)
+from tests.e2e.support import wait_until
+
+from mkoci import build_image_tar  # noqa: E402  (scripts/ is on sys.path)
+from private_containerd import CRI_NAMESPACE, PrivateContainerd  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+SHIM = Path(sys.executable).parent / "containerd-shim-spin-v2"
+APP_PORT = 80  # the shim's default listen address is 0.0.0.0:80, as containerd-shim-spin's
+SERVE_TIMEOUT_S = 120.0  # a cold start compiles: py-spin's 37 MB component takes ~6 s, more on a busy machine
+PY_SPIN_ENV = {"API_TOKEN": "t0ken"}  # py-spin declares `api_token` required
+
+
+@dataclass
+class Cluster:
+    """One containerd with CRI, CNI, the pause image and trust in the test registry; the shim's own cache dir."""
+
+    ctrd: PrivateContainerd
+    cri: CriClient
+    cache_dir: Path
+
+    def content(self) -> ContainerdClient:
+        return ContainerdClient(str(self.ctrd.address), CRI_NAMESPACE)
+
+    def shim_log(self) -> str:
+        return Path(self.ctrd.log_path).read_text(errors="replace")
+
+    def cache_outcomes(self, component: str) -> list[str]:
+        """compiled/hit/rebuilt, in order, from the shim's per-task load lines."""
+        marker = f"{component}: precompile cache "
+        return [line.split(marker, 1)[1].split()[0] for line in self.shim_log().splitlines() if marker in line]
+
+
+@contextlib.contextmanager
+def cluster(version: str, workdir: Path, shim_dir: Path, cache_dir: Path, trusted: Registry,
+            extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    with running_containerd(version, workdir, shim_dir, cache_dir, extra_env=extra_env) as ctrd:
+        ctrd.enable_cni()
+        ctrd.import_pause_image()
+        trust_registry(ctrd, trusted)
+        client = CriClient(ctrd)
+        try:
+            wait_network_ready(client)
+            yield Cluster(ctrd, client, cache_dir)
+        finally:
+            try:
+                client.teardown_all()
+            finally:
+                client.close()
+
+
+def push(app: Path, ref: str) -> str:
+    """`containerd-shim-spin-v2 push`, as a user runs it; the manifest digest it printed."""
+    result = subprocess.run([str(SHIM), "push", str(app), ref], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().rsplit(" ", 1)[-1]
+
+
+def push_modified(app: Path, ref: str, change: Callable[[dict[str, Any], list[Blob]], None]) -> None:
+    """Push ``app`` with its locked app (and layer list) changed by ``change``: artifacts no Spin would make."""
+    original = assemble_app(app)
+    lock = json.loads(json.dumps(original.locked_app))
+    layers = list(original.layers[:-1])
+    change(lock, layers)
+    locked_blob = Blob.of_bytes(mt.SPIN_APPLICATION, json.dumps(lock).encode())
+    config = Blob.of_bytes(mt.OCI_CONFIG, json.dumps({
+        "architecture": "wasm", "os": "wasip1", "rootfs": {"type": "layers", "diff_ids": []},
+        "config": {"Labels": {mt.LOCKED_APP_DIGEST_LABEL: locked_blob.digest}}}).encode())
+    all_layers = (*layers, locked_blob)
+    manifest = Blob.of_bytes(mt.OCI_MANIFEST, json.dumps({
+        "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": config.descriptor(),
+        "layers": [layer.descriptor() for layer in all_layers]}).encode())
+    push_artifact(AppArtifact(lock, all_layers, config, manifest), parse_reference(ref), insecure=True)
+
+
+def run_app(c: Cluster, pod: PodHandle, image: str, name: str = "app",
+            env: dict[str, str] | None = None) -> str:
+    container = c.cri.run_container(pod, name, image, command=["/"], env=env)
+    wait_for(lambda: _answers(pod.ip), timeout=SERVE_TIMEOUT_S, what=f"{image} answering on {pod.ip}")
+    return container
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    assert wait_until(predicate, timeout=timeout, interval=0.2), f"timed out after {timeout} s waiting for {what}"
+
+
+def _answers(ip: str) -> bool:
+    try:
+        return curl(f"http://{ip}:{APP_PORT}/.well-known/spin/health", timeout=2).status == 200
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def layer_digest(c: Cluster, image: str, media_type: str) -> str:
+    with c.content() as content:
+        manifest = json.loads(content.read(content.image_target(image).digest))
+    return next(layer["digest"] for layer in manifest["layers"] if layer["mediaType"] == media_type)
+
+
+def manifest_digest(c: Cluster, image: str) -> str:
+    with c.content() as content:
+        return content.image_target(image).digest
+
+
+def compiled_label(c: Cluster, layer: str) -> dict[str, str]:
+    with c.content() as content:
+        labels = content.info(layer).labels
+    return {k: v for k, v in labels.items() if k.startswith(LABEL_PREFIX) or k.startswith(GC_REF_PREFIX)}
+
+
+def exists(c: Cluster, digest: str) -> bool:
+    with c.content() as content:
+        try:
+            content.info(digest)
+        except ContentStoreError as exc:
+            if exc.not_found:
+                return False
+            raise
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: Registry, http_apps: dict[str, Path]) -> dict[str, str]:  # noqa: F811
+    refs = {name: registry.ref(f"spin-test/{name}", "v1") for name in ("py-spin", "js-echo")}
+    for name, ref in refs.items():
+        push(http_apps[name], ref)
+    return refs
+
+
+@pytest.fixture(scope="module", params=("1.7", "2.1"))
+def artifact_cluster(request, tmp_path_factory, shim_dir, registry, pushed) -> Iterator[Cluster]:  # noqa: F811
+    workdir = tmp_path_factory.mktemp(f"oci-{request.param}")
+    with cluster(request.param, workdir, shim_dir, tmp_path_factory.mktemp("shim-cache"), registry) as c:
+        yield c
+
+
+# ---------------------------------------------------------------------------------------------------- serving
+
+
+def test_a_pushed_app_pulled_by_cri_serves_on_the_pod_ip(artifact_cluster: Cluster, pushed):
+    c = artifact_cluster
+    image = pushed["py-spin"]
+    c.cri.pull_image(image)
+    with c.cri.pod("py-spin", runtime_handler="spin") as pod:
+        container = run_app(c, pod, image, env=PY_SPIN_ENV)
+        base = f"http://{pod.ip}:{APP_PORT}"
+        assert curl(f"{base}/hello").body == b"Hello from Python!"
+        # The static file is <= 128 bytes: inlined in the locked app, not a layer.
+        assert curl(f"{base}/file?path=/static/hello.txt").body == b"Hello from a static file!\n"
+        assert json.loads(curl(f"{base}/vars?names=greeting").body) == {"greeting": "hello"}
+        assert curl(f"{base}/log").body == b"logged"
+        wait_for(lambda: "py-spin stdout marker" in c.cri.container_log(container, "stdout"),
+                   timeout=10, what="guest stdout in the CRI log")
+        assert "py-spin stderr marker" in c.cri.container_log(container, "stderr")
+
+
+def test_missing_required_variable_fails_create_with_its_name(artifact_cluster: Cluster, pushed):
+    c = artifact_cluster
+    image = pushed["py-spin"]
+    c.cri.pull_image(image)
+    with c.cri.pod("no-var", runtime_handler="spin") as pod:
+        with pytest.raises(CriError) as info:  # CRI creates the task (our Create) in StartContainer
+            c.cri.run_container(pod, "app", image, command=["/"])
+    assert "api_token" in str(info.value)
+    assert "the locked app of image" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "message"),
+    [
+        ("missing-digest",
+         lambda lock, layers: layers.clear(),
+         "is not in the image"),
+        ("lock-version",
+         lambda lock, layers: lock.update(spin_lock_version=9),
+         "unknown spin_lock_version 9"),
+        ("no-component",
+         lambda lock, layers: lock["triggers"][0]["trigger_config"].update(component="ghost"),
+         "runs component 'ghost', which the app does not contain"),
+        ("unknown-trigger",
+         lambda lock, layers: lock["triggers"][0].update(trigger_type="kafka"),
+         "unknown trigger type 'kafka'"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and " " not in value else "",
+)
+def test_broken_artifacts_fail_create_with_a_message_and_leave_nothing(registry, artifact_cluster: Cluster,  # noqa: F811
+                                                                       http_apps, case, change, message):
+    c = artifact_cluster
+    image = registry.ref(f"spin-test/broken-{case}", "v1")
+    push_modified(http_apps["js-echo"], image, change)
+    c.cri.pull_image(image)
+    with c.cri.pod(f"broken-{case}", runtime_handler="spin") as pod:
+        with pytest.raises(CriError) as info:  # CRI creates the task (our Create) in StartContainer
+            container = c.cri.create_container(pod, "app", image, command=["/"])
+            c.cri.start_container(container)
+        assert message in str(info.value)
+        # ... and the user sees it in the container's log too (kubectl logs), not only in the CRI error.
+        assert any(message in line for line in c.cri.container_log(container, "stderr"))
+        assert c.cri.container_status(container).state == "CONTAINER_EXITED"
+    staging = c.cache_dir / "staging"
+    assert not [p for p in (staging.iterdir() if staging.exists() else []) if "-oci-" in p.name], \
+        "a failed create left its locked-app directory behind"
+
+
+# ---------------------------------------------------------------------------------------------------- the cache
+
+
+def test_precompiled_blobs_live_in_the_content_store_and_die_with_the_image(registry,  # noqa: F811
+                                                                           tmp_path_factory, shim_dir, http_apps):
+    """Cold start compiles and labels; later tasks, and tasks after a containerd restart, load the blob; a new
+    engine fingerprint recompiles; removing the image lets containerd's GC remove the blob."""
+    image = registry.ref("spin-test/js-echo-cache", "v1")
+    push(http_apps["js-echo"], image)
+    workdir = tmp_path_factory.mktemp("oci-cache-21")
+    cache_dir = tmp_path_factory.mktemp("shim-cache")
+
+    with cluster("2.1", workdir, shim_dir, cache_dir, registry) as c:
+        c.cri.pull_image(image)
+        wasm = layer_digest(c, image, mt.WASM_LAYER)
+        assert compiled_label(c, wasm) == {}
+        with c.cri.pod("first", runtime_handler="spin") as pod:
+            run_app(c, pod, image)
+            assert curl(f"http://{pod.ip}:{APP_PORT}/hello").body == b"Hello from JS!"
+        labels = compiled_label(c, wasm)
+        [(lookup_key, compiled)] = [(k, v) for k, v in labels.items() if k.startswith(LABEL_PREFIX)]
+        key = lookup_key.removeprefix(LABEL_PREFIX)
+        assert labels[GC_REF_PREFIX + key] == compiled
+        with c.content() as content:
+            manifest_labels = content.info(manifest_digest(c, image)).labels
+            assert compiled in manifest_labels.values()
+            assert content.info(compiled).labels["containerd-shim-spin.python/precompiled-from"] == wasm
+        with c.cri.pod("second", runtime_handler="spin") as pod:
+            run_app(c, pod, image)
+        assert c.cache_outcomes("js-echo") == ["compiled", "hit"]
+
+    # containerd restarted (same root, so the same content store): still no compile.
+    with cluster("2.1", workdir, shim_dir, cache_dir, registry) as c:
+        with c.cri.pod("after-restart", runtime_handler="spin") as pod:
+            run_app(c, pod, image)
+        assert c.cache_outcomes("js-echo")[-1] == "hit"
+
+    # A different engine fingerprint (here: the operator's salt) never loads the old blob.
+    with cluster("2.1", workdir, shim_dir, cache_dir, registry, extra_env={CACHE_SALT_ENV: "rebuild-please"}) as c:
+        with c.cri.pod("new-engine", runtime_handler="spin") as pod:
+            run_app(c, pod, image)
+        assert c.cache_outcomes("js-echo")[-1] == "compiled"
+        keys = {k for k in compiled_label(c, wasm) if k.startswith(LABEL_PREFIX)}
+        assert len(keys) == 2 and lookup_key in keys
+        new_compiled = next(v for k, v in compiled_label(c, wasm).items() if k.startswith(LABEL_PREFIX) and k != lookup_key)
+
+        # Removing the image (as kubelet's image GC does) lets containerd collect both compiled blobs.
+        c.cri.remove_image(image)
+        wait_for(lambda: not exists(c, compiled) and not exists(c, new_compiled) and not exists(c, wasm),
+                   timeout=30, what="containerd's GC removing the compiled blobs with the image")
+
+
+def test_a_corrupt_cached_blob_is_dropped_and_rebuilt(artifact_cluster: Cluster, pushed):
+    c = artifact_cluster
+    image = pushed["js-echo"]
+    c.cri.pull_image(image)
+    with c.cri.pod("warm", runtime_handler="spin") as pod:
+        run_app(c, pod, image)
+    wasm = layer_digest(c, image, mt.WASM_LAYER)
+    compiled = next(v for k, v in compiled_label(c, wasm).items() if k.startswith(LABEL_PREFIX))
+    mirrored = c.cache_dir / "content" / CRI_NAMESPACE / "sha256" / compiled.partition(":")[2]
+    data = mirrored.read_bytes()
+    mirrored.write_bytes(data[: len(data) // 2])  # truncated on the node's disk
+    with c.cri.pod("after-corruption", runtime_handler="spin") as pod:
+        run_app(c, pod, image)
+        assert curl(f"http://{pod.ip}:{APP_PORT}/hello").body == b"Hello from JS!"
+    assert c.cache_outcomes("js-echo")[-1] == "rebuilt"
+    assert mirrored.stat().st_size == len(data)
+
+
+def test_concurrent_first_starts_compile_once(tmp_path_factory, shim_dir, registry, http_apps):  # noqa: F811
+    image = registry.ref("spin-test/js-echo-concurrent", "v1")
+    push(http_apps["js-echo"], image)
+    with cluster("2.1", tmp_path_factory.mktemp("oci-concurrent"), shim_dir, tmp_path_factory.mktemp("shim-cache"),
+                 registry) as c:
+        c.cri.pull_image(image)
+        pods = [c.cri.run_pod(f"together-{i}", runtime_handler="spin") for i in range(2)]
+        errors: list[BaseException] = []
+
+        def start(pod: PodHandle) -> None:
+            try:
+                run_app(c, pod, image)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(pod,)) for pod in pods]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        assert sorted(c.cache_outcomes("js-echo")) == ["compiled", "hit"]
+
+
+# ---------------------------------------------------------------------------------------------------- containerd 1.6
+
+
+def test_containerd_16_cannot_pull_artifacts_but_runs_the_image_form(tmp_path_factory, shim_dir, registry,  # noqa: F811
+                                                                      pushed, http_apps):
+    with cluster("1.6", tmp_path_factory.mktemp("oci-16"), shim_dir, tmp_path_factory.mktemp("shim-cache"),
+                 registry) as c:
+        with pytest.raises(CriError) as info:
+            c.cri.pull_image(pushed["js-echo"])
+        assert "mismatched image rootfs and manifest layers" in str(info.value)
+
+        app = http_apps["js-echo"]
+        rootfs = tmp_path_factory.mktemp("image-form")
+        for name in ("spin.toml", "app.wasm"):
+            (rootfs / name).write_bytes((app / name).read_bytes())
+        image = "docker.io/spin-shim-test/js-echo-rootfs:v1"
+        tar = rootfs.parent / f"{rootfs.name}.tar"
+        build_image_tar(rootfs, tar, image, os_="wasip1", arch="wasm", entrypoint=["/"])
+        import_image(c.ctrd, tar, all_platforms=True)
+        with c.cri.pod("image-form", runtime_handler="spin") as pod:
+            run_app(c, pod, image)
+            assert curl(f"http://{pod.ip}:{APP_PORT}/hello").body == b"Hello from JS!"
