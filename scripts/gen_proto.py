@@ -130,7 +130,7 @@ LAYOUT: dict[str, Staged] = {
     # Stats payloads: containerd decodes Stats by type_url io.containerd.cgroups.v{1,2}.Metrics.
     "github.com/containerd/cgroups/v3/cgroup1/stats/metrics.proto": Staged("proto/cgroups/v1/metrics.proto"),
     "github.com/containerd/cgroups/v3/cgroup2/stats/metrics.proto": Staged("proto/cgroups/v2/metrics.proto"),
-    # Kubernetes CRI (package runtime.v1): the e2e tests drive containerd's CRI plugin as kubelet does (tests/e2e/cri.py).
+    # Kubernetes CRI (package runtime.v1): the e2e tests drive containerd's CRI plugin as kubelet does (scripts/cri_client.py).
     "k8s.io/cri-api/pkg/apis/runtime/v1/api.proto": Staged("proto/k8s/cri/v1/api.proto", grpc=True),
 }
 

@@ -13,7 +13,7 @@ daemon's (by its gRPC address, its state dir, or a pre-start snapshot), never an
 runc state and cgroups are keyed by namespace and container id only, tests that may run in parallel with other
 containerds should use a namespace of their own.
 
-For CRI tests (tests/e2e/cri.py drives the CRI plugin as kubelet does), two opt-in steps: `import_pause_image()`
+For CRI tests (scripts/cri_client.py drives the CRI plugin as kubelet does), two opt-in steps: `import_pause_image()`
 puts the sandbox image into namespace k8s.io (scripts/build_pause.py), and `enable_cni()` gives the daemon a bridge
 and /24 of its own for pod networking (claimed under /run/containerd-shim-spin-test/cni, so concurrent daemons never
 share one); `stop()` deletes that bridge and libcni's cached results for it, and releases the claim.

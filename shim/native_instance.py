@@ -24,7 +24,7 @@ import signal
 from pathlib import Path
 
 from shim.cgroups import Cgroup
-from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, RpcError
+from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from shim.reaper import ExitStatus, Reaper
 from shim.stdio import TaskStdio
 

@@ -1,4 +1,4 @@
-"""Fixtures for tests that drive containerd's CRI plugin (tests/e2e/cri.py), as kubelet would.
+"""Fixtures for tests that drive containerd's CRI plugin (scripts/cri_client.py), as kubelet would.
 
 Import the fixtures you use into the test module (pytest finds fixtures by name in the module's namespace):
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import VERSIONS, running_containerd
-from tests.e2e.cri import CriClient
+from cri_client import CriClient
 
 from mkoci import build_image_tar  # noqa: E402  (scripts/ is on sys.path via conftest)
 from private_containerd import CRI_NAMESPACE, PrivateContainerd  # noqa: E402

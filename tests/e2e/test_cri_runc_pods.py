@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import VERSIONS, running_containerd
-from tests.e2e.cri import CriClient, CriError, PodHandle, pod_cgroups, remove_pod_cgroups
+from cri_client import CriClient, CriError, PodHandle, pod_cgroups, remove_pod_cgroups
 from tests.e2e.cri_support import (  # noqa: F401  (fixtures)
     HTTPD_INDEX,
     HTTPD_ROOT,

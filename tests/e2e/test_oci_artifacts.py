@@ -30,7 +30,7 @@ from oci.precompiled import GC_REF_PREFIX, LABEL_PREFIX
 from oci.push import AppArtifact, Blob, assemble_app, parse_reference, push_artifact
 from runtime.engine import CACHE_SALT_ENV
 from tests.e2e.conftest import running_containerd
-from tests.e2e.cri import CriClient, CriError, PodHandle
+from cri_client import CriClient, CriError, PodHandle
 from tests.e2e.cri_support import import_image, wait_network_ready
 from tests.e2e.http_support import curl
 from tests.e2e.registry_support import Registry, registry, trust_registry  # noqa: F401  (`registry`: a fixture)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from oci import media_types as mt
+from cri_client import CriClient  # noqa: E402  (scripts/ is on sys.path)
 from tests.e2e.registry_support import Registry, registry, trust_registry  # noqa: F401
 from tests.e2e.support import SHIM_NAME
 
@@ -229,10 +230,9 @@ def test_containerd_pulls_the_pushed_app(containerd, registry: Registry, py_spin
 
 
 def test_hosts_toml_lets_cri_pull_over_plain_http(containerd_21, registry: Registry, multi: Pushed):  # noqa: F811
-    cri = pytest.importorskip("tests.e2e.cri", reason="the CRI client (tests/e2e/cri.py) is not available")
     hosts_toml = trust_registry(containerd_21, registry)
     assert hosts_toml == containerd_21.certs_dir / registry.host / "hosts.toml"
-    with cri.CriClient(containerd_21) as client:
+    with CriClient(containerd_21) as client:
         image_ref = client.pull_image(multi.ref)
     # CRI answers with the image id, which is the config digest.
     assert image_ref == multi.manifest["config"]["digest"]

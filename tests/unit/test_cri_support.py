@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from private_containerd import CNI_SLOTS, CniNetwork, cni_slot_order, render_cni_conflist  # noqa: E402
 
-from tests.e2e.cri import cpu_resources, join_cri_log, parse_cri_log_line  # noqa: E402
+from cri_client import cpu_resources, join_cri_log, parse_cri_log_line  # noqa: E402
 
 # --- CRI log lines ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""A kubelet stand-in: drives containerd's CRI plugin over gRPC the way kubelet does, for the e2e tests.
+"""A kubelet stand-in: drives containerd's CRI plugin over gRPC the way kubelet does, for the e2e tests and the benchmarks.
 
 Why: what kubectl users see of the shim (pod IPs, `kubectl logs`, exit reasons, metrics, resource limits) is what
 containerd's CRI plugin makes of it, and crictl is not packaged here (shared/reference/containerd-test-env.md §5).
