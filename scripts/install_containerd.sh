@@ -16,8 +16,6 @@ set -euo pipefail
 CACHE_ROOT="${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}"
 CONTAINERD_CACHE="$CACHE_ROOT/containerd"
 APT_PRIVATE="$CACHE_ROOT/apt"
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-DEBIAN_SOURCES=/etc/apt/sources.list.d/debian.sources
 
 # The versions the reference ran; a newer build of the same series is accepted if these are gone.
 declare -A PINNED_VERSION=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
@@ -26,6 +24,8 @@ REQUIRED_BINARIES=(containerd ctr containerd-shim-runc-v2)
 
 log() { printf '[install_containerd] %s\n' "$*"; }
 die() { printf '[install_containerd] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=private_apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/private_apt.sh"
 
 # True when the unpacked tree for a series has every binary and its containerd runs here.
 series_ready() {
@@ -34,42 +34,6 @@ series_ready() {
         [[ -x "$bin_dir/$name" ]] || return 1
     done
     "$bin_dir/containerd" --version >/dev/null 2>&1
-}
-
-# The archive URI apt already uses for Debian itself (not the -security one).
-find_mirror() {
-    local mirror=""
-    if [[ -r "$DEBIAN_SOURCES" ]]; then
-        mirror=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$DEBIAN_SOURCES")
-    fi
-    if [[ -z "$mirror" && -r /etc/apt/sources.list ]]; then
-        mirror=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/ && $i !~ /security/) { print $i; exit } }' /etc/apt/sources.list)
-    fi
-    [[ -n "$mirror" ]] || die "cannot find the Debian mirror URI in $DEBIAN_SOURCES or /etc/apt/sources.list"
-    printf '%s\n' "$mirror"
-}
-
-APT_OPTS=()
-# Write the private apt tree and run `apt-get update` against trixie + sid only.
-prepare_private_apt() {
-    local mirror
-    mirror=$(find_mirror)
-    [[ -r "$KEYRING" ]] || die "$KEYRING missing (install debian-archive-keyring)"
-    mkdir -p "$APT_PRIVATE"/lists/partial "$APT_PRIVATE"/cache/archives/partial
-    cat >"$APT_PRIVATE/sources.list" <<EOF
-deb [signed-by=$KEYRING] $mirror trixie main
-deb [signed-by=$KEYRING] $mirror sid main
-EOF
-    APT_OPTS=(
-        -o "Dir::Etc::SourceList=$APT_PRIVATE/sources.list"
-        -o "Dir::Etc::SourceParts=/dev/null"
-        -o "Dir::State::Lists=$APT_PRIVATE/lists"
-        -o "Dir::Cache=$APT_PRIVATE/cache"
-        # We run as root on purpose; this only silences the harmless "unsandboxed as root" warning.
-        -o "APT::Sandbox::User=root"
-    )
-    log "apt-get update (private lists: trixie + sid from $mirror)"
-    apt-get "${APT_OPTS[@]}" -qq update || die "private apt-get update failed"
 }
 
 # Every containerd version the private lists offer, one per line.

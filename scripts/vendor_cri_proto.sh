@@ -11,33 +11,19 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE_ROOT="${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}"
 APT_PRIVATE="$CACHE_ROOT/apt"
-KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-DEBIAN_SOURCES=/etc/apt/sources.list.d/debian.sources
 PACKAGE=golang-k8s-cri-api-dev
 PROTO_REL=k8s.io/cri-api/pkg/apis/runtime/v1/api.proto
 DEST="$REPO_ROOT/proto/vendor/$PROTO_REL"
 
 log() { printf '[vendor_cri_proto] %s\n' "$*"; }
 die() { printf '[vendor_cri_proto] ERROR: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=private_apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/private_apt.sh"
 
 [[ $(id -u) -eq 0 ]] || die "run as root (apt-get needs it)"
-mirror=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$DEBIAN_SOURCES")
-[[ -n "$mirror" ]] || die "cannot find the Debian mirror URI in $DEBIAN_SOURCES"
-mkdir -p "$APT_PRIVATE"/lists/partial "$APT_PRIVATE"/cache/archives/partial
-cat >"$APT_PRIVATE/sources.list" <<EOF
-deb [signed-by=$KEYRING] $mirror trixie main
-deb [signed-by=$KEYRING] $mirror sid main
-EOF
-APT_OPTS=(
-    -o "Dir::Etc::SourceList=$APT_PRIVATE/sources.list"
-    -o "Dir::Etc::SourceParts=/dev/null"
-    -o "Dir::State::Lists=$APT_PRIVATE/lists"
-    -o "Dir::Cache=$APT_PRIVATE/cache"
-    -o "APT::Sandbox::User=root"
-)
 exec 9>"$CACHE_ROOT/.install_containerd.lock"  # the same lock as install_containerd.sh: one private apt at a time
 flock 9
-apt-get "${APT_OPTS[@]}" -qq update || die "private apt-get update failed"
+prepare_private_apt
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 (cd "$work" && apt-get "${APT_OPTS[@]}" -qq download "$PACKAGE") || die "apt-get download $PACKAGE failed"

@@ -45,6 +45,22 @@ class Instance(Protocol):
     def release(self) -> list[str]: ...
 
 
+def cgroup_pids(cgroup: Cgroup | None, pid: int, exited: asyncio.Future[ExitStatus]) -> list[int]:
+    """Every process of a task (its cgroup's), or its one pid while it runs; what Pids and `ctr task ps` show."""
+    if cgroup is not None:
+        procs = cgroup.procs()
+        if procs:
+            return procs
+    return [] if exited.done() else [pid]
+
+
+def cgroup_stats(cgroup: Cgroup | None, task_id: str) -> tuple[str, bytes]:
+    """The task cgroup's metrics (type URL, payload) for Stats: what kubelet and `ctr task metrics` read."""
+    if cgroup is None:
+        raise NotFound(f"{task_id}: task has no cgroup to read metrics from")
+    return cgroup.metrics()
+
+
 class WasmInstance:
     """A Wasm task: one instance process, a child of the daemon, in the task's cgroup."""
 
@@ -132,16 +148,10 @@ class WasmInstance:
             raise NotFound(f"{self._plan.task_id}: process already finished")
 
     def pids(self) -> list[int]:
-        if self._cgroup is not None:
-            procs = self._cgroup.procs()
-            if procs:
-                return procs
-        return [] if self.exited.done() else [self.pid]
+        return cgroup_pids(self._cgroup, self.pid, self.exited)
 
     def stats(self) -> tuple[str, bytes]:
-        if self._cgroup is None:
-            raise NotFound(f"{self._plan.task_id}: task has no cgroup to read metrics from")
-        return self._cgroup.metrics()
+        return cgroup_stats(self._cgroup, self._plan.task_id)
 
     def update(self, resources: dict) -> None:
         if self._cgroup is None:

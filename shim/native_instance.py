@@ -25,6 +25,7 @@ from pathlib import Path
 
 from shim.cgroups import Cgroup
 from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from shim.instance import cgroup_pids, cgroup_stats
 from shim.reaper import ExitStatus, Reaper
 from shim.stdio import TaskStdio
 
@@ -207,16 +208,10 @@ class NativeInstance:
             raise Internal(str(exc)) from None
 
     def pids(self) -> list[int]:
-        if self._cgroup is not None:
-            procs = self._cgroup.procs()
-            if procs:
-                return procs
-        return [] if self.exited.done() else [self.pid]
+        return cgroup_pids(self._cgroup, self.pid, self.exited)
 
     def stats(self) -> tuple[str, bytes]:
-        if self._cgroup is None:
-            raise NotFound(f"{self._task_id}: task has no cgroup to read metrics from")
-        return self._cgroup.metrics()
+        return cgroup_stats(self._cgroup, self._task_id)
 
     def update(self, resources: dict) -> None:
         try:
