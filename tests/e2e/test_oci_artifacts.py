@@ -12,7 +12,10 @@ shim's log lines ("<component>: precompile cache compiled|hit|rebuilt").
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
+import tarfile
 import subprocess
 import sys
 import threading
@@ -98,15 +101,26 @@ def push_modified(app: Path, ref: str, change: Callable[[dict[str, Any], list[Bl
     lock = json.loads(json.dumps(original.locked_app))
     layers = list(original.layers[:-1])
     change(lock, layers)
-    locked_blob = Blob.of_bytes(mt.SPIN_APPLICATION, json.dumps(lock).encode())
+    push_layers(ref, [*layers, Blob.of_bytes(mt.SPIN_APPLICATION, json.dumps(lock).encode())], lock)
+
+
+def push_layers(ref: str, layers: list[Blob], lock: dict[str, Any] | None = None) -> None:
     config = Blob.of_bytes(mt.OCI_CONFIG, json.dumps({
-        "architecture": "wasm", "os": "wasip1", "rootfs": {"type": "layers", "diff_ids": []},
-        "config": {"Labels": {mt.LOCKED_APP_DIGEST_LABEL: locked_blob.digest}}}).encode())
-    all_layers = (*layers, locked_blob)
+        "architecture": "wasm", "os": "wasip1", "rootfs": {"type": "layers", "diff_ids": []}}).encode())
     manifest = Blob.of_bytes(mt.OCI_MANIFEST, json.dumps({
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": config.descriptor(),
-        "layers": [layer.descriptor() for layer in all_layers]}).encode())
-    push_artifact(AppArtifact(lock, all_layers, config, manifest), parse_reference(ref), insecure=True)
+        "layers": [layer.descriptor() for layer in layers]}).encode())
+    push_artifact(AppArtifact(lock or {}, tuple(layers), config, manifest), parse_reference(ref), insecure=True)
+
+
+def targz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 def run_app(c: Cluster, pod: PodHandle, image: str, name: str = "app",
@@ -191,6 +205,43 @@ def test_a_pushed_app_pulled_by_cri_serves_on_the_pod_ip(artifact_cluster: Clust
         wait_for(lambda: "py-spin stdout marker" in c.cri.container_log(container, "stdout"),
                    timeout=10, what="guest stdout in the CRI log")
         assert "py-spin stderr marker" in c.cri.container_log(container, "stderr")
+
+
+def test_files_come_from_data_layers_archive_layers_and_inline(registry, artifact_cluster: Cluster,  # noqa: F811
+                                                                http_apps):
+    """`spin registry push` puts files in data layers, or (over 499 layers, or with SPIN_OCI_ARCHIVE_LAYERS) in a
+    gzipped tar; small ones are inlined. The guest must see each at its path."""
+    c = artifact_cluster
+    from_data, from_archive = b"d" * 300, b"a" * 400
+    image = registry.ref("spin-test/py-spin-files", "v1")
+
+    def add_files(lock: dict[str, Any], layers: list[Blob]) -> None:
+        layers.append(Blob.of_bytes(mt.DATA_LAYER, from_data))
+        layers.append(Blob.of_bytes(mt.ARCHIVE_LAYER, targz({"deep/archived.txt": from_archive})))
+        lock["components"][0]["files"] += [
+            {"digest": "sha256:" + hashlib.sha256(from_data).hexdigest(), "path": "data/layer.txt"},
+            {"digest": "sha256:" + hashlib.sha256(from_archive).hexdigest(), "path": "data/deep/archived.txt"},
+        ]
+
+    push_modified(http_apps["py-spin"], image, add_files)
+    c.cri.pull_image(image)
+    with c.cri.pod("files", runtime_handler="spin") as pod:
+        run_app(c, pod, image, env=PY_SPIN_ENV)
+        base = f"http://{pod.ip}:{APP_PORT}"
+        assert curl(f"{base}/file?path=/data/layer.txt").body == from_data
+        assert curl(f"{base}/file?path=/data/deep/archived.txt").body == from_archive
+        assert curl(f"{base}/file?path=/static/hello.txt").body == b"Hello from a static file!\n"
+
+
+def test_a_wkg_package_is_served_on_every_route(registry, artifact_cluster: Cluster, http_apps):  # noqa: F811
+    """A single `application/wasm` layer (wkg) and no locked app: one HTTP component on /..., as Spin runs it."""
+    c = artifact_cluster
+    image = registry.ref("spin-test/js-echo-wkg", "v1")
+    push_layers(image, [Blob.of_file(mt.WKG_WASM_LAYER, http_apps["js-echo"] / "app.wasm")])
+    c.cri.pull_image(image)
+    with c.cri.pod("wkg", runtime_handler="spin") as pod:
+        run_app(c, pod, image)
+        assert curl(f"http://{pod.ip}:{APP_PORT}/hello").body == b"Hello from JS!"
 
 
 def test_missing_required_variable_fails_create_with_its_name(artifact_cluster: Cluster, pushed):
