@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -54,10 +53,10 @@ class ImageApp:
 
 def find_image_app(client: ContainerdClient, container_id: str, image_hint: str | None, mirror: BlobMirror,
                    app_dir: Path) -> ImageApp | None:
-    """Lay out the container's Spin app in ``app_dir`` (created here); None if its image has no Spin layers.
+    """Lay out the container's Spin app in ``app_dir`` (an empty directory); None if its image has no Spin layers.
 
     Raises ArtifactError for a Spin image that cannot run, ContentStoreError when containerd cannot give what the
-    image names; ``app_dir`` is removed on any failure.
+    image names; the caller owns (and removes) ``app_dir``.
     """
     image = image_hint or client.container_image(container_id)
     if not image:
@@ -75,11 +74,7 @@ def find_image_app(client: ContainerdClient, container_id: str, image_hint: str 
     if artifact is None:
         return None
     (app_dir / BLOBS_DIR).mkdir(parents=True)
-    try:
-        _lay_out(client, artifact, mirror, app_dir, image)
-    except BaseException:
-        shutil.rmtree(app_dir, ignore_errors=True)
-        raise
+    _lay_out(client, artifact, mirror, app_dir, image)
     log.debug("image %s (%s): Spin app laid out in %s", image, manifest_digest, app_dir)
     return ImageApp(image, manifest_digest, artifact, app_dir)
 

@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shim.app_source")
 
-#: Per-task locked-app directories live with the runtime's staging dirs: named "<pid>-...", they are swept by
-#: runtime.files.sweep_stale_staging once their instance process is gone (the next load on the node does it).
+#: Under the cache dir, per namespace: the node's mirror of content-store blobs (oci/mirror.py).
 MIRROR_DIR_NAME = "content"
 
 
@@ -45,24 +44,26 @@ def load_task_app(plan: InstancePlan, settings: RuntimeSettings) -> Any:
     from oci.source import find_image_app
 
     mirror = BlobMirror(plan.cache_dir / MIRROR_DIR_NAME / plan.namespace)
-    staging = plan.cache_dir / STAGING_DIR_NAME
+    # The per-task locked-app directory lives with the runtime's staging dirs: named "<pid>-...", it is swept by
+    # sweep_stale_staging once its instance process is gone (the next load on the node does it).
     sweep_stale_staging(plan.cache_dir)
+    staging = plan.cache_dir / STAGING_DIR_NAME
     staging.mkdir(parents=True, exist_ok=True)
     app_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-oci-", dir=staging))
-    app_dir.rmdir()  # find_image_app creates it, and removes it on failure
-    with ContainerdClient(plan.containerd_address, plan.namespace) as client:
-        image_app = find_image_app(client, plan.task_id, plan.image_name, mirror, app_dir)
-        if image_app is None:
-            return load_app(plan.rootfs, plan.args, plan.env, settings)
-        try:
+    try:
+        with ContainerdClient(plan.containerd_address, plan.namespace) as client:
+            image_app = find_image_app(client, plan.task_id, plan.image_name, mirror, app_dir)
+            if image_app is None:
+                shutil.rmtree(app_dir, ignore_errors=True)
+                return load_app(plan.rootfs, plan.args, plan.env, settings)
             store_settings = dataclasses.replace(settings, precompiled_store=lambda key: ContentStoreBlobs(
                 client, mirror, key, image_app.manifest_digest, image_app.wasm_layers))
-            app = load_locked_app(image_app.app_dir, plan.args, plan.env, store_settings, work_dir=plan.rootfs,
+            app = load_locked_app(app_dir, plan.args, plan.env, store_settings, work_dir=plan.rootfs,
                                   name=f"the locked app of image {image_app.image}")
-        except BaseException:
-            shutil.rmtree(app_dir, ignore_errors=True)
-            raise
-        swept = mirror.sweep(client, keep=image_app.digests)
-        if swept:
-            log.debug("dropped %d mirrored blobs containerd no longer has", len(swept))
+            swept = mirror.sweep(client, keep=image_app.digests)
+    except BaseException:
+        shutil.rmtree(app_dir, ignore_errors=True)
+        raise
+    if swept:
+        log.debug("dropped %d mirrored blobs containerd no longer has", len(swept))
     return app

@@ -105,8 +105,12 @@ def push_modified(app: Path, ref: str, change: Callable[[dict[str, Any], list[Bl
 
 
 def push_layers(ref: str, layers: list[Blob], lock: dict[str, Any] | None = None) -> None:
+    # The label makes each app's config (CRI's image id) unique, as Spin's push does: without it CRI would take
+    # two artifacts with the same config for one image.
+    labels = {mt.LOCKED_APP_DIGEST_LABEL: layers[-1].digest} if lock is not None else {}
     config = Blob.of_bytes(mt.OCI_CONFIG, json.dumps({
-        "architecture": "wasm", "os": "wasip1", "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+        "architecture": "wasm", "os": "wasip1", "rootfs": {"type": "layers", "diff_ids": []},
+        "config": {"Labels": labels}}).encode())
     manifest = Blob.of_bytes(mt.OCI_MANIFEST, json.dumps({
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": config.descriptor(),
         "layers": [layer.descriptor() for layer in layers]}).encode())
