@@ -170,14 +170,15 @@ def load_locked_app(app_dir: Path, args: list[str], env: dict[str, str], setting
     call the lock (e.g. "the locked app of image example.com/app:1"), since its path on the node means nothing to
     the user.
     """
+    from runtime.locked_app import LOCK_FILE_NAME
     from runtime.locked_app import load_locked_app as read_lock
 
     try:
         settings = settings.with_task_env(env)
         manifest = read_lock(app_dir, name)
         return _load_manifest_app(manifest, manifest.path, args, env, settings, work_dir)
-    except AppError as exc:
-        exc.args = (str(exc).replace(str(app_dir / "spin.lock"), name),) + exc.args[1:]
+    except AppError as exc:  # later checks (triggers, files) name the lock by its path on the node
+        exc.args = (str(exc).replace(str(app_dir / LOCK_FILE_NAME), name),) + exc.args[1:]
         raise
 
 
