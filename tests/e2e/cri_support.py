@@ -12,7 +12,6 @@ leaks into the next test.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import VERSIONS, running_containerd
+from tests.e2e.support import busybox_rootfs
 from cri_client import CriClient
 
 from mkoci import build_image_tar  # noqa: E402  (scripts/ is on sys.path via conftest)
 from private_containerd import CRI_NAMESPACE, PrivateContainerd  # noqa: E402
 
-BUSYBOX = Path("/bin/busybox")  # busybox-static: a static ELF, so the rootfs needs no libc
 BUSYBOX_REF = "docker.io/spin-shim-test/busybox-cri:latest"
 BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "sleep", "true", "false", "httpd", "ip", "wget", "env", "hostname",
                    "dd", "head", "yes")
@@ -49,16 +48,7 @@ def wait_network_ready(client: CriClient, timeout: float = NETWORK_READY_TIMEOUT
 
 def build_busybox_tar(directory: Path) -> Path:
     """A busybox-static image whose httpd serves HTTPD_ROOT (index.html = HTTPD_INDEX)."""
-    if not BUSYBOX.exists():
-        pytest.fail(f"{BUSYBOX} missing: run scripts/setup.sh (busybox-static)")
-    rootfs = directory / "rootfs"
-    if rootfs.exists():
-        shutil.rmtree(rootfs)
-    for sub in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", HTTPD_ROOT.lstrip("/")):
-        (rootfs / sub).mkdir(parents=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for applet in BUSYBOX_APPLETS:
-        (rootfs / "bin" / applet).symlink_to("busybox")
+    rootfs = busybox_rootfs(directory / "rootfs", BUSYBOX_APPLETS, extra_dirs=[HTTPD_ROOT.lstrip("/")])
     (rootfs / HTTPD_ROOT.lstrip("/") / "index.html").write_text(HTTPD_INDEX)
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (rootfs / "etc" / "group").write_text("root:x:0:\n")

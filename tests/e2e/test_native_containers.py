@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,11 +20,10 @@ from proto.containerd.task.v2 import shim_pb2
 from shim.start import socket_path
 from shim.ttrpc.client import TtrpcClient
 from shim.ttrpc.status import Code, RpcError
-from tests.e2e.support import RUNTIME, assert_no_leaks, task_cgroups, wait_until
+from tests.e2e.support import RUNTIME, assert_no_leaks, busybox_rootfs, task_cgroups, wait_until
 
 pytestmark = pytest.mark.e2e
 
-BUSYBOX = Path("/bin/busybox")  # busybox-static: a static ELF, so the rootfs needs no libc
 APPLETS = ("sh", "echo", "sleep", "cat", "true", "head", "tr")
 RUNC_STATE_ROOT = Path("/run/containerd/runc")
 SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type=sandbox"
@@ -34,15 +32,8 @@ SANDBOX_ANNOTATION = "io.kubernetes.cri.container-type=sandbox"
 @pytest.fixture(scope="module")
 def busybox_image(containerd, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A linux/amd64 busybox image with applet links and the usual mount points, imported once."""
-    if not BUSYBOX.exists():
-        pytest.fail(f"{BUSYBOX} missing: run scripts/setup.sh (busybox-static)")
     base = tmp_path_factory.mktemp("busybox-native")
-    rootfs = base / "rootfs"
-    for directory in ("bin", "etc", "proc", "sys", "dev", "tmp", "root"):
-        (rootfs / directory).mkdir(parents=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for applet in APPLETS:
-        (rootfs / "bin" / applet).symlink_to("busybox")
+    rootfs = busybox_rootfs(base / "rootfs", APPLETS)
     ref = "docker.io/spin-shim-test/busybox-native:latest"
     tar = base / "busybox.tar"
     build_image_tar(rootfs, tar, ref, entrypoint=["/bin/sh"])

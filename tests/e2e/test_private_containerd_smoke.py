@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 IMAGE_REF = "docker.io/library/busybox-smoke:latest"
-BUSYBOX = Path("/bin/busybox")  # busybox-static: a static ELF, so the rootfs needs no libc
 APPLETS = ("sh", "echo", "cat", "ls", "sleep", "true")
 
 # scripts/ is not a package: its modules are imported from their directory, as the scripts import nothing else.
@@ -27,6 +25,8 @@ sys.path.insert(0, str(SCRIPTS))
 import mkoci  # noqa: E402
 import private_containerd  # noqa: E402
 from private_containerd import PrivateContainerd  # noqa: E402
+
+from tests.e2e.support import busybox_rootfs  # noqa: E402
 
 pytestmark = [
     pytest.mark.e2e,
@@ -37,15 +37,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OCI tar of a busybox-static rootfs: /bin/busybox, applet symlinks, and the usual empty mount points."""
-    if not BUSYBOX.exists():
-        pytest.fail(f"{BUSYBOX} missing: run scripts/setup.sh (busybox-static)")
     base = tmp_path_factory.mktemp("busybox")
-    rootfs = base / "rootfs"
-    for directory in ("bin", "etc", "proc", "sys", "dev", "tmp", "root"):
-        (rootfs / directory).mkdir(parents=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for applet in APPLETS:
-        (rootfs / "bin" / applet).symlink_to("busybox")
+    rootfs = busybox_rootfs(base / "rootfs", APPLETS)
     image = base / "busybox-oci.tar"
     mkoci.build_image_tar(rootfs, image, IMAGE_REF)
     return image
