@@ -23,11 +23,10 @@ from oci.artifact import Blob, SpinArtifact, is_index, parse_manifest_json, spin
 from oci.client import ContainerdClient
 from oci.errors import ArtifactError
 from oci.mirror import BlobMirror
+from runtime.locked_app import BLOBS_DIR, LOCK_FILE_NAME, blob_path
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE_NAME = "spin.lock"  # == runtime.locked_app.LOCK_FILE_NAME
-BLOBS_DIR = "blobs/sha256"  # == runtime.locked_app.BLOBS_DIR
 #: Component id and route Spin gives a bare wasm package run as an app (`spin up --from <wasm>`).
 PACKAGE_COMPONENT_ID = "main"
 PACKAGE_ROUTE = "/..."
@@ -93,7 +92,7 @@ def _lay_out(client: ContainerdClient, artifact: SpinArtifact, mirror: BlobMirro
 
 
 def _link(source: Path, app_dir: Path, digest: str) -> None:
-    target = app_dir / BLOBS_DIR / digest.partition(":")[2]
+    target = blob_path(app_dir, digest.partition(":")[2])
     try:
         os.link(source, target)
     except FileExistsError:
