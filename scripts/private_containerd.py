@@ -321,8 +321,13 @@ class PrivateContainerd:
         debug: bool = False,
         extra_env: Mapping[str, str] | None = None,
         extra_toml: str = "",
+        spin_runtime: bool = True,
     ) -> None:
-        """`extra_toml` is appended to the generated config.toml (new tables only, e.g. an extra CRI runtime)."""
+        """`extra_toml` is appended to the generated config.toml (new tables only, e.g. an extra CRI runtime).
+
+        `spin_runtime=False` leaves our runtime out of the CRI runtimes (only runc), as a node's config is before
+        the node installer (`containerd-shim-spin-v2 install`) adds it.
+        """
         _check_version(version)
         self.version = version
         self.workdir = Path(workdir).absolute()
@@ -330,6 +335,7 @@ class PrivateContainerd:
         self.debug = debug
         self.extra_env = dict(extra_env or {})
         self.extra_toml = extra_toml
+        self.spin_runtime = spin_runtime
         self._process: subprocess.Popen[bytes] | None = None
         self._version_string: str | None = None
 
@@ -459,8 +465,8 @@ class PrivateContainerd:
             '      default_runtime_name = "runc"',
             f"      [{prefix}.containerd.runtimes.runc]",
             f"        runtime_type = {_toml_str(RUNC_RUNTIME_TYPE)}",
-            f"      [{prefix}.containerd.runtimes.spin]",
-            f"        runtime_type = {_toml_str(SPIN_RUNTIME_TYPE)}",
+            *([f"      [{prefix}.containerd.runtimes.spin]",
+               f"        runtime_type = {_toml_str(SPIN_RUNTIME_TYPE)}"] if self.spin_runtime else []),
         ]
 
     def _config_v2(self) -> str:
@@ -514,9 +520,17 @@ class PrivateContainerd:
         return text + (f"\n{extra}\n" if extra else "")
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
-    def start(self) -> None:
+    def write_config(self) -> Path:
+        """Write the rendered config.toml (start() does this unless told to keep one edited since)."""
+        self._make_dirs()
+        self.config_path.write_text(self.render_config())
+        return self.config_path
+
+    def start(self, *, keep_config: bool = False) -> None:
         """Write config.toml, start containerd in the background and return once `ctr version` answers.
 
+        `keep_config=True` starts with the config.toml already in the workdir (written by write_config() and then
+        edited, e.g. by the node installer) instead of rendering it anew.
         Raises PrivateContainerdError with the tail of containerd.log when the daemon exits or is not ready
         within 20 s (the daemon is killed then, so nothing leaks).
         """
@@ -529,9 +543,33 @@ class PrivateContainerd:
             raise ContainerdNotInstalledError(
                 f"{bin_dir / 'containerd'} is {self.version_string}, not containerd {self.version}"
             )
-        self._make_dirs()
-        self.config_path.write_text(self.render_config())
+        if keep_config and self.config_path.exists():
+            self._make_dirs()
+        else:
+            self.write_config()
         system_paths_before = self._snapshot_system_paths()
+        self._spawn_daemon()
+        self._write_instance(system_paths_before)
+        self._wait_ready()
+
+    def restart_daemon(self) -> None:
+        """Stop the daemon alone (SIGTERM, as `systemctl restart containerd` does) and start it again with the same
+        config: shims and their tasks keep running, and containerd reconnects to them on start (ref §3).
+
+        The pre-start snapshot of the first start() is kept, so stop() still knows which system paths are ours.
+        """
+        pid = self._running_pid()
+        if pid is None:
+            raise PrivateContainerdError(f"containerd for {self.workdir} is not running")
+        self._terminate(pid)
+        self._spawn_daemon()
+        record = self._read_instance()
+        record["pid"] = self._process.pid if self._process else None
+        self._instance_path.write_text(json.dumps(record, indent=2) + "\n")
+        self._wait_ready()
+
+    def _spawn_daemon(self) -> None:
+        bin_dir = self.bin_dir
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [str(bin_dir / "containerd"), "--config", str(self.config_path)],
@@ -544,8 +582,6 @@ class PrivateContainerd:
                 start_new_session=True,
             )
         self.pid_path.write_text(f"{self._process.pid}\n")
-        self._write_instance(system_paths_before)
-        self._wait_ready()
 
     def stop(self) -> None:
         """Stop the daemon (SIGTERM, SIGKILL after 10 s) and clean up what it left in system paths.
