@@ -19,17 +19,19 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import VERSIONS, running_containerd
-from tests.e2e.support import busybox_rootfs
 from cri_client import CriClient
 
-from mkoci import build_image_tar  # noqa: E402  (scripts/ is on sys.path via conftest)
+# The image builder lives in scripts/ so that bench_density.py can build the same image without pytest.
+from busybox_image import (  # noqa: E402, F401  (scripts/ is on sys.path via conftest; re-exported for the tests)
+    BUSYBOX_APPLETS,
+    BUSYBOX_REF,
+    HTTPD_INDEX,
+    HTTPD_ROOT,
+    BusyboxMissingError,
+)
+from busybox_image import build_busybox_tar as _build_busybox_tar  # noqa: E402
 from private_containerd import CRI_NAMESPACE, PrivateContainerd  # noqa: E402
 
-BUSYBOX_REF = "docker.io/spin-shim-test/busybox-cri:latest"
-BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "sleep", "true", "false", "httpd", "ip", "wget", "env", "hostname",
-                   "dd", "head", "yes")
-HTTPD_ROOT = "/www"
-HTTPD_INDEX = "hello from busybox httpd\n"
 NETWORK_READY_TIMEOUT_S = 30.0
 
 
@@ -47,14 +49,15 @@ def wait_network_ready(client: CriClient, timeout: float = NETWORK_READY_TIMEOUT
 
 
 def build_busybox_tar(directory: Path) -> Path:
-    """A busybox-static image whose httpd serves HTTPD_ROOT (index.html = HTTPD_INDEX)."""
-    rootfs = busybox_rootfs(directory / "rootfs", BUSYBOX_APPLETS, extra_dirs=[HTTPD_ROOT.lstrip("/")])
-    (rootfs / HTTPD_ROOT.lstrip("/") / "index.html").write_text(HTTPD_INDEX)
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (rootfs / "etc" / "group").write_text("root:x:0:\n")
-    tar = directory / "busybox-cri.tar"
-    build_image_tar(rootfs, tar, BUSYBOX_REF, entrypoint=["/bin/sh"])
-    return tar
+    """A busybox-static image whose httpd serves HTTPD_ROOT (index.html = HTTPD_INDEX).
+
+    A missing busybox-static fails the test with the set-up step to run (as tests/e2e/support.busybox_rootfs
+    does), rather than erroring it with a traceback.
+    """
+    try:
+        return _build_busybox_tar(directory)
+    except BusyboxMissingError as error:
+        pytest.fail(str(error))
 
 
 def import_image(ctrd: PrivateContainerd, tar: Path, *, all_platforms: bool = False) -> None:
