@@ -3,12 +3,19 @@
 Order matters and is the point of this module:
 1. leave the daemon's world: own process group, die with the daemon (a task without its
    shim is unmanaged; containerd runs `delete` for it anyway), default signal handlers;
-2. enter the task's world: its cgroup (so everything allocated below is accounted and
-   limited), its network namespace (so ports, probes and sidecars behave as for a
-   container), its stdio;
+2. enter the task's network namespace (so ports, probes and sidecars behave as for a
+   container) and its stdio;
 3. load the app with the runtime (parse, compile or load precompiled) while still
-   privileged, since the cache is root's; report ready or a user-facing error;
-4. drop to the spec's user and capabilities, wait for Start, run, exit with the guest's
+   privileged, since the cache is root's;
+4. join the task's cgroup, so that everything the app allocates from here on (the
+   guests' memory, the HTTP workers forked later) is accounted and limited; report ready
+   or a user-facing error. The load stays outside the limit on purpose: a cold compile
+   of a large component can take several times the memory the app will ever use, it is
+   the node's work (the blob is shared by every pod of the image) rather than the app's,
+   and runwasi and containerd-shim-spin compile in the shim, outside the container's
+   cgroup, too. Inside the limit, a pod that runs in 256 MiB once warm would be
+   OOM-killed at its first start on every new node;
+5. drop to the spec's user and capabilities, wait for Start, run, exit with the guest's
    code. SIGTERM interrupts a command guest at its next epoch check; an http app (bound
    to its port in step 3) forks its worker processes here and drains them on SIGTERM.
 
@@ -152,8 +159,6 @@ def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
     from runtime.errors import AppError
 
     try:
-        if cgroup is not None:
-            cgroup.add_process(os.getpid())
         _enter_namespaces(plan)
         from runtime.settings import RuntimeSettings
         from shim.app_source import load_task_app
@@ -161,6 +166,8 @@ def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
         settings = RuntimeSettings(cache_dir=plan.cache_dir,
                                    max_instance_memory=plan.max_instance_memory)
         app = load_task_app(plan, settings)
+        if cgroup is not None:
+            cgroup.add_process(os.getpid())
         _drop_privileges(plan)
     except AppError as exc:
         return _fail(status_w, str(exc), user_error=True)

@@ -8,6 +8,8 @@ Test modules use the fixture by importing it::
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,4 +38,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield started
 
 
-__all__ = ["Registry", "RegistryError", "registry", "running_registry", "trust_registry"]
+def push_app(app: Path, ref: str) -> str:
+    """`containerd-shim-spin-v2 push`, as a user runs it; the manifest digest it printed."""
+    shim = Path(sys.executable).parent / "containerd-shim-spin-v2"
+    result = subprocess.run([str(shim), "push", str(app), ref], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().rsplit(" ", 1)[-1]
+
+
+__all__ = ["Registry", "RegistryError", "push_app", "registry", "running_registry", "trust_registry"]

@@ -23,9 +23,10 @@ from tests.e2e.cri_support import (  # noqa: F401  (fixtures)
     cri_containerd,
     wait_network_ready,
 )
-from tests.e2e.support import assert_no_leaks, mounts_under, wait_until
+from tests.e2e.pod_checks import assert_pod_left_nothing, bridge_ports
+from tests.e2e.support import mounts_under, wait_until
 
-from private_containerd import CNI_CLAIM_DIR, CNI_RESULT_CACHE, RUNC_STATE_ROOT, PrivateContainerd  # noqa: E402
+from private_containerd import CNI_CLAIM_DIR, CNI_RESULT_CACHE, PrivateContainerd  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -41,45 +42,12 @@ def _exited(client: CriClient, container_id: str) -> bool:
     return client.container_status(container_id).state == "CONTAINER_EXITED"
 
 
-def _runc_shims(ctrd: PrivateContainerd) -> list[int]:
-    """containerd-shim-runc-v2 processes of this daemon (owned_pids minus the daemon itself)."""
-    return [pid for pid in ctrd.owned_pids() if pid != ctrd.pid]
-
-
-def _bridge_ports(bridge: str) -> list[str]:
-    brif = Path("/sys/class/net") / bridge / "brif"
-    return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
-
-
-def _allocated_ips(ctrd: PrivateContainerd) -> list[str]:
-    """host-local IPAM keeps one file per leased IP (plus last_reserved_ip.* and a lock) under its dataDir."""
-    network = ctrd.cni_network
-    assert network is not None
-    data = ctrd.workdir / "cni" / "ipam" / network.name
-    return sorted(p.name for p in data.iterdir() if p.name[0].isdigit()) if data.is_dir() else []
-
-
 def _v1_cgroup(pod: PodHandle, controller: str) -> Path:
     """The pod's cgroup in a v1 controller hierarchy (this host is cgroup v1 hybrid, ref §"Machine")."""
     hierarchy = Path("/sys/fs/cgroup") / controller
     if not hierarchy.is_dir():
         pytest.skip(f"no cgroup v1 {controller} hierarchy on this host")
     return hierarchy / pod.config.linux.cgroup_parent.strip("/")
-
-
-def _assert_pod_left_nothing(ctrd: PrivateContainerd, client: CriClient, pod: PodHandle, container_ids: list[str],
-                             sandbox_pid: int) -> None:
-    assert_no_leaks(ctrd, [pod.id, *container_ids], namespace="k8s.io")
-    assert wait_until(lambda: not _runc_shims(ctrd)), f"runc shims left: {_runc_shims(ctrd)}"
-    assert not Path(f"/proc/{sandbox_pid}").exists(), "the pause process survived"
-    assert not pod_cgroups(pod.config.linux.cgroup_parent), "pod cgroups left"
-    assert not [d for d in (RUNC_STATE_ROOT / "k8s.io").glob("*") if d.name in (pod.id, *container_ids)]
-    assert all(p.id != pod.id for p in client.list_pods())
-    network = ctrd.cni_network
-    assert network is not None
-    assert _bridge_ports(network.name) == [], "veth left on the bridge"
-    assert _allocated_ips(ctrd) == [], "pod IP not released"
-    assert not list(CNI_RESULT_CACHE.glob(f"*-{pod.id}-*")), "libcni result cache left"
 
 
 def test_runtime_and_network_are_ready(cri_containerd: tuple[PrivateContainerd, CriClient]) -> None:
@@ -100,7 +68,7 @@ def test_pod_gets_an_ip_in_its_daemons_subnet_and_the_host_reaches_it(
     assert network is not None
     with client.pod("web") as pod:
         assert network.contains(pod.ip), f"pod ip {pod.ip} not in {network.subnet}"
-        assert _bridge_ports(network.name), "the pod's veth is not on the daemon's bridge"
+        assert bridge_ports(network.name), "the pod's veth is not on the daemon's bridge"
         server = client.run_container(pod, "httpd", cri_busybox,
                                       command=["httpd", "-f", "-p", str(HTTP_PORT), "-h", HTTPD_ROOT])
         url = f"http://{pod.ip}:{HTTP_PORT}/"
@@ -182,7 +150,7 @@ def test_stop_and_remove_pod_leave_nothing_behind(
     assert client.pod_status(pod.id).state == 1  # SANDBOX_NOTREADY
     assert client.container_status(sleeper).state == "CONTAINER_EXITED"
     client.remove_pod(pod.id)
-    _assert_pod_left_nothing(ctrd, client, pod, [sleeper], sandbox_pid)
+    assert_pod_left_nothing(ctrd, client, pod, [sleeper], sandbox_pid)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -239,7 +207,7 @@ def test_host_network_pod_runs_without_a_pod_ip(
     assert network is not None
     with client.pod("hostnet", host_network=True) as pod:
         assert pod.ip == ""
-        assert _bridge_ports(network.name) == []
+        assert bridge_ports(network.name) == []
         done = client.run_container(pod, "ifaces", cri_busybox, command=["ip", "-o", "link"])
         assert wait_until(lambda: _exited(client, done), timeout=15)
         assert client.container_status(done).exit_code == 0

@@ -16,8 +16,6 @@ import hashlib
 import io
 import json
 import tarfile
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ from tests.e2e.conftest import running_containerd
 from cri_client import CriClient, CriError, PodHandle
 from tests.e2e.cri_support import import_image, wait_network_ready
 from tests.e2e.http_support import curl
-from tests.e2e.registry_support import Registry, registry, trust_registry  # noqa: F401  (`registry`: a fixture)
+from tests.e2e.registry_support import Registry, push_app, registry, trust_registry  # noqa: F401  (`registry`: a fixture)
 from tests.e2e.support import wait_until
 
 from mkoci import build_image_tar  # noqa: E402  (scripts/ is on sys.path)
@@ -44,7 +42,6 @@ from private_containerd import CRI_NAMESPACE, PrivateContainerd  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
-SHIM = Path(sys.executable).parent / "containerd-shim-spin-v2"
 APP_PORT = 80  # the shim's default listen address is 0.0.0.0:80, as containerd-shim-spin's
 SERVE_TIMEOUT_S = 120.0  # a cold start compiles: py-spin's 37 MB component takes ~6 s, more on a busy machine
 PY_SPIN_ENV = {"API_TOKEN": "t0ken"}  # py-spin declares `api_token` required
@@ -86,13 +83,6 @@ def cluster(version: str, workdir: Path, shim_dir: Path, cache_dir: Path, truste
                 client.teardown_all()
             finally:
                 client.close()
-
-
-def push(app: Path, ref: str) -> str:
-    """`containerd-shim-spin-v2 push`, as a user runs it; the manifest digest it printed."""
-    result = subprocess.run([str(SHIM), "push", str(app), ref], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().rsplit(" ", 1)[-1]
 
 
 def push_modified(app: Path, ref: str, change: Callable[[dict[str, Any], list[Blob]], None]) -> None:
@@ -180,7 +170,7 @@ def exists(c: Cluster, digest: str) -> bool:
 def pushed(registry: Registry, http_apps: dict[str, Path]) -> dict[str, str]:  # noqa: F811
     refs = {name: registry.ref(f"spin-test/{name}", "v1") for name in ("py-spin", "js-echo")}
     for name, ref in refs.items():
-        push(http_apps[name], ref)
+        push_app(http_apps[name], ref)
     return refs
 
 
@@ -304,7 +294,7 @@ def test_precompiled_blobs_live_in_the_content_store_and_die_with_the_image(regi
     """Cold start compiles and labels; later tasks, and tasks after a containerd restart, load the blob; a new
     engine fingerprint recompiles; removing the image lets containerd's GC remove the blob."""
     image = registry.ref("spin-test/js-echo-cache", "v1")
-    push(http_apps["js-echo"], image)
+    push_app(http_apps["js-echo"], image)
     workdir = tmp_path_factory.mktemp("oci-cache-21")
     cache_dir = tmp_path_factory.mktemp("shim-cache")
 
@@ -368,7 +358,7 @@ def test_a_corrupt_cached_blob_is_dropped_and_rebuilt(artifact_cluster: Cluster,
 
 def test_concurrent_first_starts_compile_once(tmp_path_factory, shim_dir, registry, http_apps):  # noqa: F811
     image = registry.ref("spin-test/js-echo-concurrent", "v1")
-    push(http_apps["js-echo"], image)
+    push_app(http_apps["js-echo"], image)
     with cluster("2.1", tmp_path_factory.mktemp("oci-concurrent"), shim_dir, tmp_path_factory.mktemp("shim-cache"),
                  registry) as c:
         c.cri.pull_image(image)

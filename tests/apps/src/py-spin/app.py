@@ -8,6 +8,7 @@ lists them. The guest is kept deliberately plain: a test failure should point at
 import json
 import os
 import sys
+import time
 from urllib.parse import parse_qs, urlsplit
 
 from spin_sdk import http, key_value, variables
@@ -141,6 +142,10 @@ def route(request: Request) -> Response:
         print("py-spin stdout marker", flush=True)
         print("py-spin stderr marker", file=sys.stderr, flush=True)
         return _text(200, "logged")
+    if path == "/sleep":  # a slow request that finishes: graceful-stop tests keep one in flight
+        milliseconds = int(arg("ms", ["1000"])[0])
+        time.sleep(milliseconds / 1000)
+        return _text(200, f"slept {milliseconds} ms")
     if path == "/loop":
         while True:
             pass
