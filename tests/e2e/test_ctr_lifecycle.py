@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -128,6 +129,35 @@ def test_detached_lifecycle_ls_ps_metrics_kill_rm(containerd, loop_image):
         containerd.ctr("containers", "rm", task_id)
     finally:
         _remove(containerd, task_id)
+    assert_no_leaks(containerd, [task_id])
+
+
+def test_a_systemd_style_cgroup_path_is_placed_where_systemd_would_put_it(containerd, loop_image):
+    """kubelet with the systemd cgroup driver makes CRI write `slice:prefix:name` paths; the instance process must
+    land in the scope systemd would create (runc's fs driver expands it the same way), limited and measured there."""
+    task_id = "systemd-path"
+    slices = ["spinshimtest.slice", "spinshimtest-ctr.slice"]
+    scope = f"spin-{task_id}.scope"
+    memory = Path("/sys/fs/cgroup/memory")
+    leaf = memory.joinpath(*slices, scope)
+    try:
+        containerd.ctr("run", "-d", "--runtime", RUNTIME, "--cgroup", f"{slices[-1]}:spin:{task_id}",
+                       "--memory-limit", str(96 << 20), loop_image, task_id)
+        pid = int(_task_line(containerd, task_id)[1])
+        assert str(pid) in (leaf / "cgroup.procs").read_text().split()
+        assert int((leaf / "memory.limit_in_bytes").read_text()) == 96 << 20
+        assert "memory" in containerd.ctr("tasks", "metrics", task_id).stdout
+        containerd.ctr("tasks", "kill", "-s", "SIGKILL", task_id)
+        assert wait_until(lambda: _task_status(containerd, task_id) == "STOPPED", timeout=15)
+    finally:
+        _remove(containerd, task_id)
+        # The slices are systemd's (kubelet's) on a real node; here nobody else removes them.
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            for depth in range(len(slices), 0, -1):
+                directory = hierarchy.joinpath(*slices[:depth])
+                if directory.is_dir():
+                    directory.rmdir()
+    assert not leaf.exists(), "the scope was left behind"
     assert_no_leaks(containerd, [task_id])
 
 
