@@ -57,6 +57,17 @@ log = logging.getLogger(__name__)
 _INCOMING_HANDLER = re.compile(r"^wasi:http/incoming-handler@0\.2\.\d+$")
 
 
+#: wasmtime builds a module's copy-on-write memory image (a sealed memfd) at its first instantiation. Sealing fails
+#: with EBUSY while the kernel transiently pins the memfd's pages; seen once in a full CI run on a loaded machine.
+#: The image is not cached on failure, so another attempt builds it anew.
+_MEMFD_SEAL_ERROR = "cannot add seals to the memfd"
+_TRIAL_ATTEMPTS = 3
+
+
+class _TransientImageError(Exception):
+    """The memory image could not be sealed this time; worth another attempt."""
+
+
 class EpochTicker:
     """Advances an Engine's epoch every ``interval`` seconds from one daemon thread, so deadlines can fire.
 
@@ -149,6 +160,17 @@ class ComponentExecutor:
         error our import plan cannot see. No guest code runs: WASI toolchains emit no start functions (as in
         runtime.guest); it costs about a millisecond.
         """
+        for attempt in range(_TRIAL_ATTEMPTS):
+            try:
+                self._instantiate_once()
+                return
+            except _TransientImageError:
+                if attempt + 1 == _TRIAL_ATTEMPTS:
+                    raise WasmLoadError(f"{self.component_id}: cannot instantiate: {_MEMFD_SEAL_ERROR}") from None
+                log.warning("%s: %s; trying again", self.component_id, _MEMFD_SEAL_ERROR)
+                time.sleep(0.05 * (attempt + 1))
+
+    def _instantiate_once(self) -> None:
         store = wasmtime.Store(self.engine)
         if self.config.max_instance_memory is not None:
             store.set_limits(memory_size=self.config.max_instance_memory)
@@ -157,6 +179,8 @@ class ComponentExecutor:
             self.linker.instantiate(store, self.component)
         except wasmtime.WasmtimeError as exc:
             reason = error_reason(str(exc))
+            if _MEMFD_SEAL_ERROR in reason:
+                raise _TransientImageError from None
             if "exceeds memory limits" in reason:
                 raise WasmLoadError(
                     f"{self.component_id}: needs more linear memory than the per-instance limit of "
