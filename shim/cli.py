@@ -6,8 +6,10 @@ dashes, `-flag value` or `-flag=value`, booleans without a value, flags stop at 
 positional word. `start` runs on the path of every `ctr run` and pod start, so this
 module and `shim.start` import almost nothing (measured by scripts/bench_start.py).
 
-`push <app> <registry/repo:tag>` is the one command for people: it pushes a Spin app to a
-registry the way `spin registry push` does (oci.push, imported only for it).
+`push <app> <registry/repo:tag>` is the command for developers: it pushes a Spin app to a
+registry the way `spin registry push` does (oci.push, imported only for it). `install` is the
+one for operators: it puts the shim on a node and adds its runtime to containerd's config.toml
+(shim.node_install, imported only for it).
 """
 
 from __future__ import annotations
@@ -100,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
         from oci.push import main as push_main
 
         sys.exit(push_main(args[1:]))
+    if args[:1] == ["install"]:
+        # An operator's command, not containerd's: argparse syntax too, and tomlkit imported only here.
+        from shim.node_install import main as install_main
+
+        sys.exit(install_main(args[1:]))
     try:
         flags = parse_flags(args)
     except UsageError as exc:
@@ -120,5 +127,5 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run_delete(flags))
     sys.stderr.write(f"containerd-shim-spin-v2: unknown action {flags.action!r}; "
-                     "containerd runs this binary with `start` or `delete` (and people with `push`)\n")
+                     "containerd runs this binary with `start` or `delete` (and people with `push` or `install`)\n")
     sys.exit(2)
