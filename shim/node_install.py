@@ -152,7 +152,7 @@ def edit_config(text: str, settings: RuntimeSettings) -> ConfigEdit:
                                 style.blank_lines, preceding)
     if needs_type:
         was = f" (was {current['runtime_type']!r})" if "runtime_type" in current else ""
-        changes.append(f'{"updated" if current else "added"} {header} runtime_type = "{SPIN_RUNTIME_TYPE}"{was}')
+        changes.append(f'{"updated" if "runtime_type" in current else "added"} {header} runtime_type = "{SPIN_RUNTIME_TYPE}"{was}')
     if needs_systemd:
         if "options" in runtime:
             _standard_table(runtime["options"], options_header)["SystemdCgroup"] = wanted_systemd
@@ -263,7 +263,7 @@ class _Style:
             return self.options_indent, self.options_item_indent
         header = _indent_of(existing_runtime)
         values = _first_value_indent(existing_runtime) or self.item_indent
-        return values, values + values[len(header):] if values.startswith(header) else values
+        return values, (values + values[len(header):] if values.startswith(header) else values)
 
     @classmethod
     def of(cls, document: tomlkit.TOMLDocument, path: tuple[str, ...]) -> _Style:
@@ -285,7 +285,7 @@ class _Style:
         if isinstance(runtime_type, items.String):
             literal = _is_literal(runtime_type)
         _, trailing = _trailing_run(_last_leaf(sibling))
-        blank_lines = any(isinstance(item, items.Whitespace) and "\n" in item.s for item in trailing)
+        blank_lines = any(isinstance(entry, items.Whitespace) and "\n" in entry.s for entry in trailing)
         return cls(header, item, options_indent, options_item, literal, blank_lines)
 
 

@@ -231,6 +231,16 @@ def test_operators_systemd_value_stays_when_runc_says_nothing() -> None:
     assert edit_config(text, RuntimeSettings()).changes == []
 
 
+def test_options_table_alone_gets_its_runtime_table() -> None:
+    text = ('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.spin.options]\nSystemdCgroup = true\n'
+            '[grpc]\naddress = "/x"\n')
+    edit = edit_config(text, RuntimeSettings())
+    assert lookup(tomllib.loads(edit.text), *V2_RUNTIMES, "spin") == {"runtime_type": SPIN,
+                                                                      "options": {"SystemdCgroup": True}}
+    assert edit.changes == ['added [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.spin] '
+                            'runtime_type = "io.containerd.spin.v2"']
+
+
 def test_other_runtime_name() -> None:
     edit = edit_config(default_config("2.1"), RuntimeSettings(runtime_name="wasm-spin"))
     assert lookup(tomllib.loads(edit.text), *V3_RUNTIMES, "wasm-spin", "runtime_type") == SPIN
