@@ -28,29 +28,7 @@ from cri_client import CriClient, PodHandle
 from tests.e2e.conftest import REPO, VERSIONS
 from tests.e2e.cri_support import BUSYBOX_REF, build_busybox_tar, import_image
 from tests.e2e.http_support import HEALTH_PATH, Response, curl
-try:
-    from tests.e2e.node_install_support import installed_cri_containerd
-except ImportError:  # TEMPORARY while the installer lands
-    import contextlib
-    from tests.e2e.conftest import running_containerd
-    from tests.e2e.cri_support import wait_network_ready
-
-    @contextlib.contextmanager
-    def installed_cri_containerd(version, workdir, cache_dir, extra_env=None):
-        shim_dir = workdir / "node-bin"
-        shim_dir.mkdir()
-        import sys
-        (shim_dir / "containerd-shim-spin-v2").symlink_to(Path(sys.executable).parent / "containerd-shim-spin-v2")
-        with running_containerd(version, workdir / "c", shim_dir, cache_dir, extra_env) as ctrd:
-            ctrd.enable_cni()
-            ctrd.import_pause_image()
-            client = CriClient(ctrd)
-            try:
-                wait_network_ready(client)
-                yield ctrd, client
-            finally:
-                client.teardown_all()
-                client.close()
+from tests.e2e.node_install_support import installed_cri_containerd
 from tests.e2e.pod_checks import assert_pod_left_nothing
 from tests.e2e.registry_support import Registry, push_app, registry, trust_registry  # noqa: F401  (fixture)
 from tests.e2e.support import shim_processes, wait_until
