@@ -29,6 +29,17 @@ def is_unified() -> bool:
     return (CGROUP_ROOT / "cgroup.controllers").exists()
 
 
+def uses_systemd_driver(cgroups_path: str | None, systemd_option: bool) -> bool:
+    """Whether the task's cgroup is systemd's: the runtime option says so, or the spec's cgroupsPath
+    is systemd-style (`slice:prefix:name`, what CRI writes when kubelet's cgroup driver is systemd),
+    which a cgroupfs path (absolute, or relative without colons) never is. One rule for both kinds of
+    task: a Wasm task's Cgroup expands the path, a native task's runc gets `--systemd-cgroup`, which
+    runc needs to read such a path at all."""
+    if systemd_option:
+        return True
+    return bool(cgroups_path) and ":" in cgroups_path and not cgroups_path.startswith("/")
+
+
 def expand_systemd_path(cgroups_path: str) -> str:
     """`kubepods-besteffort-pod1.slice:cri-containerd:abc` -> the path systemd creates:
     /kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope
@@ -100,7 +111,7 @@ class Cgroup:
 
     @classmethod
     def from_spec(cls, cgroups_path: str, *, systemd: bool) -> "Cgroup":
-        if systemd or (":" in cgroups_path and not cgroups_path.startswith("/")):
+        if uses_systemd_driver(cgroups_path, systemd):
             rel = expand_systemd_path(cgroups_path)
         else:
             rel = cgroups_path

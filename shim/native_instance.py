@@ -10,7 +10,10 @@ the cgroup from the spec and removes it on delete; the shim only reads it (Stats
 Every runc is a child of the daemon, and the one reaper (shim/reaper.py) reaps it: runc is
 spawned with posix_spawn (no subprocess.Popen, whose __del__ and wait() would call waitpid
 behind the reaper's back) and watched at once. The container's init outlives `runc create` and
-is re-parented to the daemon, a child subreaper, so the reaper reports its exit too.
+is re-parented to the daemon, a child subreaper, so the reaper reports its exit too. Exec (kubectl
+exec, exec probes) is `runc exec --detach` the same way: the exec'd process outlives runc, is
+re-parented to the daemon, and the same reaper reports its exit (shim/exec_process.py holds the
+exec's lifecycle; this module only runs runc).
 """
 
 from __future__ import annotations
@@ -21,19 +24,24 @@ import os
 import select
 import shutil
 import signal
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from shim.cgroups import Cgroup
 from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 from shim.instance import cgroup_pids, cgroup_stats
 from shim.reaper import ExitStatus, Reaper
+from shim.runc_command import RUNC_STATE_ROOT, exec_args, force_delete_args, global_args, runc_root
 from shim.stdio import TaskStdio
 
-#: The runc shim's state root; scripts/private_containerd.py cleans leftovers there too.
-RUNC_STATE_ROOT = Path("/run/containerd/runc")
+__all__ = ["RUNC_STATE_ROOT", "NativeInstance", "Runc", "RuncFailed"]
+
 #: `runc create` runs the container's setup (mounts, namespaces, cgroups); start, kill, update
-#: and delete take tens of milliseconds. Past these bounds runc is stuck, not slow.
+#: and delete take tens of milliseconds; `runc exec` joins the namespaces and cgroup and execs,
+#: and is given the runc shim's 30 s (its exec start context). Past these bounds runc is stuck.
 _CREATE_TIMEOUT = 60.0
+_EXEC_TIMEOUT = 30.0
 _COMMAND_TIMEOUT = 10.0
 #: What runc says (runc 1.1) when the container's init is gone or was never there:
 #: containerd's runc shim maps the same strings to NotFound (pkg/process/utils.go checkKillError).
@@ -58,28 +66,50 @@ class Runc:
                 "runc was not found on the PATH of containerd (and so of this shim); install runc "
                 "to run native containers such as the pod's pause container")
         self.container_id = container_id
+        self.bundle = bundle
         self.log_path = bundle / "log.json"
-        self._global_args = [binary, "--root", str(RUNC_STATE_ROOT / namespace),
-                             "--log", str(self.log_path), "--log-format", "json"]
-        if systemd_cgroup:
-            self._global_args.append("--systemd-cgroup")
+        self._global_args = global_args(binary, runc_root(namespace), self.log_path,
+                                        systemd_cgroup=systemd_cgroup)
         self._reaper = reaper
 
     async def create(self, bundle: Path, pid_file: Path, stdio: TaskStdio) -> None:
         """`runc create` with the task's stdio as the container's 0/1/2; runc's own error line
         goes there too, so `ctr run` and `kubectl logs` show it."""
-        log_offset = self._log_size()
-        pid, exited = self._spawn(
+        await self._run_async(
             ["create", "--bundle", str(bundle), "--pid-file", str(pid_file), self.container_id],
-            [stdio.stdin, stdio.stdout, stdio.stderr])
+            [stdio.stdin, stdio.stdout, stdio.stderr], _CREATE_TIMEOUT)
+
+    async def exec(self, process: dict[str, Any], pid_file: Path, fds: list[int | None],
+                   console_socket: str | None) -> None:
+        """`runc exec --process <json> --detach --pid-file <file> <id>` with the exec's stdio as
+        runc's 0/1/2 (the exec'd process keeps them; runc's own error line goes there too, so
+        `kubectl exec` shows it). The process JSON is a private file in the bundle for as long as
+        runc reads it, as go-runc's temp file is."""
+        fd, process_path = tempfile.mkstemp(prefix=".exec-process-", suffix=".json", dir=self.bundle)
         try:
-            status = await asyncio.wait_for(asyncio.shield(exited), _CREATE_TIMEOUT)
+            with os.fdopen(fd, "w") as process_file:
+                json.dump(process, process_file)
+            await self._run_async(exec_args(self.container_id, Path(process_path), pid_file, console_socket),
+                                  fds, _EXEC_TIMEOUT)
+        finally:
+            try:
+                os.unlink(process_path)
+            except OSError:
+                pass
+
+    async def _run_async(self, args: list[str], fds: list[int | None], timeout: float) -> None:
+        """A runc command whose exit the loop awaits (create and exec can take a while, and the
+        daemon keeps answering meanwhile)."""
+        log_offset = self._log_size()
+        pid, exited = self._spawn(args, fds)
+        try:
+            status = await asyncio.wait_for(asyncio.shield(exited), timeout)
         except asyncio.TimeoutError:
             _kill_quietly(pid)
             await exited
-            raise RuncFailed(f"runc create did not finish within {_CREATE_TIMEOUT:.0f} s") from None
+            raise RuncFailed(f"runc {args[0]} did not finish within {timeout:.0f} s") from None
         if status.code != 0:
-            raise RuncFailed(self._failure("create", status, log_offset, b""))
+            raise RuncFailed(self._failure(args[0], status, log_offset, b""))
 
     def run(self, *args: str, stdin: bytes = b"") -> None:
         """A short runc command, run to its end. It blocks the loop for the tens of milliseconds
@@ -160,6 +190,9 @@ class Runc:
 class NativeInstance:
     """A task run as a Linux container by runc: its pid is the container's init."""
 
+    #: A Linux container can run more processes: Exec is supported (shim/exec_process.py).
+    exec_refusal: str | None = None
+
     def __init__(self, task_id: str, bundle: Path, namespace: str, stdio: TaskStdio,
                  cgroup: Cgroup | None, reaper: Reaper, *, systemd_cgroup: bool) -> None:
         self._task_id = task_id
@@ -198,6 +231,25 @@ class NativeInstance:
             raise Internal(str(exc)) from None
         return self.pid
 
+    async def exec(self, exec_id: str, process: dict[str, Any], stdio: TaskStdio,
+                   console_socket: str | None) -> int:
+        """Run one exec process in the container; returns its pid (re-parented to the daemon,
+        not yet watched: the caller watches it once it has said it started)."""
+        pid_file = self._bundle / f"{exec_id}.pid"
+        try:
+            await self._runc.exec(process, pid_file, [stdio.stdin, stdio.stdout, stdio.stderr], console_socket)
+        except RuncFailed as exc:
+            raise InvalidArgument(str(exc)) from None
+        try:
+            return int(pid_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise Internal(f"runc exec'd in {self._task_id} but its pid file is unreadable: {exc}") from None
+        finally:
+            try:
+                pid_file.unlink()
+            except OSError:
+                pass
+
     def kill(self, sig: int, all_processes: bool) -> None:
         args = ["kill", *(["--all"] if all_processes else []), self._task_id, str(int(sig))]
         try:
@@ -230,7 +282,7 @@ class NativeInstance:
         problems: list[str] = []
         if self._runc_state:
             try:  # --force also succeeds for a container a failed create never recorded
-                self._runc.run("delete", "--force", self._task_id)
+                self._runc.run(*force_delete_args(self._task_id))
             except RuncFailed as exc:
                 problems.append(str(exc))
             self._runc_state = False
