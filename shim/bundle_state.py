@@ -2,8 +2,9 @@
 
 Written at Create by the daemon, read by `containerd-shim-spin-v2 delete` when the
 daemon died (SIGKILL, OOM) and nobody else knows which instance process to kill, which
-cgroup to remove and whether the rootfs is still mounted. Kept in its own module so
-`delete`, which runs on every task removal, imports nothing heavy.
+cgroup to remove, whether the rootfs is still mounted, and (for a native task) which runc
+container to delete. Kept in its own module so `delete`, which runs on every task removal,
+imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ def process_start_time(pid: int) -> int | None:
 
 
 def write_task_state(bundle: Path, *, pid: int, cgroups_path: str | None, systemd_cgroup: bool,
-                     rootfs: str | None) -> None:
+                     rootfs: str | None, runc_root: str | None = None) -> None:
+    """`runc_root` is set for a native task: runc's state for it (and its exec processes) lives
+    there, and only `runc delete --force` with that root and cgroup driver removes it."""
     state = {"pid": pid, "pid_start": process_start_time(pid), "cgroups_path": cgroups_path,
-             "systemd_cgroup": systemd_cgroup, "rootfs": rootfs}
+             "systemd_cgroup": systemd_cgroup, "rootfs": rootfs, "runc_root": runc_root}
     path = bundle / TASK_STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))

@@ -1,12 +1,14 @@
 """`delete`: clean up after a task whose daemon is gone, and print a DeleteResponse.
 
 containerd runs this after every task's Shutdown and, crucially, after a daemon died
-(SIGKILL, OOM) with tasks still running (reference §1.7). Then nobody else will: kill the
-task's instance process (it normally died with the daemon through PDEATHSIG), remove its
-cgroup, unmount its rootfs and remove the daemon's stale socket. Each step is
-best-effort and idempotent; what fails is said on stderr, which containerd logs as
-cleanup warnings. The exit status reported is 137, as runc's shim reports for a task it
-had to kill.
+(SIGKILL, OOM) with tasks still running (reference §1.7). Then nobody else will: for a
+native task, `runc delete --force` it as containerd-shim-runc-v2's own `delete` does (its
+container init and exec processes are not our children, and runc's state under
+/run/containerd/runc/<ns> outlives the daemon); kill the task's instance process (it normally
+died with the daemon through PDEATHSIG), remove its cgroup, unmount its rootfs and remove the
+daemon's stale socket. Each step is best-effort and idempotent; what fails is said on stderr,
+which containerd logs as cleanup warnings. The exit status reported is 137, as runc's shim
+reports for a task it had to kill.
 """
 
 from __future__ import annotations
@@ -78,6 +80,29 @@ def _kill_instance(pid: int, pid_start: int | None) -> None:
         time.sleep(0.02)
 
 
+def _delete_runc_container(task_id: str, bundle: str, runc_root: str, systemd_cgroup: bool) -> None:
+    """`runc delete --force` with the root and cgroup driver the daemon ran runc with (bundle state)."""
+    import shutil
+    import subprocess
+
+    from shim.runc_command import force_delete_args, global_args
+
+    binary = shutil.which("runc")
+    if binary is None:
+        _warn(f"runc is not on PATH: runc container {task_id} under {runc_root} not deleted")
+        return
+    argv = global_args(binary, Path(runc_root), Path(bundle) / "log.json", systemd_cgroup=systemd_cgroup)
+    try:  # stdout is the DeleteResponse: runc must not write there
+        result = subprocess.run(argv + force_delete_args(task_id), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _warn(f"runc delete --force {task_id}: {exc}")
+        return
+    if result.returncode != 0:
+        said = result.stderr.decode("utf-8", "replace").strip() or f"exit status {result.returncode}"
+        _warn(f"runc delete --force {task_id} failed: {said}")
+
+
 def _remove_stale_socket(bundle: str) -> None:
     try:
         with open(os.path.join(bundle, "address")) as f:
@@ -91,6 +116,8 @@ def run_delete(flags: Flags) -> int:
     bundle = flags.bundle or os.getcwd()
     state = read_task_state(Path(bundle))
     pid = int(state.get("pid") or 0)
+    if state.get("runc_root") and flags.id:
+        _delete_runc_container(flags.id, bundle, str(state["runc_root"]), bool(state.get("systemd_cgroup")))
     _kill_instance(pid, state.get("pid_start"))
     if state.get("cgroups_path"):
         from shim.cgroups import Cgroup
