@@ -19,10 +19,10 @@ import json
 import logging
 import os
 import signal
-from typing import Protocol
+from typing import Any, Protocol
 
 from shim.cgroups import Cgroup
-from shim.errors import Internal, InvalidArgument, NotFound
+from shim.errors import Internal, InvalidArgument, NotFound, Unimplemented
 from shim.instance_process import InstancePlan, run_instance_process
 from shim.pipes import read_until_eof
 from shim.reaper import ExitStatus, Reaper
@@ -31,9 +31,17 @@ from shim.stdio import TaskStdio
 log = logging.getLogger("shim.instance")
 
 
+#: Why Exec (kubectl exec, exec probes) is refused for a Wasm task; native tasks run it with runc.
+WASM_EXEC_REFUSAL = (
+    "exec is not supported for Wasm tasks: a Wasm guest has no shell or processes to exec into "
+    "(use an httpGet probe on /.well-known/spin/health instead of an exec probe)")
+
+
 class Instance(Protocol):
     pid: int
     exited: asyncio.Future[ExitStatus]
+    #: None when Exec can run more processes in the task (`exec`), else why it cannot.
+    exec_refusal: str | None
 
     async def create(self) -> int: ...
     def start(self) -> int: ...
@@ -43,6 +51,8 @@ class Instance(Protocol):
     def update(self, resources: dict) -> None: ...
     def oom_killed(self) -> bool: ...
     def release(self) -> list[str]: ...
+    async def exec(self, exec_id: str, process: dict[str, Any], stdio: TaskStdio,
+                   console_socket: str | None) -> int: ...
 
 
 def cgroup_pids(cgroup: Cgroup | None, pid: int, exited: asyncio.Future[ExitStatus]) -> list[int]:
@@ -63,6 +73,8 @@ def cgroup_stats(cgroup: Cgroup | None, task_id: str) -> tuple[str, bytes]:
 
 class WasmInstance:
     """A Wasm task: one instance process, a child of the daemon, in the task's cgroup."""
+
+    exec_refusal: str | None = WASM_EXEC_REFUSAL
 
     def __init__(self, plan: InstancePlan, stdio: TaskStdio, cgroup: Cgroup | None,
                  reaper: Reaper) -> None:
@@ -149,6 +161,10 @@ class WasmInstance:
 
     def pids(self) -> list[int]:
         return cgroup_pids(self._cgroup, self.pid, self.exited)
+
+    async def exec(self, exec_id: str, process: dict[str, Any], stdio: TaskStdio,
+                   console_socket: str | None) -> int:
+        raise Unimplemented(WASM_EXEC_REFUSAL)
 
     def stats(self) -> tuple[str, bytes]:
         return cgroup_stats(self._cgroup, self._plan.task_id)

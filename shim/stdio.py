@@ -68,6 +68,16 @@ def _open_fifo_for_writing(path: str) -> int:
     return fd
 
 
+def hold_fifo_open_for_writing(path: str) -> int:
+    """A write end of a stdin FIFO the daemon already reads from: while the daemon holds it, the
+    reader cannot see EOF before the client has even opened its end (the runc shim's openStdin for
+    an exec); closing it is CloseIO. O_NONBLOCK cannot fail with ENXIO, since a reader exists."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot open stdin {path}: {exc.strerror}") from None
+
+
 def _open_file_uri(uri: urllib.parse.ParseResult) -> int:
     path = uri.path
     if not os.path.isabs(path):

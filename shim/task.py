@@ -1,9 +1,10 @@
-"""One task: its bundle, rootfs mount, stdio, instance and the state machine that guards it.
+"""One task: its bundle, rootfs mount, stdio, instance, exec processes and the state machine that guards it.
 
-The Task service only looks tasks up and calls one method here; each method asks
-`task_state.next_state` first, so an illegal call fails with the code containerd expects
-before anything is touched. Events are published from here, in the order the README of
-containerd's runtime v2 demands: create, start, (oom), exit, delete (reference §3.7).
+The Task service only looks tasks up and calls one method here (or on one of the task's exec
+processes, shim/exec_process.py); each method asks `task_state` first, so an illegal call fails
+with the code containerd expects before anything is touched. Events are published from here, in
+the order the README of containerd's runtime v2 demands: create, start, (oom), exit, delete, and
+exec-added, exec-started, exit for each exec (reference §3.7).
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from typing import Any, Callable
 from proto.containerd.events import task_pb2 as events
 from proto.containerd.types import mount_pb2
 from shim.bundle_state import remove_task_state, write_task_state
-from shim.cgroups import Cgroup
-from shim.errors import InvalidArgument, RpcError, Unimplemented
+from shim.cgroups import Cgroup, uses_systemd_driver
+from shim.errors import AlreadyExists, InvalidArgument, NotFound, RpcError, Unimplemented
 from shim.events import EventPublisher, timestamp_from_ns
+from shim.exec_process import ExecProcess, check_exec_id, parse_process_spec
 from shim.instance import Instance, WasmInstance
 from shim.instance_process import InstancePlan
 from shim.native_instance import NativeInstance
 from shim.oci_spec import RuntimeSpec, load_spec
 from shim.reaper import ExitStatus, Reaper
 from shim.rootfs import MountSpec, mount_rootfs, unmount_all
+from shim.runc_command import runc_root
 from shim.stdio import TaskStdio, open_task_stdio
 from shim.task_state import TaskEvent, TaskState, next_state
 from shim.workload import is_native
@@ -71,6 +74,8 @@ class Task:
     exit_status: ExitStatus | None = None
     started: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    execs: dict[str, ExecProcess] = field(default_factory=dict)
+    terminal: bool = False  # Create refuses a terminal for the init process
 
     # -- create --------------------------------------------------------------------
 
@@ -91,7 +96,8 @@ class Task:
                 mount_rootfs([MountSpec(m.type, m.source, tuple(m.options))
                               for m in request.rootfs], str(rootfs))
                 rootfs_mounted = str(rootfs)
-            systemd = bool(options.get("systemd_cgroup", context.systemd_cgroup))
+            systemd = uses_systemd_driver(spec.cgroups_path,
+                                          bool(options.get("systemd_cgroup", context.systemd_cgroup)))
             cgroup = (Cgroup.from_spec(spec.cgroups_path, systemd=systemd)
                       if spec.cgroups_path else None)
             instance = _new_instance(request.id, bundle, spec, rootfs, stdio, cgroup, context,
@@ -125,8 +131,10 @@ class Task:
         return task
 
     def _write_state_file(self, systemd: bool) -> None:
+        native = isinstance(self.instance, NativeInstance)
         write_task_state(self.bundle, pid=self.instance.pid, cgroups_path=self.spec.cgroups_path,
-                         systemd_cgroup=systemd, rootfs=self.rootfs_mounted)
+                         systemd_cgroup=systemd, rootfs=self.rootfs_mounted,
+                         runc_root=str(runc_root(self.context.namespace)) if native else None)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -134,7 +142,8 @@ class Task:
     def pid(self) -> int:
         return self.instance.pid
 
-    def start(self) -> int:
+    async def start(self) -> int:
+        # No await in here: start is published before the loop can run the reaper.
         self.state = next_state(self.id, self.state, TaskEvent.START)
         self.started = True
         pid = self.instance.start()
@@ -172,6 +181,9 @@ class Task:
         if not self.stopped.is_set():  # CREATED: the instance waits for a Start that won't come
             _quiet(self.instance.kill, signal.SIGKILL, True)
             await self.stopped.wait()
+        # An exec can outlive the init when the pod shares one pid namespace; none may outlive the task.
+        execs, self.execs = list(self.execs.values()), {}
+        await asyncio.gather(*(process.end() for process in execs))
         self._release()
         status = self.exit_status if self.started else None
         self.context.publisher.publish("/tasks/delete", events.TaskDelete(
@@ -179,6 +191,41 @@ class Task:
             exit_status=status.code if status else 0,
             exited_at=timestamp_from_ns(status.exited_at_ns) if status else None))
         return status
+
+    # -- exec processes ------------------------------------------------------------
+
+    def exec(self, request: Any) -> None:
+        """Exec: record a process to run in the task (Start runs it), as the runc shim does."""
+        if self.instance.exec_refusal is not None:
+            raise Unimplemented(self.instance.exec_refusal)
+        next_state(self.id, self.state, TaskEvent.EXEC)
+        check_exec_id(request.exec_id)
+        if request.exec_id in self.execs:
+            raise AlreadyExists(f"{self.id}: exec {request.exec_id!r} already exists")
+        process = parse_process_spec(request.spec.type_url, request.spec.value)
+        self.execs[request.exec_id] = ExecProcess(
+            task_id=self.id, exec_id=request.exec_id, process=process, stdin=request.stdin,
+            stdout=request.stdout, stderr=request.stderr, terminal=request.terminal,
+            runner=self.instance, reaper=self.context.reaper, publisher=self.context.publisher,
+            namespace=self.context.namespace)
+        self.context.publisher.publish("/tasks/exec-added", events.TaskExecAdded(
+            container_id=self.id, exec_id=request.exec_id))
+
+    def exec_process(self, exec_id: str) -> ExecProcess:
+        process = self.execs.get(exec_id)
+        if process is None:
+            raise NotFound(f"exec {exec_id!r} of task {self.id!r} not found")
+        return process
+
+    async def delete_exec(self, exec_id: str) -> tuple[ExecProcess, ExitStatus | None]:
+        process = self.exec_process(exec_id)
+        status = await process.delete()
+        self.execs.pop(exec_id, None)
+        return process, status
+
+    def exec_ids_by_pid(self) -> dict[int, str]:
+        return {process.pid: exec_id for exec_id, process in self.execs.items()
+                if process.state is TaskState.RUNNING}
 
     def _release(self) -> None:
         # Instance first: a native container's processes use the rootfs until runc deletes them.
