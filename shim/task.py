@@ -40,8 +40,9 @@ log = logging.getLogger("shim.task")
 CRI_IMAGE_NAME_ANNOTATION = "io.kubernetes.cri.image-name"
 
 TERMINAL_UNSUPPORTED = (
-    "a terminal was requested (ctr run -t, or tty: true in the pod spec), but a Wasm "
-    "task has no terminal: run it without -t / tty"
+    "a terminal was requested (ctr run -t, or tty: true in the pod spec), but this shim runs a "
+    "task's own process without one (a Wasm task has no terminal; exec -t into a native container "
+    "does get one): run it without -t / tty"
 )
 
 
