@@ -134,7 +134,11 @@ class ExecProcess:
             console_socket = ConsoleSocket()
             try:
                 pid = await self._runner.exec(self.id, self.process, TaskStdio(), console_socket.path)
-                master = console_socket.receive_master()
+                try:
+                    master = console_socket.receive_master()
+                except BaseException:
+                    _kill_quietly(pid)  # it runs, but nobody could ever see its terminal
+                    raise
             finally:
                 console_socket.close()
             self._console = Console(master, _dup(stdio.stdin), _dup(stdio.stdout))
@@ -188,10 +192,7 @@ class ExecProcess:
         reaper to report it, and release its stdio. runc delete --force, which follows, kills
         whatever is left in the container's cgroup."""
         if self.state is TaskState.RUNNING and self._exited is not None and not self._exited.done():
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_quietly(self.pid)
             try:
                 await asyncio.wait_for(self.stopped.wait(), _KILL_WAIT)
             except asyncio.TimeoutError:
@@ -215,3 +216,10 @@ class ExecProcess:
 
 def _dup(fd: int | None) -> int | None:
     return os.dup(fd) if fd is not None else None  # non-inheritable, as every fd Python makes
+
+
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
