@@ -74,6 +74,8 @@ def parse_process_spec(type_url: str, value: bytes) -> dict[str, Any]:
 
 
 class ExecProcess:
+    """One exec of a task, from Exec to Delete; its state is guarded by `task_state.EXEC_TRANSITIONS`."""
+
     def __init__(self, *, task_id: str, exec_id: str, process: dict[str, Any], stdin: str, stdout: str,
                  stderr: str, terminal: bool, runner: ExecRunner, reaper: Reaper,
                  publisher: EventPublisher, namespace: str) -> None:
