@@ -101,7 +101,9 @@ def test_detached_sleep_ps_metrics_sigkill(containerd, busybox_image):
         fields = _task_fields(containerd, task_id)
         assert fields and fields[2] == "RUNNING", fields
         pid = int(fields[1])
-        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep"
+        # `runc start` returns once it told runc's init to exec; the exec itself may still be under way.
+        assert wait_until(lambda: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep",
+                          timeout=5), Path(f"/proc/{pid}/cmdline").read_bytes()
         # runc ran it: its state is where the runc shim keeps it, in its own pid namespace.
         assert (RUNC_STATE_ROOT / "default" / task_id / "state.json").exists()
         assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
