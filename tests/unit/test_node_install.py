@@ -21,16 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shim import cli
-from shim.node_install import (
-    NOTHING_CHANGED,
-    RESTART_HINT,
-    SHIM_BINARY_NAME,
-    ConfigError,
-    RuntimeSettings,
-    containerd_major_from_version_output,
-    edit_config,
-    main,
-)
+from shim.containerd_config import ConfigError, RuntimeSettings, containerd_major_from_version_output, edit_config
+from shim.node_install import NOTHING_CHANGED, RESTART_HINT, SHIM_BINARY_NAME, main
 
 DATA = Path(__file__).parent / "data"
 V2_RUNTIMES = ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes")
