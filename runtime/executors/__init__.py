@@ -24,17 +24,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from runtime.epoch import TICK_SECONDS, EpochTicker
 from runtime.exits import error_reason, failure_line
 from runtime.http.contract import ComponentConfig, Executor, GuestFailure, RequestBody, RequestHead
 
 if TYPE_CHECKING:
     import wasmtime
 
-#: Seconds between two increments of the Engine's epoch by the worker's epoch ticker thread
-#: (runtime.host.executor.EpochTicker). A request's remaining time is converted to ticks with it; the guest stops
+#: Seconds between two increments of the Engine's epoch by the worker's epoch ticker thread (runtime.epoch,
+#: awake while a request's guest runs). A request's remaining time is converted to ticks with it; the guest stops
 #: within about one tick after ``RequestHead.deadline`` (RequestClock re-checks the real time, so a different
 #: period only makes the stop later or earlier-checked, never wrong).
-EPOCH_TICK_SECONDS = 0.010
+EPOCH_TICK_SECONDS = TICK_SECONDS
 
 #: The largest request body either executor accepts (both hold it in memory and copy it into the guest once);
 #: beyond it the client gets 413. Spin has no cap; Spin 1 modules commonly receive uploads of a few MiB.
@@ -114,6 +115,8 @@ class Watch:
     #: Set by the callback when it stopped the guest: the deadline passed / ``check`` said why.
     expired: bool = False
     stopped: str | None = None
+    #: Kept awake from arm to disarm: without epoch ticks the callback never runs.
+    ticker: EpochTicker | None = None
 
 
 class RequestClock:
@@ -134,16 +137,21 @@ class RequestClock:
         self._watches: dict[int, Watch] = {}
         self._keys = itertools.count(1)
 
-    def arm(self, store: wasmtime.Store, deadline: float, check: Callable[[], str | None] | None = None) -> Watch:
-        """Install the callback and the first deadline on ``store``; call before instantiating."""
-        watch = Watch(next(self._keys), deadline, check)
+    def arm(self, store: wasmtime.Store, deadline: float, check: Callable[[], str | None] | None = None, *,
+            ticker: EpochTicker | None = None) -> Watch:
+        """Install the callback and the first deadline on ``store``; call before instantiating. ``ticker`` (the
+        engine's) runs until ``disarm``."""
+        watch = Watch(next(self._keys), deadline, check, ticker=ticker)
+        if ticker is not None:
+            ticker.enter()
         self._watches[watch.key] = watch
         self._callback.install(store, watch.key)
         store.set_epoch_deadline(self._ticks(watch, time.monotonic()))
         return watch
 
     def disarm(self, watch: Watch) -> None:
-        self._watches.pop(watch.key, None)
+        if self._watches.pop(watch.key, None) is not None and watch.ticker is not None:
+            watch.ticker.leave()
 
     @staticmethod
     def _ticks(watch: Watch, now: float) -> int:
@@ -178,7 +186,7 @@ def request_store(engine: wasmtime.Engine, head: RequestHead, config: ComponentC
     if time.monotonic() >= head.deadline:
         raise deadline_failure(config.id)
     store = wasmtime.Store(engine)
-    watch = clock.arm(store, head.deadline, check)
+    watch = clock.arm(store, head.deadline, check, ticker=EpochTicker.shared(engine))
     if config.max_instance_memory is not None:
         store.set_limits(memory_size=config.max_instance_memory)
     return store, watch

@@ -9,5 +9,5 @@ be mixed with it (findings §3.1), so everything such a component imports is imp
 * ``context``   the per-request state host functions see; ``table`` its resource table; ``traps`` HostTrap;
 * ``marshal``   the wasmtime-py 50.0.1 monkeypatches (``install()`` once per process);
 * ``wasi``      the provider package for WASI p2 + wasi:http (io, http, cli, clocks, random, filesystem, sockets);
-* ``executor``  ComponentExecutor (contract.Executor) and EpochTicker.
+* ``executor``  ComponentExecutor (contract.Executor); its epoch ticker is runtime.epoch's.
 """

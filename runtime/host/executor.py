@@ -28,15 +28,14 @@ microseconds; otherwise no clock is read beyond what the deadline needs.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import re
-import threading
 import time
 from typing import TYPE_CHECKING
 
 import wasmtime
 from wasmtime.component import Component
+
+from runtime.epoch import EpochTicker
 
 from runtime.errors import WasmLoadError
 from runtime.exits import error_reason, failure_line, write_stderr_line
@@ -66,67 +65,6 @@ _TRIAL_ATTEMPTS = 3
 
 class _TransientImageError(Exception):
     """The memory image could not be sealed this time; worth another attempt."""
-
-
-class EpochTicker:
-    """Advances an Engine's epoch every ``interval`` seconds from one daemon thread, so deadlines can fire.
-
-    One per engine: ``EpochTicker.shared(engine)``, also in a forked child, which inherits the object but not its
-    thread: ``start`` notices the new pid and starts one (it is idempotent and cheap enough to call on every
-    request). Two tickers on one engine would advance its epoch twice as fast and halve every deadline. 10 ms makes a deadline
-    fire at most ~10 ms late; the thread costs one wakeup per tick (~0.1 % of a core measured idle).
-    """
-
-    _shared: dict[int, EpochTicker] = {}
-    _shared_lock = threading.Lock()
-
-    def __init__(self, engine: wasmtime.Engine, interval: float = 0.01) -> None:
-        self.engine = engine
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._stop = threading.Event()
-
-    @classmethod
-    def shared(cls, engine: wasmtime.Engine) -> EpochTicker:
-        key = id(engine)  # the ticker holds the engine, so the id cannot be reused while it is in the dict
-        with cls._shared_lock:
-            ticker = cls._shared.get(key)
-            if ticker is None:
-                ticker = cls._shared[key] = cls(engine)
-            return ticker
-
-    @classmethod
-    def start_for(cls, engine: wasmtime.Engine) -> EpochTicker:
-        """Start (after fork: restart) the shared ticker of ``engine``; what a worker does once at start-up."""
-        ticker = cls.shared(engine)
-        ticker.start()
-        return ticker
-
-    def start(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            self._stop = threading.Event()
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="epoch-ticker", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread = None
-
-    def _run(self) -> None:
-        stop = self._stop
-        while not stop.wait(self.interval):
-            self.engine.increment_epoch()
-
-    def ticks_for(self, seconds: float) -> int:
-        """Epoch ticks covering ``seconds`` (rounded up, +1 because the current tick may be nearly over)."""
-        return max(1, math.ceil(seconds / self.interval)) + 1
 
 
 class ComponentExecutor:
@@ -207,12 +145,15 @@ class ComponentExecutor:
     # ------------------------------------------------------------------------------------------------ a request
 
     def handle(self, head: RequestHead, body: RequestBody, sink: ResponseSink) -> None:
+        with self.ticker.running():  # the epoch moves only while some guest call is in flight
+            self._handle(head, body, sink)
+
+    def _handle(self, head: RequestHead, body: RequestBody, sink: ResponseSink) -> None:
         timing = log.isEnabledFor(logging.DEBUG)
         t0 = time.perf_counter() if timing else 0.0
         remaining = head.deadline - time.monotonic()
         if remaining <= 0:
             raise GuestFailure(504, "Gateway Timeout", f"spin: {self.component_id}: timeout: no time left to start")
-        self.ticker.start()
         ctx = RequestContext(self.host, head=head, body=body, sink=sink, deadline=head.deadline)
         store = wasmtime.Store(self.engine)
         if self.config.max_instance_memory is not None:

@@ -1,5 +1,5 @@
 """The WAGI executor against real WAT-built modules (scripts/build_guests.py), driven in-process through
-``handle`` with an in-memory request body and response sink; an epoch ticker thread plays the worker's.
+``handle`` with an in-memory request body and response sink; the executor's own epoch ticker, as in a worker.
 
 Also home of the small doubles the Spin 1 executor tests share (MemoryBody, RecordingSink, make_head, engine).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import wasmtime
 
 from runtime.engine import new_engine
 from runtime.errors import MissingImportError, WasmLoadError
-from runtime.executors import EPOCH_TICK_SECONDS, load_wagi
+from runtime.executors import load_wagi
 from runtime.executors.wagi import WagiExecutor
 from runtime.files import Preopen
 from runtime.http.contract import ComponentConfig, GuestFailure, Headers, RequestHead, RouteInfo
@@ -96,20 +95,10 @@ def guests() -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[wasmtime.Engine]:
-    """An Engine with the runtime's settings and a thread bumping its epoch like the worker's ticker."""
-    engine = new_engine()
-    stop = threading.Event()
-
-    def tick() -> None:
-        while not stop.wait(EPOCH_TICK_SECONDS):
-            engine.increment_epoch()
-
-    ticker = threading.Thread(target=tick, name="test-epoch-ticker", daemon=True)
-    ticker.start()
-    yield engine
-    stop.set()
-    ticker.join()
+def engine() -> wasmtime.Engine:
+    """An Engine with the runtime's settings. No test-side epoch ticker: the executor must keep its own awake while
+    a guest runs (a worker has nothing else bumping the epoch), which the deadline tests below prove."""
+    return new_engine()
 
 
 def module_of(engine: wasmtime.Engine, source: Path | str) -> wasmtime.Module:

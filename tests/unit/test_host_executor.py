@@ -23,7 +23,7 @@ import pytest
 from runtime.errors import MissingImportError, WasmLoadError
 from runtime.files import Preopen
 from runtime.host.context import RequestContext
-from runtime.host.executor import ComponentExecutor, EpochTicker
+from runtime.host.executor import ComponentExecutor
 from runtime.host.linking import check_imports
 from runtime.host.registry import REGISTRY, Registry
 from runtime.host.values import Variant
@@ -393,21 +393,3 @@ def test_nothing_leaks_across_requests(py_spin: ComponentExecutor, upstream: str
         assert serve(py_spin, "/file?path=/static/hello.txt").status == 200
         assert serve(py_spin, f"/outbound?url={upstream}/").status == 200
     assert open_fds() <= before
-
-
-def test_one_epoch_ticker_per_engine_restarts_in_a_forked_child() -> None:
-    from runtime.engine import shared_engine
-
-    engine = shared_engine()
-    ticker = EpochTicker.start_for(engine)
-    assert EpochTicker.shared(engine) is ticker
-    assert ticker.ticks_for(0.001) == 2 and ticker.ticks_for(1.0) == 101
-    parent_thread = ticker._thread
-    pid = os.fork()
-    if pid == 0:  # the child inherits the object, not the thread: start_for must start exactly one new thread
-        child = EpochTicker.start_for(engine)
-        ok = child is ticker and child._thread is not parent_thread and child._thread is not None
-        os._exit(0 if ok and child._thread.is_alive() else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
-    assert ticker._thread is parent_thread
