@@ -376,8 +376,15 @@ def _cgroup_quota(proc_cgroup: str, cgroup_root: Path) -> int | None:
     return min(limits) if limits else None
 
 
+#: Ceiling of the default worker count. Pods without a CPU limit are common, and each worker costs ~12 MiB of
+#: private memory (scripts/bench_density.py): on a 64-core node an uncapped default would give every replica 64
+#: workers, ~0.7 GiB. Four keep a pod's guests from queueing behind one slow call; SPIN_SHIM_HTTP_WORKERS sets more.
+MAX_DEFAULT_WORKERS = 4
+
+
 def default_worker_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: str | None = None) -> int:
-    """Workers to run: the CPUs this process may use (affinity), capped by its cgroup's cpu quota."""
+    """Workers to run: the CPUs this process may use (affinity), capped by its cgroup's cpu quota and by
+    MAX_DEFAULT_WORKERS."""
     cpus = len(os.sched_getaffinity(0))
     if proc_cgroup is None:
         try:
@@ -385,4 +392,4 @@ def default_worker_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup
         except OSError:
             proc_cgroup = ""
     quota = _cgroup_quota(proc_cgroup, cgroup_root)
-    return max(1, min(cpus, quota) if quota is not None else cpus)
+    return max(1, min(cpus, quota if quota is not None else cpus, MAX_DEFAULT_WORKERS))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.http.workers import cpu_quota_cores, default_worker_count, describe_exit
+from runtime.http.workers import MAX_DEFAULT_WORKERS, cpu_quota_cores, default_worker_count, describe_exit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -230,7 +230,7 @@ def test_worker_count_is_capped_by_the_tightest_cgroup_quota(tmp_path):
 
 
 def test_worker_count_without_quota_is_the_cpus_we_may_use(tmp_path):
-    assert default_worker_count(tmp_path, "0::/\n") == len(os.sched_getaffinity(0))
+    assert default_worker_count(tmp_path, "0::/\n") == min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
 
 
 def test_worker_count_reads_cgroup_v1_quota(tmp_path):
@@ -239,3 +239,10 @@ def test_worker_count_reads_cgroup_v1_quota(tmp_path):
     (cpu / "cpu.cfs_quota_us").write_text("50000\n")
     (cpu / "cpu.cfs_period_us").write_text("100000\n")
     assert default_worker_count(tmp_path, "4:cpu,cpuacct:/docker/x\n3:memory:/docker/x\n") == 1
+
+
+def test_worker_count_on_a_big_node_without_a_cpu_limit_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
+    assert default_worker_count(tmp_path, "0::/\n") == MAX_DEFAULT_WORKERS
+    (tmp_path / "cpu.max").write_text("300000 100000\n")  # a 3-CPU limit is below the cap
+    assert default_worker_count(tmp_path, "0::/\n") == 3
