@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -74,19 +73,11 @@ def assert_no_leaks(daemon, task_ids: list[str], namespace: str = "default") -> 
         assert task_id not in listing.split(), f"task {task_id} still listed:\n{listing}"
 
 
-BUSYBOX = Path("/bin/busybox")  # busybox-static: a static ELF, so a rootfs needs no libc
-_MOUNT_POINTS = ("bin", "etc", "proc", "sys", "dev", "tmp", "root")
-
-
 def busybox_rootfs(rootfs: Path, applets: Iterable[str], extra_dirs: Iterable[str] = ()) -> Path:
-    """A Linux rootfs of busybox-static: /bin/busybox, applet symlinks, the usual empty mount points."""
-    if not BUSYBOX.exists():
-        pytest.fail(f"{BUSYBOX} missing: run scripts/setup.sh (busybox-static)")
-    if rootfs.exists():
-        shutil.rmtree(rootfs)
-    for directory in (*_MOUNT_POINTS, *extra_dirs):
-        (rootfs / directory).mkdir(parents=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for applet in applets:
-        (rootfs / "bin" / applet).symlink_to("busybox")
-    return rootfs
+    """scripts/busybox_image.busybox_rootfs, with a missing busybox-static failing the test with its remedy."""
+    from busybox_image import BusyboxMissingError, busybox_rootfs as build  # scripts/ is on sys.path (conftest)
+
+    try:
+        return build(rootfs, applets, extra_dirs)
+    except BusyboxMissingError as exc:
+        pytest.fail(str(exc))
