@@ -12,6 +12,7 @@ leaks into the next test.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,23 +66,30 @@ def import_image(ctrd: PrivateContainerd, tar: Path, *, all_platforms: bool = Fa
     ctrd.ctr("images", "import", *(["--all-platforms"] if all_platforms else []), str(tar), namespace=CRI_NAMESPACE)
 
 
+@contextlib.contextmanager
+def cri_ready(ctrd: PrivateContainerd) -> Iterator[CriClient]:
+    """A running daemon made ready for pods as a node is (CNI bridge, pause image, network ready); the client's
+    leftover pods are torn down when the block ends (a failed assertion skips a test's own teardown)."""
+    ctrd.enable_cni()
+    ctrd.import_pause_image()
+    client = CriClient(ctrd)
+    try:
+        wait_network_ready(client)
+        yield client
+    finally:
+        try:
+            client.teardown_all()
+        finally:
+            client.close()
+
+
 @pytest.fixture(scope="module", params=VERSIONS)
 def cri_containerd(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shim_dir: Path,
                    shim_cache_dir: Path) -> Iterator[tuple[PrivateContainerd, CriClient]]:
     """(ctrd, client) for containerd 1.6, 1.7 and 2.1, with the pause image and a CNI bridge network."""
     workdir = tmp_path_factory.mktemp(f"cri-{request.param}")
-    with running_containerd(request.param, workdir, shim_dir, shim_cache_dir) as ctrd:
-        ctrd.enable_cni()
-        ctrd.import_pause_image()
-        client = CriClient(ctrd)
-        try:
-            wait_network_ready(client)
-            yield ctrd, client
-        finally:
-            try:
-                client.teardown_all()
-            finally:
-                client.close()
+    with running_containerd(request.param, workdir, shim_dir, shim_cache_dir) as ctrd, cri_ready(ctrd) as client:
+        yield ctrd, client
 
 
 @pytest.fixture(scope="module")

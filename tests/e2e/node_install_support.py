@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.cri_support import wait_network_ready
+from tests.e2e.cri_support import cri_ready
 from tests.e2e.support import SHIM_NAME
 from cri_client import CriClient
 
@@ -80,16 +80,7 @@ def installed_cri_containerd(version: str, workdir: Path, cache_dir: Path,
     install_twice(config, node_bin)
     try:
         ctrd.start(keep_config=True)
-        ctrd.enable_cni()
-        ctrd.import_pause_image()
-        client = CriClient(ctrd)
-        try:
-            wait_network_ready(client)
+        with cri_ready(ctrd) as client:
             yield ctrd, client
-        finally:
-            try:
-                client.teardown_all()
-            finally:
-                client.close()
     finally:
         ctrd.stop()

@@ -32,7 +32,7 @@ from oci.push import AppArtifact, Blob, assemble_app, parse_reference, push_arti
 from runtime.engine import CACHE_SALT_ENV
 from tests.e2e.conftest import running_containerd
 from cri_client import CriClient, CriError, PodHandle
-from tests.e2e.cri_support import import_image, wait_network_ready
+from tests.e2e.cri_support import cri_ready, import_image
 from tests.e2e.http_support import curl
 from tests.e2e.registry_support import Registry, push_app, registry, trust_registry  # noqa: F401  (`registry`: a fixture)
 from tests.e2e.support import wait_until
@@ -70,19 +70,10 @@ class Cluster:
 @contextlib.contextmanager
 def cluster(version: str, workdir: Path, shim_dir: Path, cache_dir: Path, trusted: Registry,
             extra_env: dict[str, str] | None = None) -> Iterator[Cluster]:
-    with running_containerd(version, workdir, shim_dir, cache_dir, extra_env=extra_env) as ctrd:
-        ctrd.enable_cni()
-        ctrd.import_pause_image()
-        trust_registry(ctrd, trusted)
-        client = CriClient(ctrd)
-        try:
-            wait_network_ready(client)
-            yield Cluster(ctrd, client, cache_dir)
-        finally:
-            try:
-                client.teardown_all()
-            finally:
-                client.close()
+    with running_containerd(version, workdir, shim_dir, cache_dir, extra_env=extra_env) as ctrd, \
+            cri_ready(ctrd) as client:
+        trust_registry(ctrd, trusted)  # containerd reads hosts.toml at each pull
+        yield Cluster(ctrd, client, cache_dir)
 
 
 def push_modified(app: Path, ref: str, change: Callable[[dict[str, Any], list[Blob]], None]) -> None:
