@@ -248,7 +248,12 @@ class CriClient:
             ),
         )
         request = cri.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
-        pod_id = self._call(self._runtime, "RunPodSandbox", request).pod_sandbox_id
+        try:
+            pod_id = self._call(self._runtime, "RunPodSandbox", request).pod_sandbox_id
+        except CriError:
+            # containerd cleans up a sandbox it failed to start, but not its cgroup parent, which is kubelet's.
+            remove_pod_cgroups(config.linux.cgroup_parent)
+            raise
         pod = PodHandle(pod_id, config, runtime_handler, ip="")
         self._pods[pod_id] = pod  # before the status call, so a failure there still tears the pod down
         status = self.pod_status(pod_id)
@@ -289,21 +294,31 @@ class CriClient:
 
     def teardown_pod(self, pod_id: str) -> None:
         """StopPodSandbox + RemovePodSandbox, tolerating a pod already gone: the path every test's cleanup takes."""
-        for step in (self.stop_pod, self.remove_pod):
-            try:
-                step(pod_id)
-            except CriError as error:
-                if error.code != grpc.StatusCode.NOT_FOUND:
-                    raise
-        pod = self._pods.pop(pod_id, None)
-        if pod is not None:
-            remove_pod_cgroups(pod.config.linux.cgroup_parent)
+        try:
+            for step in (self.stop_pod, self.remove_pod):
+                try:
+                    step(pod_id)
+                except CriError as error:
+                    if error.code != grpc.StatusCode.NOT_FOUND:
+                        raise
+        finally:
+            # rmdir only succeeds once the pod's processes are gone; a failed step leaves nothing else to try.
+            pod = self._pods.pop(pod_id, None)
+            if pod is not None:
+                remove_pod_cgroups(pod.config.linux.cgroup_parent)
 
     def teardown_all(self) -> list[str]:
-        """Tear down every pod this client ran that is still there; returns their ids (a test forgot them)."""
+        """Tear down every pod this client ran that is still there; returns their ids (a test forgot them).
+        One pod failing to go does not keep the others up; the first failure is raised at the end."""
         leftovers = list(self._pods)
+        failures: list[CriError] = []
         for pod_id in leftovers:
-            self.teardown_pod(pod_id)
+            try:
+                self.teardown_pod(pod_id)
+            except CriError as error:
+                failures.append(error)
+        if failures:
+            raise failures[0]
         return leftovers
 
     # ---- containers ------------------------------------------------------------------------------------------
