@@ -1,46 +1,83 @@
-"""Spin's runtime config file (``/runtime-config.toml`` in the app image), the parts this shim backs.
+"""Spin's runtime config file (``/runtime-config.toml`` in the container), the parts this shim backs.
 
-containerd-shim-spin reads ``runtime-config.toml`` from the image root (SpinKube mounts it there; ``spin
-registry push --runtime-config`` is not involved). Of Spin's tables only ``[key_value_store.<label>]`` with
-``type = "spin"`` (a sqlite file) is backed here; every other store type, and every other table that changes
-what an app can reach (sqlite databases, LLMs, variable providers such as Vault, client TLS), fails the load
-with a message saying so, because silently ignoring it would run the app against something it did not ask for.
+containerd-shim-spin reads ``/runtime-config.toml`` from the container's root: SpinKube's spin-operator mounts
+the app's runtime-config Secret there (``internal/controller/deployment.go``, ``MountPath: "/runtime-config.toml"``
+with ``SubPath``); an image may also carry one. The caller passes the root the file is read from (the
+container's root as this shim sees it) and everything the file names by path is resolved inside that same root
+with ``runtime.paths.resolve_in_root``, never outside it: the config and its dotenv files are image content or
+volumes, and an absolute symlink in them means "from the container's root", not the node's.
 
-``path`` is relative to the config file's directory, as in Spin, and always stays inside the image root (an
-absolute path means "from the image root"). Without ``path`` a ``spin`` store shares the default store's file
-(Spin would keep such a store in memory; several worker processes serve an app here, and a per-process memory
-store would give each its own data).
+Backed tables:
 
-Pure parsing (``parse_runtime_config``) plus the one function that looks at the filesystem.
+* ``[key_value_store.<label>]`` with ``type = "spin"`` (a SQLite file). ``path`` is relative to the config file's
+  directory, as in Spin (``crates/key-value-spin``: ``resolve_relative_path``); an absolute path is absolute in
+  the container, i.e. inside the container's root, and may be on a volume mounted there (``/data/kv.db``):
+  resolving walks names, not mounts, so a mount point on the way is just a directory. Without ``path`` a
+  ``spin`` store shares the default store's file (Spin would keep such a store in memory; several worker
+  processes serve an app here, and a per-process memory store would give each its own data).
+* ``[[variables_provider]]`` (Spin's current name) or ``[[config_provider]]`` (the older one, which spin-operator
+  renders) with ``type = "env"``: optional ``prefix`` and ``dotenv_path`` (``crates/variables-env``). As in Spin
+  (``crates/runtime-config/src/variables.rs``) ``variables_provider`` wins when both are present, the providers
+  are tried in file order, and Spin's default env provider (prefix ``SPIN_VARIABLE``) is always tried after
+  them. The dotenv file is read here, at load (at most 1 MiB); a missing one provides nothing, as in Spin
+  (dotenvy's ``from_path_iter`` fails to open it and Spin flattens that away); one that exists but cannot be
+  read fails the load (Spin would silently ignore an unopenable file; here that hides a broken volume).
+  Spin opens ``dotenv_path`` relative to its working directory; under containerd-shim-spin that is the
+  container's cwd, ``/`` for Spin apps, which is also the directory of ``/runtime-config.toml``: it is resolved
+  relative to the config file's directory here, the same place, without depending on a cwd.
+
+Every other store or provider type, and every other table that changes what an app can reach (sqlite
+databases, LLMs, client TLS), fails the load with a message naming the file and what it asked for, because
+silently ignoring it would run the app against something it did not ask for.
+
+``parse_runtime_config`` parses text already read; ``load_runtime_config`` reads the file (opened once, at most
+1 MiB). Both read the dotenv files the config names.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
 from runtime.errors import AppError
 from runtime.paths import PathEscapeError, resolve_in_root
 
+log = logging.getLogger(__name__)
+
 RUNTIME_CONFIG_FILE_NAME = "runtime-config.toml"
+#: A runtime config is a few hundred bytes; a bigger file is a mistake (or an attempt to make the shim read a
+#: volume's worth of data before the app even starts).
+MAX_RUNTIME_CONFIG_BYTES = 1 << 20
+#: Same bound for a dotenv file a variables provider names.
+MAX_DOTENV_BYTES = 1 << 20
 
 #: Spin's other runtime-config tables: recognised so the message can say "not supported" instead of "unknown".
 _UNSUPPORTED_TABLES = {
     "sqlite_database": "SQLite databases (sqlite_databases) are not provided by this shim",
     "llm_compute": "LLM inferencing (ai_models) is not provided by this shim",
-    "variables_provider": "variable providers other than the container's environment are not supported by this shim "
-    "(set SPIN_VARIABLE_<NAME> in the container's environment instead)",
-    "config_provider": "variable providers other than the container's environment are not supported by this shim "
-    "(set SPIN_VARIABLE_<NAME> in the container's environment instead)",
     "client_tls": "client TLS settings for outbound connections are not supported by this shim",
 }
 #: Tables that only tune performance in Spin (connection pooling, telemetry): accepted and ignored.
 _IGNORED_TABLES = frozenset({"outbound_http", "otel"})
+#: Spin reads ``variables_provider`` and falls back to ``config_provider`` (the pre-factors name).
+_PROVIDER_TABLES = ("variables_provider", "config_provider")
 _SPIN_STORE_KEYS = frozenset({"type", "path"})
+#: ``EnvVariablesConfig`` is ``deny_unknown_fields`` in Spin: any other key is an error there too.
+_ENV_PROVIDER_KEYS = frozenset({"type", "prefix", "dotenv_path"})
+#: Spin's other provider types (``VariableProviderConfiguration``), named in the refusal.
+_OTHER_PROVIDER_TYPES = {
+    "vault": "HashiCorp Vault",
+    "azure_key_vault": "Azure Key Vault",
+    "static": "static values",
+}
 
 
 class RuntimeConfigError(AppError):
@@ -49,7 +86,7 @@ class RuntimeConfigError(AppError):
 
 @dataclass(frozen=True)
 class KeyValueStoreSpec:
-    """Where one key-value store label keeps its data: a sqlite file on the node (inside the rootfs)."""
+    """Where one key-value store label keeps its data: a sqlite file inside the container's root."""
 
     label: str
     #: None = the default store file (``<work_dir>/.spin/sqlite_key_value.db``).
@@ -57,27 +94,59 @@ class KeyValueStoreSpec:
 
 
 @dataclass(frozen=True)
+class EnvVariablesProviderSpec:
+    """One ``type = "env"`` variables provider as configured, its dotenv file already read (not yet parsed:
+    parsing substitutes ``$VAR`` from the task env, which runtime.spin.variables has)."""
+
+    #: For messages: ``<config file>: [[config_provider]] #1``.
+    where: str
+    #: None = Spin's default prefix (``SPIN_VARIABLE``); Spin joins prefix and name with ``_`` even when the
+    #: prefix already ends in one, so this is kept exactly as written.
+    prefix: str | None = None
+    #: ``dotenv_path`` as written, for messages; None when the provider names none.
+    dotenv_path: str | None = None
+    #: The file it names, resolved inside the container's root.
+    dotenv_file: Path | None = None
+    #: The file's text; None when there is no ``dotenv_path`` or the file does not exist. Kept out of repr: a
+    #: dotenv file holds secrets.
+    dotenv_text: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
-    #: The file read, None when the image has none.
+    #: The file read, None when the container has none.
     path: Path | None = None
     #: Store labels the config defines (``default`` is added by the caller unless defined here).
     key_value_stores: Mapping[str, KeyValueStoreSpec] = field(default_factory=lambda: MappingProxyType({}))
+    #: The configured env providers in the order Spin tries them (empty = none configured; Spin's default env
+    #: provider is tried after these either way, see runtime.spin.variables).
+    variables_providers: tuple[EnvVariablesProviderSpec, ...] = ()
 
 
 def load_runtime_config(root_dir: Path) -> RuntimeConfig:
-    """Read ``<root_dir>/runtime-config.toml`` if the image has one (no file = Spin's defaults)."""
+    """Read ``<root_dir>/runtime-config.toml`` if the container has one (no file = Spin's defaults).
+
+    ``root_dir`` is the container's root as this shim sees it; the file (which may be a symlink, e.g. into a
+    Secret volume's ``..data``) and everything it names are resolved inside it.
+    """
     path = root_dir / RUNTIME_CONFIG_FILE_NAME
-    if not path.is_file():
+    try:
+        host_path = resolve_in_root(root_dir, RUNTIME_CONFIG_FILE_NAME)
+    except PathEscapeError as exc:
+        raise RuntimeConfigError(f"{path}: {exc}") from None
+    data = _read_capped(host_path, MAX_RUNTIME_CONFIG_BYTES, str(path))
+    if data is None:
         return RuntimeConfig()
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RuntimeConfigError(f"{path}: cannot read: {exc}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RuntimeConfigError(f"{path}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return parse_runtime_config(text, path, root_dir)
 
 
 def parse_runtime_config(text: str, path: Path, root_dir: Path) -> RuntimeConfig:
-    """Parse runtime-config text read from ``path`` (inside ``root_dir``); store paths resolve inside root_dir."""
+    """Parse runtime-config text read from ``path`` (inside ``root_dir``); the paths it names (store files,
+    dotenv files) resolve inside ``root_dir``, and dotenv files are read now."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -86,12 +155,21 @@ def parse_runtime_config(text: str, path: Path, root_dir: Path) -> RuntimeConfig
     for table, value in doc.items():
         if table == "key_value_store":
             stores = _parse_key_value_stores(value, path, root_dir)
+        elif table in _PROVIDER_TABLES:
+            continue  # below, once it is known whether both names are present
         elif table in _UNSUPPORTED_TABLES:
             raise RuntimeConfigError(f"{path}: [{table}]: {_UNSUPPORTED_TABLES[table]}; remove the table")
         elif table not in _IGNORED_TABLES:
-            known = ", ".join(sorted({"key_value_store", *_UNSUPPORTED_TABLES, *_IGNORED_TABLES}))
+            known = ", ".join(sorted({"key_value_store", *_PROVIDER_TABLES, *_UNSUPPORTED_TABLES, *_IGNORED_TABLES}))
             raise RuntimeConfigError(f"{path}: unknown table or key {table!r} (Spin runtime config tables: {known})")
-    return RuntimeConfig(path=path, key_value_stores=MappingProxyType(stores))
+    providers: tuple[EnvVariablesProviderSpec, ...] = ()
+    used = next((name for name in _PROVIDER_TABLES if name in doc), None)
+    if used is not None:
+        if used == "variables_provider" and "config_provider" in doc:
+            log.warning("%s: both [[variables_provider]] and [[config_provider]] are present; as in Spin, only "
+                        "[[variables_provider]] is used and [[config_provider]] is ignored", path)
+        providers = _parse_variables_providers(doc[used], used, path, root_dir)
+    return RuntimeConfig(path=path, key_value_stores=MappingProxyType(stores), variables_providers=providers)
 
 
 def _parse_key_value_stores(raw: Any, path: Path, root_dir: Path) -> dict[str, KeyValueStoreSpec]:
@@ -117,12 +195,115 @@ def _parse_key_value_stores(raw: Any, path: Path, root_dir: Path) -> dict[str, K
             continue
         if not isinstance(db_path, str) or not db_path:
             raise RuntimeConfigError(f"{where}: `path` must be a non-empty string")
-        in_image = db_path if db_path.startswith("/") else str(path.parent.relative_to(root_dir) / db_path)
         try:
-            resolved = resolve_in_root(root_dir, in_image)
+            resolved = _resolve_named_path(root_dir, path, db_path)
         except PathEscapeError as exc:
             raise RuntimeConfigError(f"{where}: path {db_path!r}: {exc}") from None
         if resolved.is_dir():
             raise RuntimeConfigError(f"{where}: path {db_path!r} is a directory; name the SQLite file")
         stores[label] = KeyValueStoreSpec(label, resolved)
     return stores
+
+
+def _parse_variables_providers(
+    raw: Any, table: str, path: Path, root_dir: Path
+) -> tuple[EnvVariablesProviderSpec, ...]:
+    if not isinstance(raw, list) or not all(isinstance(v, dict) for v in raw):
+        raise RuntimeConfigError(f"{path}: {table} must be written as [[{table}]] tables (an array of tables)")
+    providers: list[EnvVariablesProviderSpec] = []
+    for index, spec in enumerate(raw, start=1):
+        where = f"{path}: [[{table}]] #{index}"
+        provider_type = spec.get("type")
+        if provider_type is None:
+            raise RuntimeConfigError(f"{where}: `type` is required (this shim supports type = \"env\")")
+        if provider_type != "env":
+            if isinstance(provider_type, str) and provider_type in _OTHER_PROVIDER_TYPES:
+                what = f"type = {provider_type!r} ({_OTHER_PROVIDER_TYPES[provider_type]})"
+            else:
+                what = f"unknown provider type {provider_type!r} (Spin's: env, {', '.join(_OTHER_PROVIDER_TYPES)})"
+            raise RuntimeConfigError(
+                f"{where}: {what} is not supported by this shim; only type = \"env\" (the container's environment, "
+                "optionally a dotenv file) is: set the variables as SPIN_VARIABLE_<NAME> in the container's "
+                "environment instead"
+            )
+        unknown = sorted(set(spec) - _ENV_PROVIDER_KEYS)
+        if unknown:
+            raise RuntimeConfigError(
+                f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for type \"env\" (it takes prefix and "
+                "dotenv_path)"
+            )
+        prefix = spec.get("prefix")
+        if prefix is not None and not isinstance(prefix, str):
+            raise RuntimeConfigError(f"{where}: `prefix` must be a string")
+        written = spec.get("dotenv_path")
+        if written is None:
+            providers.append(EnvVariablesProviderSpec(where, prefix))
+            continue
+        if not isinstance(written, str) or not written:
+            raise RuntimeConfigError(f"{where}: `dotenv_path` must be a non-empty string")
+        try:
+            dotenv_file = _resolve_named_path(root_dir, path, written)
+        except PathEscapeError as exc:
+            raise RuntimeConfigError(f"{where}: dotenv_path {written!r}: {exc}") from None
+        shown = f"{where}: dotenv_path {written!r} ({dotenv_file})"
+        data = _read_capped(dotenv_file, MAX_DOTENV_BYTES, shown)
+        text: str | None = None
+        if data is None:
+            log.warning("%s: no such file; as in Spin, a missing dotenv file provides no variables", shown)
+        else:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RuntimeConfigError(
+                    f"{shown}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                ) from None
+        providers.append(EnvVariablesProviderSpec(where, prefix, written, dotenv_file, text))
+    return tuple(providers)
+
+
+def _resolve_named_path(root_dir: Path, config_path: Path, written: str) -> Path:
+    """A path the runtime config names, on the node: relative to the config file's directory as in Spin, or
+    absolute in the container, both inside ``root_dir`` (the container's root). Raises PathEscapeError."""
+    if written.startswith("/"):
+        in_root = written
+    else:
+        in_root = str(PurePosixPath(config_path.parent.relative_to(root_dir).as_posix()) / written)
+    return resolve_in_root(root_dir, in_root)
+
+
+def _read_capped(host_path: Path, cap: int, shown: str) -> bytes | None:
+    """The regular file's bytes (at most ``cap``), None when it does not exist; RuntimeConfigError otherwise.
+
+    Opened once, without following a final symlink (resolve_in_root resolved them all; one appearing now is a
+    race, not a config) and without blocking (a FIFO would hang the load), then checked with fstat and read up
+    to ``cap + 1`` bytes, so a huge file or device is never read whole.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = os.open(host_path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        reason = "is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise RuntimeConfigError(f"{shown}: cannot read: {reason}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise RuntimeConfigError(f"{shown}: cannot read: {kind}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= cap:
+            chunk = os.read(fd, cap + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise RuntimeConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > cap:
+        limit = f"{cap >> 20} MiB" if cap % (1 << 20) == 0 else f"{cap} bytes"
+        raise RuntimeConfigError(f"{shown}: larger than {limit}, the most this shim reads; refusing it")
+    return b"".join(chunks)

@@ -51,12 +51,13 @@ class SpinServices:
         """Resolve and validate the app's services; raises AppError subclasses with user-facing messages.
 
         ``work_dir`` holds the default key-value store (``.spin/sqlite_key_value.db``); ``image_root`` (default:
-        ``work_dir``) is where ``runtime-config.toml`` is looked for. ``component_ids`` limits the per-component
-        checks to the components that will run (default: all).
+        ``work_dir``) is the container's root: ``runtime-config.toml`` is looked for there, and the paths it names
+        (store files, dotenv files) resolve inside it; its env variables providers feed the variable resolver.
+        ``component_ids`` limits the per-component checks to the components that will run (default: all).
         """
         if runtime_config is None:
             runtime_config = load_runtime_config(image_root if image_root is not None else work_dir)
-        variables = VariableResolver.from_manifest(manifest, env)
+        variables = VariableResolver.from_manifest(manifest, env, runtime_config.variables_providers)
         variables.check_required()
         key_value = KeyValueStores.for_app(
             work_dir, {label: spec.db_path for label, spec in runtime_config.key_value_stores.items()}

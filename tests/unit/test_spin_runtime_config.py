@@ -6,6 +6,11 @@ validated at load, and the per-component views are what spin.toml says.
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,8 @@ from runtime.manifest import parse_manifest
 from runtime.spin.key_value import KeyValueError
 from runtime.spin.outbound import OutboundHostsError
 from runtime.spin.runtime_config import (
+    MAX_RUNTIME_CONFIG_BYTES,
+    EnvVariablesProviderSpec,
     KeyValueStoreSpec,
     RuntimeConfigError,
     load_runtime_config,
@@ -54,6 +61,44 @@ def test_store_path_may_not_leave_the_image_root(tmp_path: Path):
     assert "outside the app root" in rejected('[key_value_store.x]\ntype = "spin"\npath = "../../etc/kv.db"\n', tmp_path)
 
 
+def test_absolute_store_path_may_be_a_volume_mount_point_not_in_the_image(tmp_path: Path):
+    """``/data`` is typically a volume: before (or without) the mount the image has no such directory, and the
+    path is still the one inside the container's root."""
+    stores = parse('[key_value_store.default]\ntype = "spin"\npath = "/data/kv.db"\n', tmp_path)
+    assert stores["default"].db_path == tmp_path.resolve() / "data" / "kv.db"
+    (tmp_path / "data").mkdir()
+    assert parse('[key_value_store.default]\ntype = "spin"\npath = "/data/kv.db"\n', tmp_path) == stores
+
+
+_MOUNTED_RESOLVE = """
+import sys
+from pathlib import Path
+from runtime.spin.runtime_config import load_runtime_config
+config = load_runtime_config(Path(sys.argv[1]))
+print(config.key_value_stores["default"].db_path)
+print(Path(sys.argv[1], "data").stat().st_dev != Path(sys.argv[1]).stat().st_dev)
+"""
+
+
+def test_absolute_store_path_on_a_volume_mounted_in_the_root(tmp_path: Path):
+    """A real mount at ``<root>/data`` (a tmpfs in a private mount namespace): resolving walks names, so the store
+    path is the file on the volume, and stays inside the root."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare(1) and mount(8)")
+    root = tmp_path / "rootfs"
+    (root / "data").mkdir(parents=True)
+    (root / "runtime-config.toml").write_text('[key_value_store.default]\ntype = "spin"\npath = "/data/kv.db"\n')
+    script = f'mount -t tmpfs tmpfs "{root}/data" && exec "{sys.executable}" -c "$0" "{root}"'
+    namespace = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    result = subprocess.run(["unshare", *namespace, "--mount", "sh", "-c", script, _MOUNTED_RESOLVE],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=60)
+    if result.returncode != 0 and "mount" in result.stderr and "Traceback" not in result.stderr:
+        pytest.skip(f"cannot mount in a private namespace here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    db_path, other_device = result.stdout.split()
+    assert db_path == str(root.resolve() / "data" / "kv.db") and other_device == "True"
+
+
 def test_spin_store_without_path_uses_the_default_file(tmp_path: Path):
     assert parse('[key_value_store.other]\ntype = "spin"\n', tmp_path) == {"other": KeyValueStoreSpec("other", None)}
 
@@ -80,7 +125,6 @@ def test_missing_type_and_unknown_keys(tmp_path: Path):
 def test_unsupported_and_unknown_tables_name_the_file_and_table(tmp_path: Path):
     message = rejected('[sqlite_database.default]\ntype = "spin"\n', tmp_path)
     assert message.startswith(f"{tmp_path}/runtime-config.toml: [sqlite_database]:") and "not provided" in message
-    assert "SPIN_VARIABLE_<NAME>" in rejected('[[config_provider]]\ntype = "vault"\n', tmp_path)
     assert "unknown table or key 'key_value_stores'" in rejected('[key_value_stores.x]\ntype = "spin"\n', tmp_path)
 
 
@@ -90,6 +134,190 @@ def test_tuning_only_tables_are_ignored(tmp_path: Path):
 
 def test_invalid_toml_names_the_file(tmp_path: Path):
     assert rejected("[key_value_store.x\n", tmp_path).startswith(f"{tmp_path}/runtime-config.toml: invalid TOML")
+
+
+def test_oversize_runtime_config_is_refused(tmp_path: Path):
+    (tmp_path / "runtime-config.toml").write_text("# padding\n" * (MAX_RUNTIME_CONFIG_BYTES // 10 + 1))
+    with pytest.raises(RuntimeConfigError) as info:
+        load_runtime_config(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}/runtime-config.toml: larger than 1 MiB, the most this shim reads; refusing it"
+    )
+    with (tmp_path / "runtime-config.toml").open("r+b") as f:
+        f.truncate(MAX_RUNTIME_CONFIG_BYTES)  # exactly the cap: still read
+    assert load_runtime_config(tmp_path).path == tmp_path / "runtime-config.toml"
+
+
+def test_runtime_config_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path):
+    os.mkfifo(tmp_path / "runtime-config.toml")  # opened without O_NONBLOCK this would hang the load
+    with pytest.raises(RuntimeConfigError, match="runtime-config.toml: cannot read: not a regular file"):
+        load_runtime_config(tmp_path)
+    (tmp_path / "runtime-config.toml").unlink()
+    (tmp_path / "runtime-config.toml").mkdir()
+    with pytest.raises(RuntimeConfigError, match="runtime-config.toml: cannot read: a directory"):
+        load_runtime_config(tmp_path)
+
+
+def test_runtime_config_symlink_is_followed_inside_the_root(tmp_path: Path):
+    """A Secret volume's files are relative symlinks into ``..data``; an absolute symlink means the container's
+    root, never the node's (here a host file with the same name exists outside the root and must not be read)."""
+    root = tmp_path / "rootfs"
+    (root / "etc" / "spin" / "..data").mkdir(parents=True)
+    (root / "etc" / "spin" / "..data" / "rc.toml").write_text('[key_value_store.a]\ntype = "spin"\n')
+    (root / "runtime-config.toml").symlink_to("etc/spin/..data/rc.toml")
+    assert set(load_runtime_config(root).key_value_stores) == {"a"}
+    (root / "runtime-config.toml").unlink()
+    host_file = tmp_path / "host-rc.toml"
+    host_file.write_text('[key_value_store.host]\ntype = "spin"\n')
+    (root / "runtime-config.toml").symlink_to(host_file)  # absolute: <root>/<tmp_path>/host-rc.toml, absent
+    assert load_runtime_config(root).path is None
+    (root / "runtime-config.toml").unlink()
+    (root / "runtime-config.toml").symlink_to("../host-rc.toml")
+    with pytest.raises(RuntimeConfigError, match="leads outside the app root"):
+        load_runtime_config(root)
+
+
+# -------------------------------------------------------------------------------------------- variables providers
+
+
+def providers(text: str, root: Path) -> list[EnvVariablesProviderSpec]:
+    return list(parse_runtime_config(text, root / "runtime-config.toml", root).variables_providers)
+
+
+def test_no_provider_tables_means_no_configured_providers(tmp_path: Path):
+    assert providers("", tmp_path) == []
+    assert load_runtime_config(tmp_path).variables_providers == ()
+
+
+def test_env_provider_with_a_prefix(tmp_path: Path):
+    (spec,) = providers('[[config_provider]]\ntype = "env"\nprefix = "MYAPP"\n', tmp_path)
+    assert spec.prefix == "MYAPP" and spec.dotenv_path is None and spec.dotenv_text is None
+    assert spec.where == f"{tmp_path}/runtime-config.toml: [[config_provider]] #1"
+    (spec,) = providers('[[variables_provider]]\ntype = "env"\n', tmp_path)
+    assert spec.prefix is None  # Spin's default, SPIN_VARIABLE
+
+
+def test_env_provider_dotenv_path_is_read_inside_the_root(tmp_path: Path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "app.env").write_text("MYAPP_TOKEN=from-dotenv\n")
+    for written in ("config/app.env", "/config/app.env", "./config/../config/app.env"):
+        (spec,) = providers(f'[[config_provider]]\ntype = "env"\ndotenv_path = "{written}"\n', tmp_path)
+        assert spec.dotenv_path == written
+        assert spec.dotenv_file == tmp_path.resolve() / "config" / "app.env"
+        assert spec.dotenv_text == "MYAPP_TOKEN=from-dotenv\n"
+        assert "from-dotenv" not in repr(spec)
+
+
+def test_dotenv_outside_the_root_is_refused_or_rerooted(tmp_path: Path):
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    host_env = tmp_path / "host.env"
+    host_env.write_text("SPIN_VARIABLE_TOKEN=host-secret\n")
+    message = rejected('[[config_provider]]\ntype = "env"\ndotenv_path = "../host.env"\n', root)
+    assert message.startswith(f"{root}/runtime-config.toml: [[config_provider]] #1: dotenv_path '../host.env': ")
+    assert "leads outside the app root" in message
+    (root / "escape.env").symlink_to("../host.env")
+    assert "leads outside the app root" in rejected(
+        '[[config_provider]]\ntype = "env"\ndotenv_path = "escape.env"\n', root)
+    # An absolute symlink is the container's path: <root>/<tmp_path>/host.env, which the image does not have.
+    (root / "absolute.env").symlink_to(host_env)
+    (spec,) = providers('[[config_provider]]\ntype = "env"\ndotenv_path = "absolute.env"\n', root)
+    assert spec.dotenv_file == root.resolve() / str(host_env).lstrip("/") and spec.dotenv_text is None
+
+
+def test_missing_dotenv_file_provides_nothing_as_in_spin(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING, logger="runtime.spin.runtime_config"):
+        (spec,) = providers('[[config_provider]]\ntype = "env"\ndotenv_path = ".env"\n', tmp_path)
+    assert spec.dotenv_file == tmp_path.resolve() / ".env" and spec.dotenv_text is None
+    assert "dotenv_path '.env'" in caplog.text and "provides no variables" in caplog.text
+
+
+def test_unreadable_dotenv_file_fails_the_load(tmp_path: Path):
+    (tmp_path / "dir.env").mkdir()
+    message = rejected('[[config_provider]]\ntype = "env"\ndotenv_path = "dir.env"\n', tmp_path)
+    assert message == (f"{tmp_path}/runtime-config.toml: [[config_provider]] #1: dotenv_path 'dir.env' "
+                       f"({tmp_path.resolve()}/dir.env): cannot read: a directory")
+    (tmp_path / "big.env").write_bytes(b"A=" + b"x" * (1 << 20))
+    assert "larger than 1 MiB" in rejected('[[config_provider]]\ntype = "env"\ndotenv_path = "big.env"\n', tmp_path)
+    (tmp_path / "latin1.env").write_bytes(b"A=caf\xe9\n")
+    assert "not UTF-8" in rejected('[[config_provider]]\ntype = "env"\ndotenv_path = "latin1.env"\n', tmp_path)
+    if os.geteuid() != 0:  # root reads a mode-000 file anyway
+        (tmp_path / "secret.env").write_text("A=1\n")
+        (tmp_path / "secret.env").chmod(0)
+        assert "Permission denied" in rejected(
+            '[[config_provider]]\ntype = "env"\ndotenv_path = "secret.env"\n', tmp_path)
+
+
+def test_several_providers_keep_their_order(tmp_path: Path):
+    text = ('[[variables_provider]]\ntype = "env"\nprefix = "FIRST"\n\n'
+            '[[variables_provider]]\ntype = "env"\nprefix = "SECOND"\n')
+    assert [spec.prefix for spec in providers(text, tmp_path)] == ["FIRST", "SECOND"]
+
+
+def test_variables_provider_wins_over_config_provider_as_in_spin(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    text = '[[config_provider]]\ntype = "vault"\nurl = "x"\n\n[[variables_provider]]\ntype = "env"\nprefix = "NEW"\n'
+    with caplog.at_level(logging.WARNING, logger="runtime.spin.runtime_config"):
+        assert [spec.prefix for spec in providers(text, tmp_path)] == ["NEW"]
+    assert "[[config_provider]] is ignored" in caplog.text
+
+
+@pytest.mark.parametrize(("provider_type", "what"), [("vault", "HashiCorp Vault"),
+                                                     ("azure_key_vault", "Azure Key Vault")])
+def test_vault_providers_are_refused_naming_the_file_and_type(tmp_path: Path, provider_type: str, what: str):
+    text = (f'[[config_provider]]\ntype = "env"\n\n[[config_provider]]\ntype = "{provider_type}"\n'
+            'url = "https://vault.example.com"\ntoken = "root"\nmount = "secret"\n')
+    message = rejected(text, tmp_path)
+    assert message == (
+        f"{tmp_path}/runtime-config.toml: [[config_provider]] #2: type = '{provider_type}' ({what}) is not supported "
+        "by this shim; only type = \"env\" (the container's environment, optionally a dotenv file) is: set the "
+        "variables as SPIN_VARIABLE_<NAME> in the container's environment instead"
+    )
+
+
+def test_bad_provider_tables_are_refused(tmp_path: Path):
+    assert "unknown provider type 'consul'" in rejected('[[variables_provider]]\ntype = "consul"\n', tmp_path)
+    assert "`type` is required" in rejected('[[variables_provider]]\nprefix = "X"\n', tmp_path)
+    assert "must be written as [[config_provider]] tables" in rejected('[config_provider]\ntype = "env"\n', tmp_path)
+    assert "unknown key(s) 'url' for type \"env\"" in rejected(
+        '[[config_provider]]\ntype = "env"\nurl = "x"\n', tmp_path)
+    assert "`prefix` must be a string" in rejected('[[config_provider]]\ntype = "env"\nprefix = 1\n', tmp_path)
+    assert "`dotenv_path` must be a non-empty string" in rejected(
+        '[[config_provider]]\ntype = "env"\ndotenv_path = ""\n', tmp_path)
+
+
+#: What spin-operator renders into the runtime-config Secret for a SpinApp without runtimeConfig options:
+#: internal/runtimeconfig/runtime_config.go (K8sBuilder.Build always adds this env provider) marshalled with
+#: go-toml v2 (internal/controller/spinapp_controller.go); the exact text is the first table of the expected
+#: Secret in internal/controller/spinapp_controller_test.go (spinframework/spin-operator 943f5b1).
+SPIN_OPERATOR_RENDER = """[[config_provider]]
+type = 'env'
+prefix = 'SPIN_VARIABLE_'
+"""
+
+#: The whole expected Secret of that test (a SpinApp with a redis key-value store), verbatim.
+SPIN_OPERATOR_RENDER_WITH_REDIS = """[[config_provider]]
+type = 'env'
+prefix = 'SPIN_VARIABLE_'
+
+[key_value_store]
+[key_value_store.default]
+type = 'redis'
+url = 'redis://localhost:9000'
+"""
+
+
+def test_spin_operator_render_is_accepted(tmp_path: Path):
+    (tmp_path / "runtime-config.toml").write_text(SPIN_OPERATOR_RENDER)
+    config = load_runtime_config(tmp_path)
+    (spec,) = config.variables_providers
+    assert spec.prefix == "SPIN_VARIABLE_" and spec.dotenv_path is None
+    assert dict(config.key_value_stores) == {}
+
+
+def test_spin_operator_render_with_a_redis_store_is_refused_for_the_store_only(tmp_path: Path):
+    message = rejected(SPIN_OPERATOR_RENDER_WITH_REDIS, tmp_path)
+    assert "[key_value_store.default]: type = 'redis' is not supported by this shim" in message
+    assert "provider" not in message
 
 
 # ---------------------------------------------------------------------------------------------------- SpinServices
@@ -188,3 +416,73 @@ def test_only_retained_components_are_checked(tmp_path: Path):
         build(tmp_path, text)
     services = build(tmp_path, text, component_ids={"py-spin"})
     assert "other" not in services.outbound_policies
+
+
+VARS_APP = """
+spin_manifest_version = 2
+[application]
+name = "vars"
+[variables]
+api_token = { required = true, secret = true }
+greeting = { default = "hello" }
+[[trigger.http]]
+route = "/..."
+component = "web"
+[component.web]
+source = "web.wasm"
+[component.web.variables]
+token = "{{ api_token }}"
+greeting = "{{ greeting }}"
+"""
+
+
+def test_services_resolve_through_the_spin_operator_render(tmp_path: Path):
+    """spin-operator sets SPIN_VARIABLE_<NAME> (internal/controller/deployment.go, ConstructEnvForApp) and renders
+    prefix 'SPIN_VARIABLE_': Spin looks that provider up as SPIN_VARIABLE__API_TOKEN (prefix + '_' + name), which
+    is unset, and finds the value through the default provider Spin appends, exactly as here."""
+    (tmp_path / "runtime-config.toml").write_text(SPIN_OPERATOR_RENDER)
+    services = build(tmp_path, VARS_APP, env={"SPIN_VARIABLE_API_TOKEN": "t0ken"})
+    assert services.variables.get("web", "token") == "t0ken"
+    assert services.variables.get("web", "greeting") == "hello"
+    services = build(tmp_path, VARS_APP, env={"SPIN_VARIABLE__API_TOKEN": "first", "SPIN_VARIABLE_API_TOKEN": "2nd"})
+    assert services.variables.get("web", "token") == "first"
+
+
+def test_services_resolve_through_a_prefixed_provider_and_its_dotenv(tmp_path: Path):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "app.env").write_text("# app settings\nMYAPP_API_TOKEN='from dotenv'\nMYAPP_GREETING=hi\n")
+    (tmp_path / "runtime-config.toml").write_text(
+        '[[config_provider]]\ntype = "env"\nprefix = "MYAPP"\ndotenv_path = "conf/app.env"\n')
+    services = build(tmp_path, VARS_APP, env={})
+    assert services.variables.get("web", "token") == "from dotenv"
+    assert services.variables.get("web", "greeting") == "hi"
+    services = build(tmp_path, VARS_APP, env={"MYAPP_GREETING": "env beats the provider's dotenv"})
+    assert services.variables.get("web", "greeting") == "env beats the provider's dotenv"
+    assert "from dotenv" not in repr(services)
+
+
+def test_services_missing_variable_names_the_configured_providers(tmp_path: Path):
+    (tmp_path / "runtime-config.toml").write_text(
+        '[[config_provider]]\ntype = "env"\nprefix = "MYAPP"\ndotenv_path = ".env"\n')
+    with pytest.raises(MissingVariablesError) as info:
+        build(tmp_path, VARS_APP, env={})
+    assert str(info.value) == (
+        f"{tmp_path}/spin.toml: required variable without a value: api_token (set MYAPP_API_TOKEN or "
+        "SPIN_VARIABLE_API_TOKEN or API_TOKEN in the container's environment, or MYAPP_API_TOKEN in .env)"
+    )
+
+
+def test_services_dotenv_syntax_error_fails_the_load_without_the_value(tmp_path: Path):
+    (tmp_path / ".env").write_text("OK=1\nSPIN_VARIABLE_API_TOKEN=s3cr3t and more\n")
+    (tmp_path / "runtime-config.toml").write_text('[[config_provider]]\ntype = "env"\ndotenv_path = ".env"\n')
+    with pytest.raises(RuntimeConfigError) as info:
+        build(tmp_path, VARS_APP, env={})
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}/runtime-config.toml: [[config_provider]] #1: dotenv_path '.env' (")
+    assert "line 2: unexpected text after a blank" in message and "s3cr3t" not in message
+
+
+def test_services_refuse_a_vault_provider(tmp_path: Path):
+    (tmp_path / "runtime-config.toml").write_text('[[variables_provider]]\ntype = "vault"\nurl = "http://v"\n')
+    with pytest.raises(RuntimeConfigError, match=r"\[\[variables_provider\]\] #1: type = 'vault' \(HashiCorp Vault\)"):
+        build(tmp_path, VARS_APP)

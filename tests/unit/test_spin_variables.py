@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from runtime.errors import AppError, ManifestError
 from runtime.manifest import parse_manifest
-from runtime.spin.variables import MissingVariablesError, VariableError, VariableResolver, env_names
+from runtime.spin.runtime_config import EnvVariablesProviderSpec, RuntimeConfigError
+from runtime.spin.variables import (
+    DotenvSyntaxError,
+    EnvProvider,
+    MissingVariablesError,
+    VariableError,
+    VariableResolver,
+    env_names,
+    parse_dotenv,
+)
 
 HEAD = """
 spin_manifest_version = 2
@@ -18,9 +29,18 @@ component = "web"
 """
 
 
-def resolver(variables: str, component_vars: str, env: dict[str, str] | None = None) -> VariableResolver:
+def resolver(variables: str, component_vars: str, env: dict[str, str] | None = None,
+             providers: tuple[EnvVariablesProviderSpec, ...] = ()) -> VariableResolver:
     text = f"{HEAD}\n[variables]\n{variables}\n[component.web]\nsource = \"web.wasm\"\nvariables = {{ {component_vars} }}\n"
-    return VariableResolver.from_manifest(parse_manifest(text, "/app/spin.toml"), env or {})
+    return VariableResolver.from_manifest(parse_manifest(text, "/app/spin.toml"), env or {}, providers)
+
+
+def env_provider(index: int = 1, prefix: str | None = None, dotenv: str | None = None) -> EnvVariablesProviderSpec:
+    """A provider as runtime_config.parse_runtime_config hands it over (dotenv text already read)."""
+    where = f"/runtime-config.toml: [[config_provider]] #{index}"
+    if dotenv is None:
+        return EnvVariablesProviderSpec(where, prefix)
+    return EnvVariablesProviderSpec(where, prefix, f"p{index}.env", Path(f"/rootfs/p{index}.env"), dotenv)
 
 
 def error_of(call) -> VariableError:
@@ -139,3 +159,135 @@ def test_app_value_for_outbound_templates():
     r = resolver('host = { default = "api.example.com" }', "")
     assert r.app_value("host") == "api.example.com"
     assert error_of(lambda: r.app_value("nope")).kind == "undefined"
+
+
+# ------------------------------------------------------------------------------------------- runtime-config providers
+
+GREETING = ('greeting = { default = "hello" }', 'message = "{{ greeting }}"')
+
+
+def test_configured_prefix_is_joined_with_an_underscore():
+    r = resolver(*GREETING, {"MYAPP_GREETING": "prefixed"}, (env_provider(prefix="MYAPP"),))
+    assert r.get("web", "message") == "prefixed"
+    assert env_names("greeting", r.providers) == ("MYAPP_GREETING", "SPIN_VARIABLE_GREETING", "GREETING")
+
+
+def test_prefix_is_kept_as_written_as_in_spin():
+    """Spin's EnvVariablesProvider formats ``{prefix}_{NAME}``: a trailing '_' (spin-operator's 'SPIN_VARIABLE_')
+    gives two, an empty prefix a leading one."""
+    assert EnvProvider("SPIN_VARIABLE_").env_key("api_key") == "SPIN_VARIABLE__API_KEY"
+    assert EnvProvider("").env_key("api_key") == "_API_KEY"
+    r = resolver(*GREETING, {"SPIN_VARIABLE_GREETING": "default provider"}, (env_provider(prefix="SPIN_VARIABLE_"),))
+    assert r.get("web", "message") == "default provider"
+
+
+def test_providers_are_tried_in_order_then_spins_default_then_the_default_value():
+    providers = (env_provider(1, "FIRST", "SECOND_GREETING=first-dotenv-decoy\n"), env_provider(2, "SECOND"))
+    env = {"SECOND_GREETING": "second's env", "SPIN_VARIABLE_GREETING": "spin default", "GREETING": "plain"}
+    assert resolver(*GREETING, env, providers).get("web", "message") == "second's env"
+    env["FIRST_GREETING"] = "first's env"
+    assert resolver(*GREETING, env, providers).get("web", "message") == "first's env"
+    assert resolver(*GREETING, {"GREETING": "plain"}, providers).get("web", "message") == "plain"
+    assert resolver(*GREETING, {}, providers).get("web", "message") == "hello"
+
+
+def test_a_providers_env_beats_its_own_dotenv_and_its_dotenv_beats_later_providers():
+    providers = (env_provider(1, "APP", "APP_GREETING=dotenv\n"),)
+    assert resolver(*GREETING, {"APP_GREETING": "env"}, providers).get("web", "message") == "env"
+    assert resolver(*GREETING, {"SPIN_VARIABLE_GREETING": "later"}, providers).get("web", "message") == "dotenv"
+
+
+def test_plain_name_answers_wherever_spin_variable_name_is_looked_up():
+    """containerd-shim-spin copies <NAME> to SPIN_VARIABLE_<NAME>: a default-prefix provider sees it before its
+    dotenv does."""
+    providers = (env_provider(1, None, "SPIN_VARIABLE_GREETING=dotenv\n"),)
+    assert resolver(*GREETING, {"GREETING": "plain env"}, providers).get("web", "message") == "plain env"
+    assert resolver(*GREETING, {}, providers).get("web", "message") == "dotenv"
+
+
+def test_missing_dotenv_file_provides_nothing_but_is_named():
+    spec = EnvVariablesProviderSpec("/runtime-config.toml: [[config_provider]] #1", "APP", ".env", Path("/r/.env"))
+    r = resolver("token = { required = true }", 'k = "{{ token }}"', {}, (spec,))
+    assert r.missing() == ("token",)
+    assert error_of(lambda: r.get("web", "k")).message == (
+        "no provider resolved required variable 'token' (set APP_TOKEN or SPIN_VARIABLE_TOKEN or TOKEN, "
+        "or APP_TOKEN in .env)"
+    )
+
+
+def test_missing_variables_message_lists_each_variables_keys():
+    r = resolver("a = { required = true }\nb = { required = true }", 'k = "{{ a }}{{ b }}"', {},
+                 (env_provider(1, "APP", "OTHER=1\n"),))
+    with pytest.raises(MissingVariablesError) as info:
+        r.check_required()
+    assert str(info.value) == (
+        "/app/spin.toml: required variables without a value: a, b (set in the container's environment: "
+        "a: APP_A or SPIN_VARIABLE_A or A (or APP_A in p1.env); b: APP_B or SPIN_VARIABLE_B or B (or APP_B in p1.env))"
+    )
+
+
+def test_dotenv_values_never_appear_in_messages_or_repr():
+    secret = "dotenv-s3cr3t"
+    r = resolver("api_key = { required = true, secret = true }", 'k = "{{ api_key }}"', {},
+                 (env_provider(1, "APP", f"APP_API_KEY={secret}\n"),))
+    assert r.get("web", "k") == secret
+    assert secret not in repr(r)
+    with pytest.raises(RuntimeConfigError) as info:
+        resolver("a = { default = \"1\" }", "", {}, (env_provider(1, "APP", f"APP_A={secret} tail\n"),))
+    assert str(info.value) == (
+        "/runtime-config.toml: [[config_provider]] #1: dotenv_path 'p1.env' (/rootfs/p1.env): line 1: unexpected "
+        "text after a blank in the value (quote a value that has spaces)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- dotenv syntax
+
+
+def test_dotenv_basic_syntax_as_dotenvy():
+    text = (
+        "\n# a comment\nKEY=1\nKEY2=\"2\"\nKEY3='3'\nKEY4='fo ur'\nKEY5=\"fi ve\"\nKEY6=s\\ ix\nKEY7=\n"
+        "KEY8=     \nKEY9=   # foo\nKEY10  =\"before =\"\nexport   SHELL_LOVER=1\nURL=http://x/#frag #c\r\n"
+    )
+    assert parse_dotenv(text, {}) == {
+        "KEY": "1", "KEY2": "2", "KEY3": "3", "KEY4": "fo ur", "KEY5": "fi ve", "KEY6": "s ix", "KEY7": "",
+        "KEY8": "", "KEY9": "", "KEY10": "before =", "SHELL_LOVER": "1", "URL": "http://x/#frag",
+    }
+
+
+def test_dotenv_escapes_multiline_and_duplicates():
+    text = (
+        'A=my\\ cool\\ value\nB=\\$sweet\nC="awesome \\"mang\\""\nD=\'sweet $\\fgs\'\\\'\'fds\'\n'
+        'E="line 1\\nline 2"\nF="first\nsecond"\nA=last wins\n'
+    ).replace("A=last wins", "A='last wins'")
+    assert parse_dotenv(text, {}) == {
+        "A": "last wins", "B": "$sweet", "C": 'awesome "mang"', "D": "sweet $\\fgs'fds", "E": "line 1\nline 2",
+        "F": "first\nsecond",
+    }
+
+
+def test_dotenv_substitution_env_first_then_earlier_keys():
+    text = 'KEY=test\nK1="${KEY}"\nK2=$KEY$KEY\nK3=$KEY_1\nK4="$KEY"\nK5=\'$KEY\'\nK6=>${NOPE}<\n'
+    assert parse_dotenv(text, {"KEY": "env wins"}) == {
+        "KEY": "test", "K1": "env wins", "K2": "env winsenv wins", "K3": "env wins_1", "K4": "env wins", "K5": "$KEY",
+        "K6": "><",
+    }
+    assert parse_dotenv("A=1\nB=${A}x\n", {})["B"] == "1x"
+
+
+@pytest.mark.parametrize(("text", "what"), [
+    ("KEY=my uncool value\n", "line 1: unexpected text after a blank"),
+    ('OK=1\nKEY2="why\nmore\n', "line 2: a quoted value is not closed"),
+    ("KEY4=h\\8u\n", "line 1: invalid escape"),
+    ("  invalid  \n", "line 1: expected '='"),
+    ("=value\n", "line 1: expected a variable name"),
+    ("KEY=>${KEY{<\n", "line 1: a quote or ${ in the value is not closed"),
+])
+def test_dotenv_syntax_errors_name_the_line_only(text: str, what: str):
+    with pytest.raises(DotenvSyntaxError) as info:
+        parse_dotenv(text, {})
+    assert str(info.value).startswith(what)
+    assert "uncool" not in str(info.value) and "why" not in str(info.value)
+
+
+def test_dotenv_bom_and_missing_final_newline():
+    assert parse_dotenv("\ufeffA=1\nB=2  ", {}) == {"A": "1", "B": "2"}
