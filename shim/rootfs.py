@@ -12,18 +12,7 @@ import os
 from dataclasses import dataclass
 
 from shim import linux
-
-MS_BIND = 0x1000
-MS_REC = 0x4000
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_PRIVATE = 1 << 18
-
-_FLAG_OPTIONS = {
-    "ro": linux.MS_RDONLY, "rw": 0, "bind": MS_BIND, "rbind": MS_BIND | MS_REC,
-    "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC,
-}
+from shim.mount_options import parse_mount_options
 
 
 @dataclass(frozen=True)
@@ -33,30 +22,19 @@ class MountSpec:
     options: tuple[str, ...]
 
 
-def _flags_and_data(options: tuple[str, ...]) -> tuple[int, str]:
-    flags = 0
-    data: list[str] = []
-    for option in options:
-        if option in _FLAG_OPTIONS:
-            flags |= _FLAG_OPTIONS[option]
-        else:
-            data.append(option)
-    return flags, ",".join(data)
-
-
 def mount_rootfs(mounts: list[MountSpec], target: str) -> None:
     """Mount containerd's snapshot mounts on `target` in order (usually one overlay)."""
     os.makedirs(target, exist_ok=True)
     mounted: list[str] = []
     try:
         for spec in mounts:
-            flags, data = _flags_and_data(spec.options)
-            fstype = "" if flags & MS_BIND else spec.type
-            linux.mount(spec.source, target, fstype or "none", flags, data)
+            options = parse_mount_options(spec.options)
+            fstype = "" if options.is_bind else spec.type
+            linux.mount(spec.source, target, fstype or "none", options.flags, options.data)
             mounted.append(target)
-            if flags & MS_BIND and flags & linux.MS_RDONLY:
+            if options.is_bind and options.readonly:
                 # A bind mount ignores MS_RDONLY on the first call; remount to apply it.
-                linux.mount("none", target, "none", MS_BIND | 0x20 | linux.MS_RDONLY)
+                linux.mount("none", target, "none", linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY)
     except OSError:
         for path in reversed(mounted):
             try:
