@@ -132,16 +132,20 @@ def _last_cap() -> int:
         return len(CAPABILITY_NAMES) - 1
 
 
-def limit_capabilities(bounding: list[str], effective: list[str], permitted: list[str],
-                       inheritable: list[str]) -> None:
-    """Reduce this process to the capability sets the spec grants, as runc would."""
-    keep_bounding = _cap_mask(bounding)
+def drop_bounding_capabilities(keep: list[str] | tuple[str, ...]) -> None:
+    """Drop every capability outside `keep` from the bounding set (needs CAP_SETPCAP, so done first)."""
+    keep_mask = _cap_mask(keep)
     for bit in range(_last_cap() + 1):
-        if not keep_bounding & (1 << bit):
+        if not keep_mask & (1 << bit):
             try:
                 prctl(PR_CAPBSET_DROP, bit)
             except OSError:
                 pass  # a bit the kernel does not know
+
+
+def set_capabilities(effective: list[str] | tuple[str, ...], permitted: list[str] | tuple[str, ...],
+                     inheritable: list[str] | tuple[str, ...]) -> None:
+    """capset(2) of the three per-thread sets (version 3: 64 bits each)."""
     header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
     e, p, i = _cap_mask(effective), _cap_mask(permitted), _cap_mask(inheritable)
     data = struct.pack(
@@ -165,3 +169,73 @@ def bring_loopback_up() -> None:
         ifreq = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack("16sH14s", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, ifreq))[1]
         fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | _IFF_UP, b""))
+
+
+# -- the sandbox's syscalls: openat2 (path resolution inside a root), pivot_root, keepcaps, ambient caps ----------
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_UNBINDABLE = 1 << 17
+
+#: openat2's RESOLVE_* flags (linux/openat2.h).
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_IN_ROOT = 0x10
+
+# The generic syscall table gives openat2 the same number everywhere; pivot_root differs.
+_SYS_OPENAT2 = 437
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
+
+PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_libc.syscall.restype = ctypes.c_long
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): the kernel resolves `path` under `dir_fd` with the RESOLVE_* rules, atomically (no race
+    between checking a path and using it, unlike a walk of lstat calls)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    result = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dir_fd), path.encode(),
+                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+    return _check(int(result), f"open {path}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(int(_libc.syscall(ctypes.c_long(_SYS_PIVOT_ROOT), new_root.encode(), put_old.encode())),
+           f"pivot_root {new_root}")
+
+
+def set_keep_capabilities(keep: bool) -> None:
+    """PR_SET_KEEPCAPS: keep the permitted set across setuid from root, so the spec's sets can be applied after."""
+    prctl(PR_SET_KEEPCAPS, 1 if keep else 0)
+
+
+def capability_mask(names: tuple[str, ...] | list[str]) -> int:
+    return _cap_mask(names)
+
+
+def raise_ambient_capabilities(names: tuple[str, ...] | list[str]) -> None:
+    _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    for name in names:
+        bit = _CAP_BITS.get(name)
+        if bit is not None:
+            _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE {name})")
+
+
+def sethostname(name: str) -> None:
+    data = name.encode()
+    _check(_libc.sethostname(data, len(data)), "sethostname")

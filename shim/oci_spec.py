@@ -35,6 +35,23 @@ class UserSpec:
 
 
 @dataclass(frozen=True)
+class SpecMount:
+    """One entry of the spec's `mounts`: kubelet's volumes, CRI's /etc/hosts, ctr's /proc, /dev, ..."""
+
+    destination: str
+    type: str
+    source: str
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rlimit:
+    type: str  # "RLIMIT_NOFILE", ...
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True)
 class RuntimeSpec:
     args: tuple[str, ...]
     env: tuple[str, ...]
@@ -50,6 +67,12 @@ class RuntimeSpec:
     resources: dict[str, Any]
     annotations: dict[str, str]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    mounts: tuple[SpecMount, ...] = ()
+    rlimits: tuple[Rlimit, ...] = ()
+    #: process.user.umask; None = runc's default 0022.
+    umask: int | None = None
+    #: linux.seccomp as the spec has it (applied by shim/sandbox/seccomp.py); None = no filter.
+    seccomp: dict[str, Any] | None = None
 
     @property
     def env_dict(self) -> dict[str, str]:
@@ -121,4 +144,23 @@ def parse_spec(raw: dict[str, Any]) -> RuntimeSpec:
         resources=dict(linux.get("resources") or {}),
         annotations={str(k): str(v) for k, v in (raw.get("annotations") or {}).items()},
         raw=raw,
+        mounts=tuple(_mount(m) for m in raw.get("mounts") or ()),
+        rlimits=tuple(_rlimit(r) for r in process.get("rlimits") or ()),
+        umask=int(user["umask"]) if user.get("umask") is not None else None,
+        seccomp=dict(linux["seccomp"]) if isinstance(linux.get("seccomp"), dict) else None,
     )
+
+
+def _mount(raw: Any) -> SpecMount:
+    if not isinstance(raw, dict) or not isinstance(raw.get("destination"), str):
+        raise InvalidArgument(f"OCI runtime spec: a mount without a destination: {raw!r}")
+    options = raw.get("options") or ()
+    return SpecMount(destination=raw["destination"], type=str(raw.get("type") or ""),
+                     source=str(raw.get("source") or ""), options=tuple(str(o) for o in options))
+
+
+def _rlimit(raw: Any) -> Rlimit:
+    try:
+        return Rlimit(type=str(raw["type"]), soft=int(raw["soft"]), hard=int(raw["hard"]))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArgument(f"OCI runtime spec: a malformed rlimit: {raw!r}") from None
