@@ -34,6 +34,9 @@ class RuntimeSettings:
     #: None: the node-local directory under ``cache_dir``. The shim passes containerd's content store here for
     #: apps that came as OCI artifacts, so the blobs live and die with their image.
     precompiled_store: Callable[[str], Any] | None = None
+    #: A private directory (a tmpfs) for the files wasmtime must open by path, such as a WAGI module's stdout.
+    #: None: /proc/self/fd paths, which need /proc (the shim's sandbox has none and passes its own tmpfs).
+    scratch_dir: Path | None = None
 
     def with_task_env(self, env: Mapping[str, str]) -> RuntimeSettings:
         """Apply the Spin knobs a task sets through its environment, as containerd-shim-spin reads them.

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.epoch import TICK_SECONDS, EpochTicker
@@ -49,10 +50,11 @@ _FAR_TICKS = 2**62
 _FAR_SECONDS = 10 * 365 * 86400.0
 
 
-def load_wagi(config: ComponentConfig, module: wasmtime.Module, engine: wasmtime.Engine) -> Executor:
+def load_wagi(config: ComponentConfig, module: wasmtime.Module, engine: wasmtime.Engine, *,
+              stdout_dir: Path | None = None) -> Executor:
     from runtime.executors.wagi import load_wagi as load
 
-    return load(config, module, engine)
+    return load(config, module, engine, stdout_dir=stdout_dir)
 
 
 def load_spin1(config: ComponentConfig, module: wasmtime.Module, engine: wasmtime.Engine) -> Executor:

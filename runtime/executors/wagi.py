@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime.errors import MissingImportError, WasmLoadError
@@ -51,19 +52,29 @@ class _Stdout:
     "panic in a function that cannot unwind" at exit). A file costs one write(2) per ``fd_write`` and no
     Python. wasmtime opens it by path (``/proc/self/fd/N``); a thread serves one request at a time, so one
     memfd per thread is enough. The size cap is checked from the epoch callback (about every tick) and at the end.
+
+    Inside the shim's sandbox there is no /proc: there it is a file of the sandbox's private tmpfs
+    (``stdout_dir``), named for the process and thread, removed with the thread.
     """
 
-    __slots__ = ("fd", "pid", "path")
+    __slots__ = ("fd", "pid", "path", "named")
 
-    def __init__(self) -> None:
+    def __init__(self, stdout_dir: Path | None) -> None:
         self.pid = os.getpid()
-        self.fd = os.memfd_create("wagi-stdout", os.MFD_CLOEXEC)
-        self.path = f"/proc/self/fd/{self.fd}"
+        self.named = stdout_dir is not None
+        if stdout_dir is None:
+            self.fd = os.memfd_create("wagi-stdout", os.MFD_CLOEXEC)
+            self.path = f"/proc/self/fd/{self.fd}"
+        else:
+            self.path = str(stdout_dir / f"wagi-stdout-{self.pid}-{threading.get_ident()}")
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
     def __del__(self) -> None:  # the thread ended (threading.local drops its values)
         if self.pid == os.getpid():
             try:
                 os.close(self.fd)
+                if self.named:
+                    os.unlink(self.path)
             except OSError:
                 pass
 
@@ -83,11 +94,11 @@ class _Stdout:
 _thread_stdout = threading.local()
 
 
-def _stdout() -> _Stdout:
-    """This thread's stdout memfd; a new one in a forked child (a memfd is shared across fork)."""
+def _stdout(stdout_dir: Path | None) -> _Stdout:
+    """This thread's stdout file; a new one in a forked child (the file would be shared across fork)."""
     stdout: _Stdout | None = getattr(_thread_stdout, "value", None)
     if stdout is None or stdout.pid != os.getpid():
-        stdout = _thread_stdout.value = _Stdout()
+        stdout = _thread_stdout.value = _Stdout(stdout_dir)
     return stdout
 
 
@@ -105,7 +116,8 @@ class WagiExecutor:
 
     def __init__(self, config: ComponentConfig, module: wasmtime.Module, engine: wasmtime.Engine, *,
                  max_body_bytes: int = MAX_REQUEST_BODY_BYTES,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, stdout_dir: Path | None = None) -> None:
+        self.stdout_dir = stdout_dir
         self.component_id = config.id
         self.config = config
         self.engine = engine
@@ -120,7 +132,7 @@ class WagiExecutor:
         import wasmtime
 
         what = self._what
-        if not os.path.isdir("/proc/self/fd"):
+        if self.stdout_dir is None and not os.path.isdir("/proc/self/fd"):
             raise WasmLoadError(f"{what}: the WAGI executor needs /proc (it hands the module's stdout to wasmtime "
                                 "as /proc/self/fd/N), and /proc is not mounted in this process")
         exports = {export.name: export.type for export in module.exports}
@@ -178,7 +190,7 @@ class WagiExecutor:
         import wasmtime
 
         request_body = read_request_body(head, body, self.max_body_bytes, self.component_id)
-        stdout = _stdout()
+        stdout = _stdout(self.stdout_dir)
         stdout.reset()
         limit = self.max_response_bytes
 
@@ -220,6 +232,7 @@ class WagiExecutor:
         sink.finish()
 
 
-def load_wagi(config: ComponentConfig, module: wasmtime.Module, engine: wasmtime.Engine) -> WagiExecutor:
+def load_wagi(config: ComponentConfig, module: wasmtime.Module, engine: wasmtime.Engine, *,
+              stdout_dir: Path | None = None) -> WagiExecutor:
     """The WAGI executor for ``module``; raises MissingImportError / WasmLoadError for what can never run."""
-    return WagiExecutor(config, module, engine)
+    return WagiExecutor(config, module, engine, stdout_dir=stdout_dir)

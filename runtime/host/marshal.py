@@ -51,8 +51,10 @@ class UnsupportedWasmtimeVersion(RuntimeError):
     pass
 
 
+@functools.cache
 def wasmtime_version() -> str:
-    """The installed wasmtime-py version, from its dist-info directory name (importlib.metadata costs ~11 ms)."""
+    """The installed wasmtime-py version, from its dist-info directory name (importlib.metadata costs ~11 ms).
+    Cached: the shim's sandbox asks once before its pivot_root hides the dist-info directory."""
     spec = importlib.util.find_spec("wasmtime")
     if spec is not None and spec.origin is not None:
         for dist_info in Path(spec.origin).parent.parent.glob("wasmtime-*.dist-info"):

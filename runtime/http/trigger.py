@@ -335,7 +335,7 @@ def _load_executor(manifest: Manifest, route: HttpRoute, files: StagedFiles, env
     elif executor_kind == "wagi":
         from runtime.executors.wagi import load_wagi
 
-        executor = load_wagi(config, compiled, engine)
+        executor = load_wagi(config, compiled, engine, stdout_dir=settings.scratch_dir)
     else:
         from runtime.executors.spin1 import load_spin1
 
