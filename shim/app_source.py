@@ -1,10 +1,17 @@
 """Where a Wasm task's app comes from: the rootfs (spin.toml or a .wasm entrypoint), else the image's Spin layers.
 
-The rootfs is looked at first because it costs nothing: an image built FROM scratch with spin.toml has it there,
-and so does every image on containerd 1.6, which cannot unpack artifacts (reference/containerd-test-env.md §4).
-Only when the rootfs holds no app does the instance process import grpc and ask containerd for the container's
-image; an image without Spin layers then gets the same "no app found" error as before. The image's compiled
-components are kept in containerd's content store (oci/precompiled.py) instead of the node-local cache.
+Two halves, on either side of the sandbox's pivot_root:
+
+* `lay_out_image_app` runs on the node, before the instance process enters the container. Only when the rootfs
+  holds no app (judged from names alone: lexists, never following an image symlink) does it import grpc and ask
+  containerd for the container's image: an artifact's layers are in containerd's content store, not in the rootfs
+  (containerd >= 1.7 unpacks none of them; reference/containerd-test-env.md §4). It lays out the locked app from
+  digest-checked blobs of the node's mirror into a directory the shim made (oci/source.py: component ids checked,
+  archives streamed with bounded expansion), which the sandbox binds read-only at /.spin-shim/app.
+* `load_task_app` runs inside the sandbox, where `/` is the container's root: every path the image names
+  (spin.toml, runtime-config.toml, files, key-value stores) is resolved by the kernel there. An artifact's compiled
+  components are kept in containerd's content store (oci/precompiled.py), reached through the socket the sandbox
+  binds for the load only.
 """
 
 from __future__ import annotations
@@ -14,33 +21,50 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runtime.files import STAGING_DIR_NAME, sweep_stale_staging
 from runtime.loader import MANIFEST_FILE_NAME, load_app, load_locked_app
 from runtime.settings import RuntimeSettings
+from shim.sandbox.root import APP, CONTAINERD_SOCKET, MIRROR_DIR_NAME, SHIM_DIR
 
 if TYPE_CHECKING:
+    from oci.source import ImageApp
     from shim.instance_process import InstancePlan
 
 log = logging.getLogger("shim.app_source")
 
-#: Under the cache dir, per namespace: the node's mirror of content-store blobs (oci/mirror.py).
-MIRROR_DIR_NAME = "content"
+#: The container's root, seen from inside the sandbox.
+CONTAINER_ROOT = Path("/")
 
 
-def rootfs_has_app(rootfs: Path, args: list[str]) -> bool:
-    return (rootfs / MANIFEST_FILE_NAME).is_file() or bool(args and args[0].endswith(".wasm"))
+@dataclass(frozen=True)
+class LaidOutImageApp:
+    """An artifact's app, laid out on the node; the sandbox binds `app_dir` in."""
+
+    app_dir: Path
+    image: ImageApp
 
 
-def load_task_app(plan: InstancePlan, settings: RuntimeSettings) -> Any:
-    """The loaded app (runtime.loader's LoadedApp or HttpApp). Raises AppError, ArtifactError, ContentStoreError."""
-    if rootfs_has_app(plan.rootfs, plan.args) or not plan.containerd_address:
-        return load_app(plan.rootfs, plan.args, plan.env, settings)
+def rootfs_may_hold_app(rootfs: Path, args: list[str]) -> bool:
+    """Whether the app is to be looked for in the rootfs; names only, so no image symlink is followed here."""
+    return os.path.lexists(rootfs / MANIFEST_FILE_NAME) or bool(args and args[0].endswith(".wasm"))
+
+
+def needs_content_store(plan: InstancePlan) -> bool:
+    return bool(plan.containerd_address) and not rootfs_may_hold_app(plan.rootfs, plan.args)
+
+
+def lay_out_image_app(plan: InstancePlan) -> LaidOutImageApp | None:
+    """On the node: the image's Spin app in a fresh directory, or None (a rootfs app, or no Spin layers).
+
+    Raises ArtifactError, ContentStoreError."""
+    if not needs_content_store(plan):
+        return None
     from oci.client import ContainerdClient
     from oci.mirror import BlobMirror
-    from oci.precompiled import ContentStoreBlobs
     from oci.source import find_image_app
 
     mirror = BlobMirror(plan.cache_dir / MIRROR_DIR_NAME / plan.namespace)
@@ -50,20 +74,37 @@ def load_task_app(plan: InstancePlan, settings: RuntimeSettings) -> Any:
     staging = plan.cache_dir / STAGING_DIR_NAME
     staging.mkdir(parents=True, exist_ok=True)
     app_dir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-oci-", dir=staging))
+    os.chmod(app_dir, 0o755)  # a non-root task reads it through the sandbox's bind
     try:
         with ContainerdClient(plan.containerd_address, plan.namespace) as client:
             image_app = find_image_app(client, plan.task_id, plan.image_name, mirror, app_dir)
             if image_app is None:
                 shutil.rmtree(app_dir, ignore_errors=True)
-                return load_app(plan.rootfs, plan.args, plan.env, settings)
-            store_settings = dataclasses.replace(settings, precompiled_store=lambda key: ContentStoreBlobs(
-                client, mirror, key, image_app.manifest_digest, image_app.wasm_layers))
-            app = load_locked_app(app_dir, plan.args, plan.env, store_settings, work_dir=plan.rootfs,
-                                  name=f"the locked app of image {image_app.image}")
+                return None
             swept = mirror.sweep(client, keep=image_app.digests)
     except BaseException:
         shutil.rmtree(app_dir, ignore_errors=True)
         raise
     if swept:
         log.debug("dropped %d mirrored blobs containerd no longer has", len(swept))
-    return app
+    return LaidOutImageApp(app_dir, image_app)
+
+
+def load_task_app(plan: InstancePlan, laid_out: LaidOutImageApp | None, settings: RuntimeSettings) -> Any:
+    """Inside the sandbox: the loaded app (runtime.loader's LoadedApp or HttpApp), with `settings.cache_dir` the
+    sandbox's view of the cache (shim.sandbox.root.SHIM_DIR).
+
+    Raises AppError, ArtifactError, ContentStoreError."""
+    if laid_out is None:
+        return load_app(CONTAINER_ROOT, plan.args, plan.env, settings)
+    from oci.client import ContainerdClient
+    from oci.mirror import BlobMirror
+    from oci.precompiled import ContentStoreBlobs
+
+    image_app = laid_out.image
+    mirror = BlobMirror(Path(SHIM_DIR) / MIRROR_DIR_NAME / plan.namespace)
+    with ContainerdClient(CONTAINERD_SOCKET, plan.namespace) as client:
+        store_settings = dataclasses.replace(settings, precompiled_store=lambda key: ContentStoreBlobs(
+            client, mirror, key, image_app.manifest_digest, image_app.wasm_layers))
+        return load_locked_app(Path(APP), plan.args, plan.env, store_settings, work_dir=CONTAINER_ROOT,
+                               name=f"the locked app of image {image_app.image}")

@@ -101,6 +101,40 @@ def _v1_mounts() -> dict[str, Path]:
     return mounts
 
 
+@dataclass(frozen=True)
+class DeviceRule:
+    #: "devices.allow" or "devices.deny" (cgroup v1).
+    file: str
+    #: "<type> <major>:<minor> <access>", or "a" for every device.
+    line: str
+
+
+def device_rules(devices: Any) -> list[DeviceRule]:
+    """linux.resources.devices as cgroup v1 lines, in spec order (later rules win, as in the kernel's list).
+
+    Pure: the spec's usual first rule, deny-all (`{"allow": false, "access": "rwm"}`), becomes `a` in
+    devices.deny, which empties the cgroup's list; the allow rules after it put back what the container may use.
+    """
+    rules = []
+    for device in devices:
+        if not isinstance(device, dict):
+            continue
+        kind = str(device.get("type") or "a")
+        if kind not in ("a", "b", "c"):
+            raise ValueError(f"linux.resources.devices: unknown device type {kind!r}")
+        major = device.get("major")
+        minor = device.get("minor")
+        access = str(device.get("access") or "rwm")
+        if kind == "a" and major is None and minor is None and set(access) == set("rwm"):
+            line = "a"
+        else:
+            def number(value: Any) -> str:
+                return "*" if value is None or int(value) < 0 else str(int(value))
+            line = f"{kind} {number(major)}:{number(minor)} {access}"
+        rules.append(DeviceRule("devices.allow" if device.get("allow") else "devices.deny", line))
+    return rules
+
+
 @dataclass
 class Cgroup:
     """One task's cgroup: a directory per v1 hierarchy, or one directory in v2."""
@@ -161,6 +195,19 @@ class Cgroup:
             except OSError:
                 pass
             directory.mkdir(exist_ok=True)
+
+    def open_procs_files(self) -> list[int]:
+        """Write fds of every hierarchy's cgroup.procs: the instance process joins through them after its
+        pivot_root has hidden /sys/fs/cgroup (writing a pid moves that process, as add_process does)."""
+        fds: list[int] = []
+        try:
+            for path in self.dirs.values():
+                fds.append(os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     def add_process(self, pid: int) -> None:
         for path in self.dirs.values():
@@ -242,6 +289,8 @@ class Cgroup:
         if pids.get("limit"):
             limit = int(pids["limit"])
             self._write("pids", "pids.max", "max" if limit <= 0 else limit)
+        for rule in device_rules(res.get("devices") or ()):
+            self._write("devices", rule.file, rule.line)
 
     def _apply_v2(self, res: dict[str, Any]) -> None:
         memory = res.get("memory") or {}

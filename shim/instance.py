@@ -120,6 +120,8 @@ class WasmInstance:
         log.debug("instance %s ready as pid %d", self._plan.task_id, pid)
         for line in message.get("loads") or ():
             log.info("task %s: %s", self._plan.task_id, line)
+        for line in message.get("sandbox") or ():
+            log.debug("task %s: sandbox: %s", self._plan.task_id, line)
         return pid
 
     async def _abort(self) -> None:

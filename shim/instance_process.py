@@ -3,21 +3,27 @@
 Order matters and is the point of this module:
 1. leave the daemon's world: own process group, die with the daemon (a task without its
    shim is unmanaged; containerd runs `delete` for it anyway), default signal handlers;
-2. enter the task's network namespace (so ports, probes and sidecars behave as for a
-   container) and its stdio;
-3. load the app with the runtime (parse, compile or load precompiled) while still
-   privileged, since the cache is root's;
-4. join the task's cgroup, so that everything the app allocates from here on (the
-   guests' memory, the HTTP workers forked later) is accounted and limited; report ready
-   or a user-facing error. The load stays outside the limit on purpose: a cold compile
-   of a large component can take several times the memory the app will ever use, it is
-   the node's work (the blob is shared by every pod of the image) rather than the app's,
-   and runwasi and containerd-shim-spin compile in the shim, outside the container's
-   cgroup, too. Inside the limit, a pod that runs in 256 MiB once warm would be
-   OOM-killed at its first start on every new node;
-5. drop to the spec's user and capabilities, wait for Start, run, exit with the guest's
-   code. SIGTERM interrupts a command guest at its next epoch check; an http app (bound
-   to its port in step 3) forks its worker processes here and drains them on SIGTERM.
+2. enter the task's network, UTS and IPC namespaces (so ports, probes and sidecars behave as
+   for a container) and its stdio;
+3. on the node, still privileged: import everything the process will need (the node's files
+   vanish at the pivot), lay out an OCI artifact's app from containerd's content store, open
+   the task cgroup's `cgroup.procs` files;
+4. enter the sandbox (shim/sandbox/root.py): a private mount namespace with the rootfs, the
+   spec's mounts and the shim's own binds, pivot_root. From here on every path the image
+   names is resolved by the kernel inside the container's root;
+5. load the app with the runtime (parse, compile or load precompiled), take the node's cache
+   and containerd's socket out of the root again, make it read-only if the spec says so;
+6. join the task's cgroup, so that everything the app allocates from here on (the guests'
+   memory, the HTTP workers forked later) is accounted and limited. The load stays outside the
+   limit on purpose: a cold compile of a large component can take several times the memory the
+   app will ever use, it is the node's work (the blob is shared by every pod of the image)
+   rather than the app's, and runwasi and containerd-shim-spin compile in the shim, outside the
+   container's cgroup, too; its untrusted inputs are bounded instead (README, "Security model");
+7. become the spec's user: rlimits, groups, the five capability sets, no_new_privs, umask,
+   seccomp (shim/sandbox/credentials.py); report ready or a user-facing error;
+8. wait for Start, run, exit with the guest's code. SIGTERM interrupts a command guest at its
+   next epoch check; an http app (bound to its port in step 5) forks its worker processes here
+   and drains them on SIGTERM.
 
 Nothing here returns: the process ends with os._exit, never by unwinding into the
 daemon's asyncio code it was forked from.
@@ -37,6 +43,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from shim import linux
 
+from shim.oci_spec import SpecMount
+from shim.sandbox.credentials import Credentials
+
 if TYPE_CHECKING:
     from shim.cgroups import Cgroup
     from shim.stdio import TaskStdio
@@ -55,13 +64,12 @@ class InstancePlan:
     args: list[str]
     env: dict[str, str]
     cwd: str
-    uid: int
-    gid: int
-    additional_gids: list[int]
-    no_new_privileges: bool
-    capabilities: dict[str, tuple[str, ...]]
-    netns_path: str | None
-    new_netns: bool
+    credentials: Credentials
+    #: Namespace type ("network", "uts", "ipc") -> the path to join, or None for a new one.
+    namespaces: dict[str, str | None]
+    hostname: str | None
+    mounts: tuple[SpecMount, ...]
+    root_readonly: bool
     resources: dict[str, Any]
     cache_dir: Path
     max_instance_memory: int | None = None
@@ -135,16 +143,27 @@ def _close_inherited_fds(keep: set[int]) -> None:
                 pass
 
 
+_NAMESPACE_FLAGS = {"network": linux.CLONE_NEWNET, "uts": linux.CLONE_NEWUTS, "ipc": linux.CLONE_NEWIPC}
+
+
 def _enter_namespaces(plan: InstancePlan) -> None:
-    if plan.netns_path:
-        fd = os.open(plan.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            linux.setns(fd, linux.CLONE_NEWNET)
-        finally:
-            os.close(fd)
-    elif plan.new_netns:
-        linux.unshare(linux.CLONE_NEWNET)
-        linux.bring_loopback_up()
+    """Join the pod's namespaces (CRI gives the pause container's paths) or make new ones (ctr run)."""
+    for ns_type, flag in _NAMESPACE_FLAGS.items():
+        if ns_type not in plan.namespaces:
+            continue
+        path = plan.namespaces[ns_type]
+        if path:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                linux.setns(fd, flag)
+            finally:
+                os.close(fd)
+            continue
+        linux.unshare(flag)
+        if ns_type == "network":
+            linux.bring_loopback_up()
+        elif ns_type == "uts" and plan.hostname:
+            linux.sethostname(plan.hostname)
 
 
 def _report(status_w: int, message: dict[str, Any]) -> None:
@@ -153,32 +172,59 @@ def _report(status_w: int, message: dict[str, Any]) -> None:
 
 
 def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
-    """Set up and load; on failure tell the daemon (-> the Create error) and the user
-    (-> the task's stderr) and return None."""
+    """Steps 2-7; on failure tell the daemon (-> the Create error) and the user (-> the task's stderr) and
+    return None."""
     from oci.errors import ArtifactError, ContentStoreError
     from runtime.errors import AppError
+    from shim.sandbox.credentials import CredentialsError
+    from shim.sandbox.mount_plan import MountPlanError
+    from shim.sandbox.root import SandboxError
 
     try:
         _enter_namespaces(plan)
-        from runtime.settings import RuntimeSettings
-        from shim.app_source import load_task_app
-
-        settings = RuntimeSettings(cache_dir=plan.cache_dir,
-                                   max_instance_memory=plan.max_instance_memory)
-        app = load_task_app(plan, settings)
-        if cgroup is not None:
-            cgroup.add_process(os.getpid())
-        _drop_privileges(plan)
-    except AppError as exc:
+        app, sandbox_notes = _load_in_sandbox(plan, cgroup)
+    except (AppError, ArtifactError, SandboxError, CredentialsError, MountPlanError) as exc:
         return _fail(status_w, str(exc), user_error=True)
     except OSError as exc:
         return _fail(status_w, f"cannot set up the instance process: {exc}", user_error=False)
-    except ArtifactError as exc:
-        return _fail(status_w, str(exc), user_error=True)
     except ContentStoreError as exc:
         return _fail(status_w, f"cannot read the image from containerd: {exc}", user_error=False)
-    _report(status_w, {"ready": True, "loads": _describe_loads(app)})
+    _report(status_w, {"ready": True, "loads": _describe_loads(app), "sandbox": sandbox_notes})
     return app
+
+
+def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None") -> tuple[Any, list[str]]:
+    """The loaded app, and what the sandbox left out of the spec (for the daemon's log)."""
+    from runtime.settings import RuntimeSettings
+    from shim import app_source
+    from shim.sandbox import root
+    from shim.sandbox.credentials import apply_credentials
+    from shim.sandbox.preload import import_host_modules
+
+    import_host_modules(content_store=app_source.needs_content_store(plan))
+    if plan.credentials.seccomp is not None:
+        import shim.sandbox.seccomp  # noqa: F401 - libseccomp is found through the node's ld cache
+    laid_out = app_source.lay_out_image_app(plan)
+    cgroup_procs = cgroup.open_procs_files() if cgroup is not None else []
+    try:
+        root_plan = root.RootPlan(
+            rootfs=plan.rootfs, mounts=plan.mounts, readonly=plan.root_readonly, cache_dir=plan.cache_dir,
+            app_dir=laid_out.app_dir if laid_out else None,
+            containerd_socket=Path(plan.containerd_address) if laid_out else None)
+        skipped = root.enter_root(root_plan)
+        settings = RuntimeSettings(cache_dir=Path(root.SHIM_DIR), max_instance_memory=plan.max_instance_memory,
+                                   scratch_dir=Path(root.SCRATCH))
+        app = app_source.load_task_app(plan, laid_out, settings)
+        root.release_host_paths(root_plan)
+        root.choose_trust_store()
+        root.seal(plan.root_readonly)
+        for fd in cgroup_procs:
+            os.write(fd, str(os.getpid()).encode())
+    finally:
+        for fd in cgroup_procs:
+            os.close(fd)
+    apply_credentials(plan.credentials)
+    return app, skipped
 
 
 def _describe_loads(app: Any) -> list[str]:
@@ -197,25 +243,6 @@ def _fail(status_w: int, message: str, *, user_error: bool) -> None:
     os.write(2, f"spin shim: {message}\n".encode("utf-8", "replace"))
     _report(status_w, {"error": message, "user_error": user_error})
     return None
-
-
-def _drop_privileges(plan: InstancePlan) -> None:
-    """Become the spec's user; a root task keeps only the capabilities the spec grants.
-    A non-root task loses every capability with setuid, as a runc process would."""
-    if plan.no_new_privileges:
-        linux.set_no_new_privs()
-    if plan.uid == 0:
-        if plan.capabilities:
-            linux.limit_capabilities(
-                list(plan.capabilities.get("bounding", ())),
-                list(plan.capabilities.get("effective", ())),
-                list(plan.capabilities.get("permitted", ())),
-                list(plan.capabilities.get("inheritable", ())),
-            )
-        return
-    os.setgroups(plan.additional_gids)
-    os.setgid(plan.gid)
-    os.setuid(plan.uid)
 
 
 def _wait_and_run(plan: InstancePlan, app: Any, go_r: int) -> int:

@@ -30,6 +30,7 @@ from shim.oci_spec import RuntimeSpec, load_spec
 from shim.reaper import ExitStatus, Reaper
 from shim.rootfs import MountSpec, mount_rootfs, unmount_all
 from shim.runc_command import runc_root
+from shim.sandbox.credentials import Credentials
 from shim.stdio import TaskStdio, open_task_stdio
 from shim.task_state import TaskEvent, TaskState, next_state
 from shim.workload import is_native
@@ -258,16 +259,22 @@ def _new_instance(task_id: str, bundle: Path, spec: RuntimeSpec, rootfs: Path, s
     return WasmInstance(_instance_plan(task_id, spec, rootfs, context), stdio, cgroup, context.reaper)
 
 
+#: The namespaces a Wasm task's instance process joins or makes; the mount namespace is always its own
+#: (shim/sandbox/root.py). pid, user and cgroup namespaces are not made (README, "Security model").
+_WASM_NAMESPACES = ("network", "uts", "ipc")
+
+
 def _instance_plan(task_id: str, spec: RuntimeSpec, rootfs: Path, context: DaemonContext) -> InstancePlan:
-    netns = spec.namespace("network")
     env = spec.env_dict
     max_memory = env.get("SPIN_MAX_INSTANCE_MEMORY")
+    namespaces = {ns.type: ns.path for ns in spec.namespaces if ns.type in _WASM_NAMESPACES}
     return InstancePlan(
         task_id=task_id, rootfs=rootfs, args=list(spec.args), env=env, cwd=spec.cwd,
-        uid=spec.user.uid, gid=spec.user.gid, additional_gids=list(spec.user.additional_gids),
-        no_new_privileges=spec.no_new_privileges, capabilities=spec.capabilities,
-        netns_path=netns.path if netns else None,
-        new_netns=bool(netns and not netns.path),
+        credentials=Credentials(
+            uid=spec.user.uid, gid=spec.user.gid, additional_gids=spec.user.additional_gids,
+            capabilities=spec.capabilities, no_new_privileges=spec.no_new_privileges, rlimits=spec.rlimits,
+            umask=spec.umask, seccomp=spec.seccomp),
+        namespaces=namespaces, hostname=spec.hostname, mounts=spec.mounts, root_readonly=spec.root_readonly,
         resources=spec.resources, cache_dir=context.cache_dir,
         max_instance_memory=int(max_memory) if max_memory and max_memory.isdigit() else None,
         containerd_address=context.containerd_address, namespace=context.namespace,

@@ -1,0 +1,98 @@
+"""Become the spec's process identity: rlimits, user and groups, all five capability sets, no_new_privs, umask,
+and the seccomp filter last, in runc's order (libcontainer/init_linux.go finalizeNamespace, standard_init_linux.go):
+
+1. rlimits (while still allowed to raise them);
+2. seccomp now if no_new_privs is off: loading a filter then needs CAP_SYS_ADMIN, which step 4 may drop;
+3. the bounding set (PR_CAPBSET_DROP needs CAP_SETPCAP, so before anything else drops it);
+4. PR_SET_KEEPCAPS, setgroups/setgid/setuid, KEEPCAPS off: the permitted set survives the change of user, so
+   that a non-root task holds exactly the capabilities its spec grants (usually none), as under runc;
+5. effective, permitted and inheritable with capset, then ambient;
+6. umask, no_new_privs, and seccomp if not done in 2.
+
+A spec without a `capabilities` object leaves the sets as they are (runc does the same); setuid to non-root then
+clears them as the kernel does.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shim import linux
+from shim.oci_spec import Rlimit
+
+#: runc's umask when the spec gives none.
+DEFAULT_UMASK = 0o022
+
+
+@dataclass(frozen=True)
+class Credentials:
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+    #: The spec's process.capabilities: bounding, effective, permitted, inheritable, ambient (absent = unchanged).
+    capabilities: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    no_new_privileges: bool = False
+    rlimits: tuple[Rlimit, ...] = ()
+    umask: int | None = None
+    seccomp: Mapping[str, Any] | None = None
+
+
+class CredentialsError(OSError):
+    """A step of becoming the spec's user failed; the message names it."""
+
+
+def apply_credentials(credentials: Credentials) -> None:
+    _step("set rlimits", _set_rlimits, credentials.rlimits)
+    if credentials.seccomp is not None and not credentials.no_new_privileges:
+        _load_seccomp(credentials.seccomp)
+    caps = credentials.capabilities
+    if caps:
+        _step("drop the bounding capabilities", linux.drop_bounding_capabilities, list(caps.get("bounding", ())))
+    _step("keep capabilities across setuid", linux.set_keep_capabilities, True)
+    _step(f"set groups {list(credentials.additional_gids)}", os.setgroups, list(credentials.additional_gids))
+    _step(f"set gid {credentials.gid}", os.setgid, credentials.gid)
+    _step(f"set uid {credentials.uid}", os.setuid, credentials.uid)
+    _step("stop keeping capabilities", linux.set_keep_capabilities, False)
+    if caps:
+        _step("set the capability sets", linux.set_capabilities, caps.get("effective", ()),
+              caps.get("permitted", ()), caps.get("inheritable", ()))
+        _step("raise the ambient capabilities", linux.raise_ambient_capabilities, caps.get("ambient", ()))
+    elif credentials.uid != 0:
+        # keepcaps kept the permitted set through setuid; without a spec'd set there is nothing to keep.
+        _step("clear the capability sets", linux.set_capabilities, (), (), ())
+    os.umask(credentials.umask if credentials.umask is not None else DEFAULT_UMASK)
+    if credentials.no_new_privileges:
+        _step("set no_new_privs", linux.set_no_new_privs)
+        if credentials.seccomp is not None:
+            _load_seccomp(credentials.seccomp)
+
+
+def _set_rlimits(rlimits: tuple[Rlimit, ...]) -> None:
+    for rlimit in rlimits:
+        number = getattr(resource, rlimit.type, None)
+        if not isinstance(number, int) or not rlimit.type.startswith("RLIMIT_"):
+            raise CredentialsError(0, f"unknown rlimit {rlimit.type!r}")
+        resource.setrlimit(number, (_unlimited(rlimit.soft), _unlimited(rlimit.hard)))
+
+
+def _unlimited(value: int) -> int:
+    # The spec writes RLIM_INFINITY as 2**64-1 (Go's uint64); Python's resource wants -1 for it.
+    return resource.RLIM_INFINITY if value >= 2**63 else value
+
+
+def _load_seccomp(profile: Mapping[str, Any]) -> None:
+    from shim.sandbox.seccomp import apply_seccomp  # libseccomp's binding: only tasks with a profile pay for it
+
+    _step("load the seccomp profile", apply_seccomp, profile)
+
+
+def _step(what: str, fn, *args) -> None:  # noqa: ANN001 - a step and its arguments
+    try:
+        fn(*args)
+    except (OSError, ValueError) as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CredentialsError(getattr(exc, "errno", 0) or 0, f"sandbox: cannot {what}: {message}") from None

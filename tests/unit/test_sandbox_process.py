@@ -1,0 +1,156 @@
+"""The sandbox applied to a real (forked) process: its root and its identity, read back from /proc and the fs.
+
+Each test forks a child that enters the sandbox and reports what it sees through a pipe as JSON, then exits
+with os._exit; the parent (root, as the test suite runs) checks the report. No containerd is involved: the
+end-to-end side is tests/e2e/test_sandbox_ctr.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from shim import linux
+from shim.cgroups import DeviceRule, device_rules
+from shim.oci_spec import Rlimit, SpecMount
+from shim.sandbox.credentials import Credentials, apply_credentials
+from shim.sandbox.root import RootPlan, enter_root, release_host_paths, seal
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
+
+
+def _in_child(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            report = {"ok": action()}
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            report = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write_end, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        data = reader.read()
+    os.waitpid(pid, 0)
+    report = json.loads(data)
+    assert "error" not in report, report["error"]
+    return report["ok"]
+
+
+def _status() -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
+
+
+def test_credentials_give_the_specs_user_groups_capabilities_rlimits_umask_and_no_new_privs():
+    caps = ("CAP_NET_BIND_SERVICE",)
+    credentials = Credentials(
+        uid=1000, gid=1001, additional_gids=(2000, 2001),
+        capabilities={"bounding": ("CAP_NET_BIND_SERVICE", "CAP_KILL"), "effective": caps, "permitted": caps,
+                      "inheritable": caps, "ambient": caps},
+        no_new_privileges=True, rlimits=(Rlimit("RLIMIT_NOFILE", 100, 200),), umask=0o027)
+
+    def become() -> dict[str, Any]:
+        apply_credentials(credentials)
+        return {"status": _status(), "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+                "umask": os.umask(0)}
+
+    seen = _in_child(become)
+    status = seen["status"]
+    assert status["Uid"].split() == ["1000"] * 4 and status["Gid"].split() == ["1001"] * 4
+    assert sorted(status["Groups"].split()) == ["2000", "2001"]
+    bind = f"{linux.capability_mask(caps):016x}"
+    assert status["CapBnd"] == f"{linux.capability_mask(('CAP_NET_BIND_SERVICE', 'CAP_KILL')):016x}"
+    assert status["CapEff"] == status["CapPrm"] == status["CapInh"] == status["CapAmb"] == bind
+    assert status["NoNewPrivs"].strip() == "1"
+    assert seen["nofile"] == [100, 200]
+    assert seen["umask"] == 0o027
+
+
+def test_a_non_root_user_without_spec_capabilities_holds_none():
+    seen = _in_child(lambda: _status() if apply_credentials(Credentials(uid=65534, gid=65534)) is None else {})
+    assert seen["CapEff"] == seen["CapPrm"] == "0" * 16
+
+
+def test_the_root_holds_the_image_the_spec_mounts_and_the_shims_view_and_nothing_of_the_node(tmp_path):
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "static").mkdir(parents=True)
+    (rootfs / "spin.toml").write_text("image manifest\n")
+    (rootfs / "static" / "zero").parent.mkdir(exist_ok=True)
+    os.mknod(rootfs / "static" / "zero", 0o666 | 0o020000, os.makedev(1, 5))
+    (rootfs / "data").symlink_to("/etc")  # a volume's destination through an image symlink
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    config = tmp_path / "secret.toml"
+    config.write_text("from the volume\n")
+    cache = tmp_path / "cache"
+    mounts = (
+        SpecMount("/data/volume", "bind", str(volume), ("rbind", "rw")),
+        SpecMount("/runtime-config.toml", "bind", str(config), ("rbind", "ro")),
+        SpecMount("/dev", "tmpfs", "tmpfs", ("nosuid", "mode=755")),
+        SpecMount("/proc", "proc", "proc", ()),
+        SpecMount("/tmp", "tmpfs", "tmpfs", ("size=1m",)),
+    )
+
+    plan = RootPlan(rootfs=rootfs, mounts=mounts, readonly=True, cache_dir=cache)
+
+    def inside() -> dict[str, Any]:
+        skipped = enter_root(plan)
+        top = sorted(os.listdir("/"))
+        Path("/etc/volume/written").write_text("kept in the volume\n")
+        try:
+            Path("/runtime-config.toml").write_text("x")
+            config_writable = True
+        except OSError:
+            config_writable = False
+        try:
+            with open("/static/zero", "rb") as device:
+                device_read = device.read(4).hex()
+        except OSError as exc:
+            device_read = exc.strerror
+        with open("/dev/null", "wb") as null:
+            null.write(b"allowed device")
+        precompiled_before = os.stat("/.spin-shim/precompiled").st_ino
+        release_host_paths(plan)
+        seal(True)
+        try:
+            Path("/new-file").write_text("x")
+            root_writable = True
+        except OSError:
+            root_writable = False
+        return {"top": top, "skipped": skipped, "config": Path("/runtime-config.toml").read_text(),
+                "config_writable": config_writable, "device": device_read, "cwd": os.getcwd(),
+                "precompiled_before": precompiled_before,
+                "precompiled_after": os.stat("/.spin-shim/precompiled").st_ino, "root_writable": root_writable}
+
+    seen = _in_child(inside)
+    assert seen["top"] == sorted([".spin-shim", "data", "dev", "etc", "runtime-config.toml", "spin.toml",
+                                  "static", "tmp"])
+    assert seen["skipped"] == ["/proc (proc): not mounted for a Wasm task"]
+    assert seen["config"] == "from the volume\n" and not seen["config_writable"]
+    assert seen["device"] == "Permission denied"  # nodev: the image's /dev/zero node is inert
+    assert seen["cwd"] == "/"
+    node_cache = (cache / "precompiled").stat().st_ino  # bound in for the load, gone after release_host_paths
+    assert seen["precompiled_before"] == node_cache != seen["precompiled_after"]
+    assert not seen["root_writable"]
+    assert (volume / "written").read_text() == "kept in the volume\n"
+    assert not (Path("/etc") / "volume").exists()
+    assert (rootfs / "etc" / "volume").is_dir()  # the mount point was made inside the image
+
+
+def test_device_rules_become_cgroup_v1_lines_in_spec_order():
+    assert device_rules([
+        {"allow": False, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 136, "access": "rw"},
+        {"allow": False, "type": "b", "major": 7, "minor": -1, "access": "r"},
+    ]) == [DeviceRule("devices.deny", "a"), DeviceRule("devices.allow", "c 1:3 rwm"),
+           DeviceRule("devices.allow", "c 136:* rw"), DeviceRule("devices.deny", "b 7:* r")]
+    with pytest.raises(ValueError, match="device type"):
+        device_rules([{"allow": True, "type": "x"}])
