@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 # tempfile, logging) before wasmtime's own ~25 ms. Measured with `python -X importtime -c "import runtime.loader"`.
 MANIFEST_FILE_NAME = "spin.toml"  # == runtime.manifest.MANIFEST_FILE_NAME (kept here to keep this import light)
 
+#: The largest wasm file this runtime compiles. Compiling takes several times the file in memory, outside the
+#: pod's limit (README, "Security model"); the biggest real components (componentize-py apps) are ~40 MB.
+MAX_WASM_BYTES = 512 << 20
+
 COMMAND_TRIGGER = "command"
 HTTP_TRIGGER = "http"  # == runtime.http.trigger.HTTP_TRIGGER
 #: Spin trigger types this runtime knows of but does not run; anything else is "unknown".
@@ -351,17 +355,24 @@ def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
 
     from runtime.wasm_binary import detect_kind
 
+    from runtime.capped_read import CappedReadError, open_regular, read_chunks
+
     digest = hashlib.sha256()
+    head = b""
     try:
-        with open(wasm_path, "rb") as handle:
-            header = handle.read(8)
-            kind = detect_kind(header if len(header) == 8 else header + handle.read(), name=what)
-            digest.update(header)
-            while chunk := handle.read(1 << 20):
+        fd = open_regular(wasm_path)
+        if fd is None:
+            raise CappedReadError("cannot read: No such file or directory")
+        try:
+            for chunk in read_chunks(fd, MAX_WASM_BYTES):
+                if len(head) < 8:
+                    head += chunk[: 8 - len(head)]
                 digest.update(chunk)
-    except OSError as exc:
-        raise AppNotFoundError(f"{what}: cannot read {wasm_path}: {os.strerror(exc.errno or 0)}") from None
-    return kind, digest.hexdigest()
+        finally:
+            os.close(fd)
+    except CappedReadError as exc:
+        raise AppNotFoundError(f"{what}: {wasm_path}: {exc}") from None
+    return detect_kind(head, name=what), digest.hexdigest()
 
 
 def env_from_oci(process_env: list[str]) -> dict[str, str]:

@@ -470,6 +470,10 @@ def _str_list(ctx: _Ctx, table: Mapping[str, Any], key: str, where: str, line: i
 # ---------------------------------------------------------------------------------------------------- loading
 
 
+#: The most of a spin.toml this runtime reads (a real one is a few KiB); a bigger one is refused, not parsed.
+MAX_MANIFEST_BYTES = 1 << 20
+
+
 def load_manifest(path: Path) -> Manifest:
     """Read spin.toml and check what needs the app directory: local sources exist and stay inside it.
 
@@ -478,12 +482,17 @@ def load_manifest(path: Path) -> Manifest:
     """
     from runtime.paths import PathEscapeError, resolve_in_root  # fs helpers; kept out of parse_manifest
 
+    from runtime.capped_read import CappedReadError, read_capped
+
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_capped(path, MAX_MANIFEST_BYTES, follow_symlinks=True)
+        if data is None:
+            raise CappedReadError("cannot read: No such file or directory")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
+    except CappedReadError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
     manifest = parse_manifest(text, path)
     app_dir = manifest.app_dir
     for component in manifest.components.values():

@@ -36,10 +36,7 @@ silently ignoring it would run the app against something it did not ask for.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +44,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
+from runtime.capped_read import CappedReadError, read_capped
 from runtime.errors import AppError
 from runtime.paths import PathEscapeError, resolve_in_root
 
@@ -272,38 +270,9 @@ def _resolve_named_path(root_dir: Path, config_path: Path, written: str) -> Path
 
 
 def _read_capped(host_path: Path, cap: int, shown: str) -> bytes | None:
-    """The regular file's bytes (at most ``cap``), None when it does not exist; RuntimeConfigError otherwise.
-
-    Opened once, without following a final symlink (resolve_in_root resolved them all; one appearing now is a
-    race, not a config) and without blocking (a FIFO would hang the load), then checked with fstat and read up
-    to ``cap + 1`` bytes, so a huge file or device is never read whole.
-    """
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+    """The regular file's bytes (at most ``cap``), None when it does not exist; RuntimeConfigError otherwise
+    (runtime.capped_read: opened once, no final symlink, no blocking on a FIFO, never read whole)."""
     try:
-        fd = os.open(host_path, flags)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        reason = "is a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise RuntimeConfigError(f"{shown}: cannot read: {reason}") from None
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
-            raise RuntimeConfigError(f"{shown}: cannot read: {kind}")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= cap:
-            chunk = os.read(fd, cap + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as exc:
-        raise RuntimeConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if size > cap:
-        limit = f"{cap >> 20} MiB" if cap % (1 << 20) == 0 else f"{cap} bytes"
-        raise RuntimeConfigError(f"{shown}: larger than {limit}, the most this shim reads; refusing it")
-    return b"".join(chunks)
+        return read_capped(host_path, cap)
+    except CappedReadError as exc:
+        raise RuntimeConfigError(f"{shown}: {exc}") from None

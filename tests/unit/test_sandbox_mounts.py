@@ -138,3 +138,35 @@ def test_open_in_root_resolves_absolute_symlinks_from_the_root(root):
         assert os.read(opened, 100) == b"image's own\n"
     finally:
         os.close(opened)
+
+
+# -- bounded reads of files the image names -----------------------------------------------------------------
+
+
+def test_capped_reads_refuse_fifos_devices_directories_and_oversize_files(tmp_path):
+    from runtime.capped_read import CappedReadError, read_capped
+
+    os.mkfifo(tmp_path / "fifo")
+    os.mknod(tmp_path / "zero", 0o666 | 0o020000, os.makedev(1, 5))
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "big").write_bytes(b"x" * 1025)
+    (tmp_path / "ok").write_bytes(b"x" * 1024)
+    (tmp_path / "link").symlink_to("ok")
+    for name, reason in (("fifo", "not a regular file"), ("zero", "not a regular file"), ("dir", "a directory"),
+                         ("big", "larger than 1024 bytes"), ("link", "symbolic link")):
+        with pytest.raises(CappedReadError, match=reason):
+            read_capped(tmp_path / name, 1024)
+    assert read_capped(tmp_path / "ok", 1024) == b"x" * 1024
+    assert read_capped(tmp_path / "link", 1024, follow_symlinks=True) == b"x" * 1024
+    assert read_capped(tmp_path / "missing", 1024) is None
+
+
+def test_a_huge_manifest_is_refused_without_being_parsed(tmp_path):
+    from runtime.errors import ManifestError
+    from runtime.manifest import MAX_MANIFEST_BYTES, load_manifest
+
+    manifest = tmp_path / "spin.toml"
+    with manifest.open("wb") as handle:
+        handle.truncate(MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(ManifestError, match="larger than 1 MiB"):
+        load_manifest(manifest)
