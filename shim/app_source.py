@@ -46,6 +46,12 @@ class LaidOutImageApp:
 
     app_dir: Path
     image: ImageApp
+    #: The staging directory holding `app_dir`, open: a load that fails inside the sandbox, where the node's
+    #: paths are gone, still removes what it laid out.
+    staging_fd: int
+
+    def discard(self) -> None:
+        shutil.rmtree(self.app_dir.name, dir_fd=self.staging_fd, ignore_errors=True)
 
 
 def rootfs_may_hold_app(rootfs: Path, args: list[str]) -> bool:
@@ -87,7 +93,7 @@ def lay_out_image_app(plan: InstancePlan) -> LaidOutImageApp | None:
         raise
     if swept:
         log.debug("dropped %d mirrored blobs containerd no longer has", len(swept))
-    return LaidOutImageApp(app_dir, image_app)
+    return LaidOutImageApp(app_dir, image_app, os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
 
 
 def load_task_app(plan: InstancePlan, laid_out: LaidOutImageApp | None, settings: RuntimeSettings) -> Any:

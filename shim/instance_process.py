@@ -220,10 +220,16 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None") -> tuple[Any, 
         root.seal(plan.root_readonly)
         for fd in cgroup_procs:
             os.write(fd, str(os.getpid()).encode())
-    finally:
         for fd in cgroup_procs:
             os.close(fd)
-    apply_credentials(plan.credentials)
+        cgroup_procs = []
+        apply_credentials(plan.credentials)
+    except BaseException:
+        if laid_out is not None:
+            laid_out.discard()
+        for fd in cgroup_procs:
+            os.close(fd)
+        raise
     return app, skipped
 
 
