@@ -326,8 +326,10 @@ class CriClient:
                          args: Sequence[str] = (), env: Mapping[str, str] | None = None,
                          memory_limit: int | None = None, millicpu: int | None = None,
                          labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None,
-                         working_dir: str = "", attempt: int = 0) -> str:
-        """CreateContainer as kubelet does; the log goes to <pod log dir>/<name>/<attempt>.log. Returns the id."""
+                         working_dir: str = "", attempt: int = 0, mounts: Sequence[cri.Mount] = (),
+                         security_context: cri.LinuxContainerSecurityContext | None = None) -> str:
+        """CreateContainer as kubelet does; the log goes to <pod log dir>/<name>/<attempt>.log. Returns the id.
+        `mounts` are the volumes kubelet would bind (host paths it prepared); `security_context` the pod spec's."""
         (pod.log_directory / name).mkdir(parents=True, exist_ok=True)
         config = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name=name, attempt=attempt),
@@ -339,7 +341,9 @@ class CriClient:
             log_path=f"{name}/{attempt}.log",
             labels={"io.kubernetes.container.name": name, **(labels or {})},
             annotations=dict(annotations or {}),
-            linux=cri.LinuxContainerConfig(resources=_resources(memory_limit, millicpu)),
+            linux=cri.LinuxContainerConfig(resources=_resources(memory_limit, millicpu),
+                                           security_context=security_context),
+            mounts=list(mounts),
         )
         request = cri.CreateContainerRequest(pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config)
         return self._call(self._runtime, "CreateContainer", request).container_id

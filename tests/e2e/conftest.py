@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from mkoci import build_image_tar  # noqa: E402
 from private_containerd import PrivateContainerd, bin_dir_for  # noqa: E402
 
-from tests.e2e.support import SHIM_NAME  # noqa: E402
+from tests.e2e.support import SHIM_NAME, DeviceNode, Symlink  # noqa: E402
 
 GUESTS = REPO / "tests" / "guests"
 GUEST_BUILD = GUESTS / "build"
@@ -132,7 +133,8 @@ class Images:
         self._workdir = workdir
         self._imported: set[str] = set()
 
-    def wasm_image(self, name: str, files: dict[str, Path | bytes], entrypoint: list[str]) -> str:
+    def wasm_image(self, name: str, files: dict[str, Path | bytes | Symlink | DeviceNode],
+                   entrypoint: list[str]) -> str:
         ref = f"docker.io/spin-shim-test/{name}:latest"
         if ref in self._imported:
             return ref
@@ -142,7 +144,12 @@ class Images:
         for dest, source in files.items():
             target = rootfs / dest.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(source, bytes):
+            if isinstance(source, Symlink):
+                target.symlink_to(source.target)
+            elif isinstance(source, DeviceNode):
+                kind = stat.S_IFCHR if source.kind == "c" else stat.S_IFBLK
+                os.mknod(target, 0o666 | kind, os.makedev(source.major, source.minor))
+            elif isinstance(source, bytes):
                 target.write_bytes(source)
             elif source.is_dir():
                 shutil.copytree(source, target)

@@ -79,6 +79,8 @@ class HttpTask:
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     log_path: Path = Path()
+    #: More `ctr run` flags (--user, --seccomp, --mount, --read-only, ...).
+    ctr_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -94,6 +96,7 @@ class HttpTask:
         args = ["run", "-d", "--net-host", "--runtime", RUNTIME, "--log-uri", f"file://{self.log_path}"]
         for key, value in env.items():
             args += ["--env", f"{key}={value}"]
+        args += self.ctr_args
         result = self.daemon.ctr(*args, self.image, self.task_id, "/", check=False)  # type: ignore[attr-defined]
         if result.returncode == 0 and wait_ready:
             self.wait_ready()
@@ -118,6 +121,16 @@ class HttpTask:
         if not wait_until(healthy, timeout=READY_TIMEOUT, interval=0.1):
             raise AssertionError(f"{self.task_id} never became healthy on {self.url}; log:\n{self.log()}\n"
                                  f"tasks:\n{self.daemon.ctr('tasks', 'ls', check=False).stdout}")  # type: ignore[attr-defined]
+
+    @property
+    def pid(self) -> int:
+        """The task's pid (the instance process), as `ctr tasks ls` shows it."""
+        listing = self.daemon.ctr("tasks", "ls", check=False).stdout  # type: ignore[attr-defined]
+        for line in listing.splitlines():
+            fields = line.split()
+            if fields and fields[0] == self.task_id:
+                return int(fields[1])
+        raise AssertionError(f"task {self.task_id} not listed:\n{listing}")
 
     def get(self, path: str, *args: str, **kwargs: object) -> Response:
         return curl(self.url + path, *args, **kwargs)  # type: ignore[arg-type]
@@ -159,9 +172,10 @@ class HttpTask:
 
 
 @contextlib.contextmanager
-def serving(daemon: object, image: str, task_id: str, env: dict[str, str]) -> Iterator[HttpTask]:
+def serving(daemon: object, image: str, task_id: str, env: dict[str, str],
+            ctr_args: tuple[str, ...] = ()) -> Iterator[HttpTask]:
     """A running HttpTask for a `with` block (a module fixture); removed and leak-checked afterwards."""
-    task = HttpTask(daemon, image, task_id, env=env)
+    task = HttpTask(daemon, image, task_id, env=env, ctr_args=ctr_args)
     result = task.run()
     assert result.returncode == 0, f"ctr run failed: {result.stderr}\nlog:\n{task.log()}"
     try:

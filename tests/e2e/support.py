@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 RUNTIME = "io.containerd.spin.v2"
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """An image entry that is a symlink (crafted images point them at the node's files)."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """An image entry that is a device node: "c" or "b", major, minor."""
+
+    kind: str
+    major: int
+    minor: int
 SHIM_NAME = "containerd-shim-spin-v2"
 
 
