@@ -18,7 +18,8 @@ import pytest
 from proto.k8s.cri.v1 import api_pb2 as cri
 from tests.e2e.http_support import curl
 from tests.e2e.support import wait_until
-from tests.e2e.test_cri_wasm_pods import Node, node, py_spin_artifact  # noqa: F401  (fixtures)
+from tests.e2e.registry_support import registry  # noqa: F401  (fixture)
+from tests.e2e.test_cri_wasm_pods import Node, _rootfs_image, node, py_spin_artifact  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e
 
@@ -68,10 +69,10 @@ def _status(pid: int) -> dict[str, str]:
                 if ":\t" in line)
 
 
-def _start(node: Node, pod, volumes: dict[str, Path], attempt: int) -> str:  # noqa: F811
+def _start(node: Node, pod, volumes: dict[str, Path], attempt: int, image: str) -> str:  # noqa: F811
     spec = node.spec
     container = node.cri.run_container(
-        pod, "spin-volumes", node.app_image, command=spec.command, env=spec.env, attempt=attempt,
+        pod, "spin-volumes", image, command=spec.command, env=spec.env, attempt=attempt,
         memory_limit=spec.memory_limit, millicpu=spec.millicpu, mounts=_mounts(volumes),
         security_context=cri.LinuxContainerSecurityContext(
             seccomp=cri.SecurityProfile(profile_type=cri.SecurityProfile.RuntimeDefault)))
@@ -79,14 +80,35 @@ def _start(node: Node, pod, volumes: dict[str, Path], attempt: int) -> str:  # n
     return container
 
 
-def test_volumes_reach_the_app_and_its_key_value_data_stays_in_the_volume(node: Node, volumes):  # noqa: F811
+@pytest.fixture(scope="module")
+def rootfs_image(node: Node, http_apps, tmp_path_factory) -> str:  # noqa: F811
+    """py-spin with spin.toml in the image root on every version: its `files` come from the container's /static,
+    which a volume can replace (an artifact's files come from its lock instead)."""
+    if node.ctrd.version == "1.6":
+        return node.app_image
+    return _rootfs_image(node.ctrd, http_apps["py-spin"], tmp_path_factory.mktemp("py-spin-rootfs"))
+
+
+def test_volumes_reach_the_app_and_its_key_value_data_stays_in_the_volume(node: Node, volumes,  # noqa: F811
+                                                                          rootfs_image):
+    _serve_from_volumes(node, volumes, rootfs_image, files_from_volume=True)
+
+
+def test_an_artifacts_runtime_config_and_key_value_store_come_from_volumes(node: Node, volumes):  # noqa: F811
+    if node.ctrd.version == "1.6":
+        pytest.skip("containerd 1.6 cannot pull Spin artifacts (the rootfs form runs in the test above)")
+    _serve_from_volumes(node, volumes, node.app_image, files_from_volume=False)
+
+
+def _serve_from_volumes(node: Node, volumes: dict[str, Path], image: str, *, files_from_volume: bool) -> None:  # noqa: F811
     cri_client = node.cri
     with cri_client.pod("spin-volumes", runtime_handler=node.spec.handler) as pod:
-        first = _start(node, pod, volumes, attempt=0)
-        # The files mapping of /static reads the volume that replaced the image's directory.
-        assert node.get(pod, "/file?path=/static/hello.txt").body == b"from a volume\n"
+        first = _start(node, pod, volumes, 0, image)
+        if files_from_volume:
+            # The files mapping of /static reads the volume that replaced the image's directory.
+            assert node.get(pod, "/file?path=/static/hello.txt").body == b"from a volume\n"
         # Variables still resolve from the env through spin-operator's provider table.
-        assert node.get(pod, "/vars?names=token").json()["token"] == node.spec.env["SPIN_VARIABLE_API_TOKEN"]
+        assert node.get(pod, "/vars?names=token").json()["token"] == node.spec.env["API_TOKEN"]
         assert curl(f"http://{pod.ip}:{node.spec.port}/kv/greeting", data=b"kept in the volume").status == 200
         assert (volumes["data"] / "kv.db").is_file()  # the store is the volume's file on the node
 
@@ -97,7 +119,7 @@ def test_volumes_reach_the_app_and_its_key_value_data_stays_in_the_volume(node: 
 
         cri_client.stop_container(first, timeout=10)
         cri_client.remove_container(first)
-        _start(node, pod, volumes, attempt=1)
+        _start(node, pod, volumes, 1, image)
         answer = node.get(pod, "/kv/greeting")
         assert (answer.status, answer.body) == (200, b"kept in the volume")
     assert (volumes["config"]).read_text() == RUNTIME_CONFIG  # the read-only volume was not written
