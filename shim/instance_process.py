@@ -5,9 +5,9 @@ Order matters and is the point of this module:
    shim is unmanaged; containerd runs `delete` for it anyway), default signal handlers;
 2. enter the task's network, UTS and IPC namespaces (so ports, probes and sidecars behave as
    for a container) and its stdio;
-3. on the node, still privileged: import everything the process will need (the node's files
-   vanish at the pivot), lay out an OCI artifact's app from containerd's content store, open
-   the task cgroup's `cgroup.procs` files;
+3. on the node, still privileged: import what cannot be imported through the sandbox's binds
+   of the interpreter's directories (shim/sandbox/python_paths.py), lay out an OCI artifact's
+   app from containerd's content store, open the task cgroup's `cgroup.procs` files;
 4. enter the sandbox (shim/sandbox/root.py): a private mount namespace with the rootfs, the
    spec's mounts and the shim's own binds, pivot_root. From here on every path the image
    names is resolved by the kernel inside the container's root;
@@ -198,10 +198,10 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None") -> tuple[Any, 
     from runtime.settings import RuntimeSettings
     from shim import app_source
     from shim.sandbox import root
+    from shim.sandbox import python_paths
     from shim.sandbox.credentials import apply_credentials
-    from shim.sandbox.preload import import_host_modules
 
-    import_host_modules(content_store=app_source.needs_content_store(plan))
+    python_paths.import_before_pivot(content_store=app_source.needs_content_store(plan))
     if plan.credentials.seccomp is not None:
         import shim.sandbox.seccomp  # noqa: F401 - libseccomp is found through the node's ld cache
     laid_out = app_source.lay_out_image_app(plan)
@@ -210,8 +210,10 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None") -> tuple[Any, 
         root_plan = root.RootPlan(
             rootfs=plan.rootfs, mounts=plan.mounts, readonly=plan.root_readonly, cache_dir=plan.cache_dir,
             app_dir=laid_out.app_dir if laid_out else None,
-            containerd_socket=Path(plan.containerd_address) if laid_out else None)
+            containerd_socket=Path(plan.containerd_address) if laid_out else None,
+            module_dirs=python_paths.module_dirs())
         skipped = root.enter_root(root_plan)
+        python_paths.remap_imports(root_plan.module_binds)
         settings = RuntimeSettings(cache_dir=Path(root.SHIM_DIR), max_instance_memory=plan.max_instance_memory,
                                    scratch_dir=Path(root.SCRATCH))
         app = app_source.load_task_app(plan, laid_out, settings)

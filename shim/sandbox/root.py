@@ -6,9 +6,9 @@ The fixed sequence, after runc's rootfs_linux.go, each step one function:
 3. the spec's bind and tmpfs mounts (mount_plan), each destination made and resolved inside the root (in_root);
    under a spec'd /dev tmpfs, the node's null, zero, full, random and urandom bound in, as runc's default devices;
 4. the shim's own view, `/.spin-shim`: `staging/` for the guests' staged files (on the rootfs, so staging is a
-   hard link), and read-only or short-lived binds of what the host side needs, which the image cannot redirect
-   (no symlink may lie on the way): the precompile cache, an artifact's laid-out app, containerd's socket, the
-   node's CA bundle;
+   hard link), a private tmpfs `run/`, and read-only or short-lived binds of what the host side needs, which the
+   image cannot redirect (no symlink may lie on the way): the precompile cache, an artifact's laid-out app,
+   containerd's socket, the node's CA bundle, the interpreter's module directories;
 5. pivot_root into it (runc's `pivot_root(".", ".")`, then the old root detached), cwd `/`.
 
 `release_host_paths` later takes the node's cache and containerd's socket away again and makes an artifact's app
@@ -47,6 +47,8 @@ CONTAINERD_SOCKET = f"{SHIM_DIR}/containerd.sock"
 CA_BUNDLE = f"{SHIM_DIR}/ca-certificates.crt"
 #: A private tmpfs for files wasmtime opens by path (a WAGI module's stdout), since the sandbox has no /proc.
 SCRATCH = f"{SHIM_DIR}/run"
+#: The interpreter's module directories, bound read-only (shim/sandbox/python_paths.py).
+PYTHON = f"{SHIM_DIR}/python"
 
 #: runc's default devices (libcontainer/specconv AllowedDevices minus the tty ones), bound from the node.
 DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -70,6 +72,12 @@ class RootPlan:
     #: containerd's socket, for an artifact's precompiled blobs kept in the content store.
     containerd_socket: Path | None = None
     ca_bundle: Path | None = field(default_factory=lambda: HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
+    #: The node's directories the interpreter imports from; each is bound read-only at PYTHON/<n>.
+    module_dirs: tuple[str, ...] = ()
+
+    @property
+    def module_binds(self) -> dict[str, str]:
+        return {host: f"{PYTHON}/{index}" for index, host in enumerate(self.module_dirs)}
 
 
 def enter_root(plan: RootPlan) -> list[str]:
@@ -196,6 +204,8 @@ def _shim_view(root_fd: int, plan: RootPlan) -> None:
         reserved.append((str(plan.containerd_socket), CONTAINERD_SOCKET, False, ALWAYS))
     if plan.ca_bundle is not None:
         reserved.append((str(plan.ca_bundle), CA_BUNDLE, False, ALWAYS | linux.MS_RDONLY))
+    for host, bound in plan.module_binds.items():
+        reserved.append((host, bound, True, ALWAYS | linux.MS_RDONLY))
     for source, destination, directory, flags in reserved:
         _bind(root_fd, source, destination, directory, 0, flags, follow_symlinks=False)
 

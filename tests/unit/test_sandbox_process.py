@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -154,3 +155,29 @@ def test_device_rules_become_cgroup_v1_lines_in_spec_order():
            DeviceRule("devices.allow", "c 136:* rw"), DeviceRule("devices.deny", "b 7:* r")]
     with pytest.raises(ValueError, match="device type"):
         device_rules([{"allow": True, "type": "x"}])
+
+
+def test_after_the_pivot_modules_still_import_through_the_read_only_binds(tmp_path):
+    from shim.sandbox import python_paths
+
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    plan = RootPlan(rootfs=rootfs, mounts=(), readonly=False, cache_dir=tmp_path / "cache",
+                    module_dirs=python_paths.module_dirs())
+
+    def inside() -> dict[str, Any]:
+        python_paths.import_before_pivot(content_store=False)
+        assert "colorsys" not in sys.modules and "runtime.executors.spin1" not in sys.modules
+        enter_root(plan)
+        python_paths.remap_imports(plan.module_binds)
+        import colorsys  # the stdlib, pure Python: through the bind of its directory
+
+        import runtime.executors.spin1  # ours, from the editable install's source tree
+
+        return {"stdlib": colorsys.__file__, "ours": runtime.executors.spin1.__file__,
+                "node_gone": not os.path.exists(plan.module_dirs[0] + "/os.py")}
+
+    seen = _in_child(inside)
+    assert seen["stdlib"].startswith("/.spin-shim/python/")
+    assert seen["ours"].startswith("/.spin-shim/python/")
+    assert seen["node_gone"]
