@@ -18,7 +18,7 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV_DIR="$REPO_ROOT/.venv"
 APT_PACKAGES=(
     containerd runc busybox-static wabt gcc libc6-dev iproute2 curl wrk docker-registry
-    containernetworking-plugins python3-venv debian-archive-keyring ca-certificates
+    containernetworking-plugins python3-venv debian-archive-keyring ca-certificates libseccomp2
 )
 
 log() { printf '[setup] %s\n' "$*"; }
