@@ -74,35 +74,48 @@ def _glob_match(rel_path: str, pattern: str) -> bool:
     return match(0, 0)
 
 
-def _walk_files(directory: Path) -> list[Path]:
-    """Regular files under ``directory`` (not following symlinked dirs: the image's layout is what counts)."""
+def _walk_files(directory: Path, private: Path | None = None) -> list[Path]:
+    """Regular files under ``directory`` (not following symlinked dirs: the image's layout is what counts),
+    leaving out the ``private`` tree."""
     found: list[Path] = []
-    for dirpath, _dirnames, filenames in os.walk(directory):
+    for dirpath, dirnames, filenames in os.walk(directory):
+        if private is not None:
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d) != private]
         for filename in filenames:
             found.append(Path(dirpath, filename))
     return found
 
 
-def plan_component_files(app_dir: Path, manifest_path: Path, component: Component) -> tuple[list[Preopen], dict[str, Path]]:
+def _inside(path: Path, directory: Path | None) -> bool:
+    """`path` is `directory` or below it (both resolved)."""
+    return directory is not None and (path == directory or directory in path.parents)
+
+
+def plan_component_files(app_dir: Path, manifest_path: Path, component: Component,
+                         private_dir: Path | None = None) -> tuple[list[Preopen], dict[str, Path]]:
     """Decide the placements: (directories preopened directly, {guest path: host file} to stage).
 
     Pure with respect to the outside world except for reading the app dir; raises ManifestError naming the
-    component and the entry for a source that is missing or leaves the app dir.
+    component and the entry for a source that is missing or leaves the app dir. ``private_dir`` (the runtime's
+    cache dir: inside the shim's sandbox it is in the container's root, holding the node's precompiled blobs
+    while the app loads) is never the app's: a source inside it is refused, and globs and directories that
+    contain it leave it out.
     """
     direct: list[Preopen] = []
     staged: dict[str, Path] = {}
     where = f"{manifest_path}: component {component.id!r}: files"
     root = Path(os.path.realpath(app_dir))
+    private = Path(os.path.realpath(private_dir)) if private_dir is not None else None
 
     for mount in component.files:
         if isinstance(mount, GlobFiles):
             pattern = mount.pattern
             if pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
                 raise ManifestError(f"{where}: glob {pattern!r} must be relative to the app dir and must not use '..'")
-            for host_file in _walk_files(root):
+            for host_file in _walk_files(root, private):
                 rel = host_file.relative_to(root).as_posix()
                 if _glob_match(rel, pattern) and not _excluded(rel, component.exclude_files):
-                    staged["/" + rel] = _checked_file(root, rel, where)
+                    staged["/" + rel] = _checked_file(root, rel, where, private)
             # Spin accepts a glob that matches nothing; so do we (an empty static dir is a valid app).
             continue
 
@@ -114,17 +127,19 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
         destination = "/" + "/".join(p for p in mount.destination.split("/") if p not in ("", "."))
         if ".." in destination.split("/"):
             raise ManifestError(f"{where}: destination {mount.destination!r} must not contain '..'")
+        if _inside(source, private):
+            raise ManifestError(f"{where}: source {mount.source!r} is the runtime's own directory, not the app's")
         if source.is_dir():
-            files = _walk_files(source)
+            files = _walk_files(source, private)
             rel_files = [(f, f.relative_to(source).as_posix()) for f in files]
             hidden = [rel for f, rel in rel_files if _excluded(f.relative_to(root).as_posix(), component.exclude_files)]
-            if not hidden and destination != "/":
+            if not hidden and destination != "/" and not (private is not None and _inside(private, source)):
                 direct.append(Preopen(host_path=source, guest_path=destination))
                 continue
             for host_file, rel in rel_files:
                 if not _excluded(host_file.relative_to(root).as_posix(), component.exclude_files):
                     guest = (destination.rstrip("/") + "/" + rel)
-                    staged[guest] = _checked_file(root, host_file.relative_to(root).as_posix(), where)
+                    staged[guest] = _checked_file(root, host_file.relative_to(root).as_posix(), where, private)
         elif source.is_file():
             if destination == "/":
                 raise ManifestError(f"{where}: a single file {mount.source!r} cannot be placed at '/'")
@@ -152,7 +167,7 @@ def list_component_files(app_dir: Path, manifest_path: Path, component: Componen
     return dict(sorted(placed.items()))
 
 
-def _checked_file(root: Path, rel: str, where: str) -> Path:
+def _checked_file(root: Path, rel: str, where: str, private: Path | None = None) -> Path:
     """Resolve a matched file through any symlinks inside the image; refuse ones that leave the app dir."""
     try:
         resolved = resolve_in_root(root, rel)
@@ -160,6 +175,8 @@ def _checked_file(root: Path, rel: str, where: str) -> Path:
         raise ManifestError(f"{where}: {rel!r}: {exc}") from None
     if not resolved.is_file():
         raise ManifestError(f"{where}: {rel!r} is not a regular file")
+    if _inside(resolved, private):
+        raise ManifestError(f"{where}: {rel!r} leads into the runtime's own directory, not the app's")
     return resolved
 
 
@@ -167,7 +184,7 @@ def stage_component_files(
     app_dir: Path, manifest_path: Path, component: Component, cache_dir: Path
 ) -> StagedFiles:
     """Resolve the component's ``files`` into preopens, staging what cannot be preopened directly."""
-    direct, staged = plan_component_files(app_dir, manifest_path, component)
+    direct, staged = plan_component_files(app_dir, manifest_path, component, cache_dir)
     if not staged:
         return StagedFiles(preopens=tuple(direct))
 

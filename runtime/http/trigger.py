@@ -223,7 +223,8 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
     workers = worker_count(env)
     timeout = request_timeout(env)
     services = SpinServices.build(manifest, env, work_dir=work_dir,
-                                  component_ids=sorted({route.component_id for route in routes}))
+                                  component_ids=sorted({route.component_id for route in routes}),
+                                  private_dir=settings.cache_dir)
 
     sweep_stale_staging(settings.cache_dir)
     staged: list[StagedFiles] = []

@@ -277,12 +277,20 @@ class KeyValueStores:
         self._databases = {label: by_path.setdefault(path, _Database(path)) for label, path in self.db_paths.items()}
 
     @classmethod
-    def for_app(cls, work_dir: Path, configured: Mapping[str, Path | None]) -> KeyValueStores:
+    def for_app(cls, work_dir: Path, configured: Mapping[str, Path | None], *,
+                private_dir: Path | None = None) -> KeyValueStores:
         """``default`` in ``<work_dir>/.spin/sqlite_key_value.db`` plus the runtime config's labels (None = that
-        same default file)."""
+        same default file). A store whose file resolves into ``private_dir`` is refused (KeyValueSetupError)."""
         default_path = work_dir / DEFAULT_DB_RELATIVE_PATH
         paths = {DEFAULT_STORE_LABEL: default_path}
         paths.update({label: path if path is not None else default_path for label, path in configured.items()})
+        if private_dir is not None:
+            private = os.path.realpath(private_dir)
+            for label, path in paths.items():
+                real = os.path.realpath(path)
+                if real == private or real.startswith(private + "/"):
+                    raise KeyValueSetupError(f"key-value store {label!r}: {path} is in the runtime's own directory, "
+                                             "not the app's")
         return cls(paths)
 
     @property

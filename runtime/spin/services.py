@@ -47,6 +47,7 @@ class SpinServices:
         image_root: Path | None = None,
         runtime_config: RuntimeConfig | None = None,
         component_ids: Collection[str] | None = None,
+        private_dir: Path | None = None,
     ) -> SpinServices:
         """Resolve and validate the app's services; raises AppError subclasses with user-facing messages.
 
@@ -54,13 +55,16 @@ class SpinServices:
         ``work_dir``) is the container's root: ``runtime-config.toml`` is looked for there, and the paths it names
         (store files, dotenv files) resolve inside it; its env variables providers feed the variable resolver.
         ``component_ids`` limits the per-component checks to the components that will run (default: all).
+        ``private_dir`` (the runtime's cache dir) may hold no store: inside the shim's sandbox it is in the
+        container's root and holds the node's precompiled blobs while the app loads.
         """
         if runtime_config is None:
             runtime_config = load_runtime_config(image_root if image_root is not None else work_dir)
         variables = VariableResolver.from_manifest(manifest, env, runtime_config.variables_providers)
         variables.check_required()
         key_value = KeyValueStores.for_app(
-            work_dir, {label: spec.db_path for label, spec in runtime_config.key_value_stores.items()}
+            work_dir, {label: spec.db_path for label, spec in runtime_config.key_value_stores.items()},
+            private_dir=private_dir,
         )
 
         ids = [c for c in manifest.components if component_ids is None or c in component_ids]

@@ -165,3 +165,32 @@ def test_stale_staging_dirs_of_dead_processes_are_swept(tmp_path):
 
 def test_staged_files_cleanup_without_a_staging_dir_is_a_no_op():
     StagedFiles(preopens=()).cleanup()
+
+
+def test_the_runtimes_own_directory_inside_the_app_is_never_the_guests(tmp_path):
+    """In the shim's sandbox the cache dir (/.spin-shim) is inside the container's root, the app dir of a
+    spin.toml app: it holds other apps' compiled blobs while the app loads."""
+    app_dir = tmp_path / "app"
+    cache_dir = app_dir / ".spin-shim"
+    (cache_dir / "precompiled").mkdir(parents=True)
+    (cache_dir / "precompiled" / "other-app.cwasm").write_bytes(b"\0asm")
+    (app_dir / "static").mkdir()
+    (app_dir / "static" / "page.html").write_text("<p>")
+    with pytest.raises(ManifestError, match="runtime's own directory"):
+        stage_component_files(app_dir, app_dir / "spin.toml",
+                              component(MappedFiles(".spin-shim/precompiled", "/x")), cache_dir)
+    staged = stage_component_files(app_dir, app_dir / "spin.toml", component(GlobFiles("**/*")), cache_dir)
+    try:
+        seen = {str(p.relative_to(staged.preopens[0].host_path)) for p in staged.preopens[0].host_path.rglob("*")
+                if p.is_file()}
+        assert "static/page.html" in seen and not any(name.startswith(".spin-shim") for name in seen)
+    finally:
+        staged.cleanup()
+    whole = stage_component_files(app_dir, app_dir / "spin.toml", component(MappedFiles(".", "/app")), cache_dir)
+    try:
+        assert whole.staging_dir is not None  # the root holds the private dir: staged without it, not preopened
+        assert [p.guest_path for p in whole.preopens] == ["/"]
+        staged_files = {str(p.relative_to(whole.staging_dir)) for p in whole.staging_dir.rglob("*") if p.is_file()}
+        assert staged_files == {"app/static/page.html"}
+    finally:
+        whole.cleanup()

@@ -486,3 +486,16 @@ def test_services_refuse_a_vault_provider(tmp_path: Path):
     (tmp_path / "runtime-config.toml").write_text('[[variables_provider]]\ntype = "vault"\nurl = "http://v"\n')
     with pytest.raises(RuntimeConfigError, match=r"\[\[variables_provider\]\] #1: type = 'vault' \(HashiCorp Vault\)"):
         build(tmp_path, VARS_APP)
+
+
+def test_a_store_in_the_runtimes_own_directory_is_refused(tmp_path):
+    """In the shim's sandbox the cache dir is inside the container's root and holds the node's compiled blobs
+    while the app loads: no runtime config may put a store there."""
+    from runtime.spin.key_value import KeyValueSetupError, KeyValueStores
+
+    private = tmp_path / ".spin-shim"
+    (private / "precompiled").mkdir(parents=True)
+    with pytest.raises(KeyValueSetupError, match="runtime's own directory"):
+        KeyValueStores.for_app(tmp_path, {"x": private / "precompiled" / "kv.db"}, private_dir=private)
+    assert KeyValueStores.for_app(tmp_path, {"x": tmp_path / "data" / "kv.db"}, private_dir=private).labels == \
+        {"default", "x"}
