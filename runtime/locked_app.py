@@ -13,28 +13,46 @@ into ``blobs/`` too, so from then on every ref is a blob. Each component's files
 
 ``parse_locked_app`` is pure (text in, model out); ``load_locked_app`` adds the filesystem half. Every error is a
 ManifestError naming the lock (as the caller wants it called, e.g. "the locked app of image x") and what is wrong.
+
+The lock is image content (/work/shared/DESIGN.md, "Trust boundary"): its component ids name directories and its file
+paths name files, so ids must be Spin's kebab ids (runtime.ids) and paths relative without '..', and the filesystem
+half walks the app dir one name at a time through directory fds opened with O_NOFOLLOW, so that nothing it creates,
+replaces or links can land outside ``app_dir`` even when the directory holds symlinks it did not make.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+import secrets
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
+from runtime.capped_read import CappedReadError, read_capped
 from runtime.errors import ManifestError
+from runtime.ids import is_kebab_id
 from runtime.manifest import Application, Component, LocalSource, Manifest, MappedFiles, Trigger, Variable
 
 LOCK_FILE_NAME = "spin.lock"
 BLOBS_DIR = "blobs/sha256"
 FILES_DIR = "files"
+#: The most a spin.lock may be. Spin inlines only small files into it and a lock of hundreds of components is
+#: well under 1 MiB; the lock is read whole into memory (here and by oci.source), so it is capped.
+LOCK_MAX_BYTES = 16 << 20
+#: A guest file path longer than Linux's PATH_MAX could not be opened by the guest anyway; it also bounds how deep
+#: the directory walk goes (one fd per level).
+_MAX_GUEST_PATH = 4096
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_T = TypeVar("_T")
 
 #: Spin writes 0, or 1 when the lock has `must_understand` entries (spin crates/locked-app/src/locked.rs).
 SUPPORTED_LOCK_VERSIONS = (0, 1)
@@ -123,27 +141,32 @@ def parse_locked_app(text: str | bytes, lock_path: Path, name: str | None = None
 def load_locked_app(app_dir: Path, name: str | None = None) -> Manifest:
     """Read ``<app_dir>/spin.lock``, make every ref a blob, lay out each component's files; return the Manifest.
 
-    Raises ManifestError for a lock that names content the app dir does not hold (a digest missing from the image).
+    Raises ManifestError for a lock that names content the app dir does not hold (a digest missing from the image),
+    or when the app dir holds something in the way that this function did not make (a symlink, a directory where
+    a file goes).
     """
     lock_path = app_dir / LOCK_FILE_NAME
     lock = _Lock(name or str(lock_path))
     try:
-        text = lock_path.read_bytes()
-    except OSError as exc:
-        raise lock.error(f"cannot read: {exc.strerror}") from None
+        text = read_capped(lock_path, LOCK_MAX_BYTES)
+    except CappedReadError as exc:
+        raise lock.error(str(exc)) from None
+    if text is None:
+        raise lock.error("cannot read: it does not exist")
     locked = parse_locked_app(text, lock_path, name)
-    for component_id, source in locked.sources.items():
-        _blob(app_dir, lock, source, f"component {component_id!r} source")
-    for component_id, component_files in locked.files.items():
-        root = app_dir / FILES_DIR / component_id
-        for locked_file in component_files:
-            blob = _blob(app_dir, lock, locked_file.content,
-                         f"component {component_id!r} file {locked_file.guest_path!r}")
-            target = root / locked_file.guest_path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target.unlink()  # a previous load of the same directory
-            os.link(blob, target)
+    root_fd = os.open(app_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the caller's own directory
+    try:
+        blobs_fd = _open_subdirs(lock, root_fd, BLOBS_DIR.split("/"), "the blob directory")
+        try:
+            for component_id, source in locked.sources.items():
+                _blob(blobs_fd, lock, source, f"component {component_id!r} source")
+            for component_id, component_files in locked.files.items():
+                if component_files:
+                    _lay_out_files(lock, root_fd, blobs_fd, component_id, component_files)
+        finally:
+            os.close(blobs_fd)
+    finally:
+        os.close(root_fd)
     return locked.manifest
 
 
@@ -211,9 +234,15 @@ def _variables(lock: _Lock, raw: Mapping[str, Any]) -> dict[str, Variable]:
 
 
 def _component(lock: _Lock, raw: Any) -> tuple[Component, ContentRef, tuple[LockedFile, ...]]:
-    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
         raise lock.error("every component needs an `id`")
     component_id = raw["id"]
+    if not is_kebab_id(component_id):
+        # Spin refuses it too (its ids are KebabId); here it also names the directory of the component's files.
+        raise lock.error(
+            f"component id {component_id!r} must be lower-kebab-case (letters and digits, words joined by '-'), "
+            "as Spin requires"
+        )
     where = f"component {component_id!r}"
     source_raw = raw.get("source")
     if not isinstance(source_raw, dict):
@@ -268,6 +297,10 @@ def _triggers(lock: _Lock, raw: Any, components: Mapping[str, Component]) -> lis
         trigger_id, trigger_type = entry.get("id"), entry.get("trigger_type")
         if not isinstance(trigger_id, str) or not isinstance(trigger_type, str) or not trigger_type:
             raise lock.error("every trigger needs an `id` and a `trigger_type`")
+        if not _printable(trigger_id) or not _printable(trigger_type):
+            # Spin's trigger ids are free-form strings and no path is made of them (component ids name the
+            # directories), but they reach logs and error messages: no empty or control-character ids.
+            raise lock.error(f"trigger id {trigger_id!r} ({trigger_type!r}) must be a non-empty printable string")
         if trigger_id in seen:
             raise lock.error(f"trigger id {trigger_id!r} is used twice")
         seen.add(trigger_id)
@@ -311,10 +344,16 @@ def _content_ref(lock: _Lock, raw: Mapping[str, Any], where: str) -> ContentRef:
 
 
 def _guest_path(lock: _Lock, raw: Any, where: str) -> str:
-    path = PurePosixPath(raw) if isinstance(raw, str) and raw else None
+    path = PurePosixPath(raw) if isinstance(raw, str) and raw and "\0" not in raw else None
     if path is None or path.is_absolute() or any(part in ("..", ".") for part in path.parts) or "\\" in raw:
         raise lock.error(f"{where}: file path {raw!r} must be a relative path without '..'")
+    if len(raw.encode(errors="surrogatepass")) > _MAX_GUEST_PATH:
+        raise lock.error(f"{where}: file path {raw[:64]!r}... is longer than {_MAX_GUEST_PATH} bytes")
     return path.as_posix()
+
+
+def _printable(value: str) -> bool:
+    return bool(value) and value.isprintable()
 
 
 def _table(lock: _Lock, doc: Mapping[str, Any], key: str, what: str) -> Mapping[str, Any]:
@@ -338,24 +377,133 @@ def _str_tuple(lock: _Lock, table: Mapping[str, Any], key: str, where: str) -> t
     return tuple(value)
 
 
-# ---------------------------------------------------------------------------------------------------- blobs
+# ---------------------------------------------------------------------------------------------------- blobs and files
+#
+# Everything below works on directory fds: a name is created, replaced or linked only in a directory reached from
+# ``app_dir`` one component at a time with O_NOFOLLOW, so a symlink in the app dir (which this code never makes)
+# makes the load fail instead of redirecting a write, and an unlink only ever removes an entry of such a directory.
 
 
-def _blob(app_dir: Path, lock: _Lock, content: ContentRef, where: str) -> Path:
-    """The blob file for a ref; inline content is written as a blob first (its digest checked if it has one)."""
+def _blob(blobs_fd: int, lock: _Lock, content: ContentRef, where: str) -> str:
+    """The name in ``blobs/sha256`` of a ref's blob; inline content is written as a blob first (its digest checked
+    if it has one). A blob must be a regular file: a symlink there is refused, not followed."""
     if content.inline is not None:
         actual = hashlib.sha256(content.inline).hexdigest()
         if content.digest_hex is not None and content.digest_hex != actual:
             raise lock.error(f"{where}: inline content does not match its digest sha256:{content.digest_hex}")
-        path = blob_path(app_dir, actual)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{actual}.{os.getpid()}.tmp")
-            tmp.write_bytes(content.inline)
-            os.replace(tmp, path)
-        return path
+        if not _is_regular(blobs_fd, actual):
+            _guarded(lock, where, lambda: _write_blob(blobs_fd, actual, content.inline or b""))
+        return actual
     assert content.digest_hex is not None
-    path = blob_path(app_dir, content.digest_hex)
-    if not path.is_file():
+    if not _is_regular(blobs_fd, content.digest_hex):
         raise lock.error(f"{where}: content sha256:{content.digest_hex} is not in the image")
-    return path
+    return content.digest_hex
+
+
+def _write_blob(blobs_fd: int, name: str, data: bytes) -> None:
+    """Write a fresh tmp file (O_EXCL: never an existing file or link) and rename it into place."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=blobs_fd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, name, src_dir_fd=blobs_fd, dst_dir_fd=blobs_fd)
+    except BaseException:
+        os.unlink(tmp, dir_fd=blobs_fd)
+        raise
+
+
+def _lay_out_files(lock: _Lock, root_fd: int, blobs_fd: int, component_id: str,
+                   component_files: tuple[LockedFile, ...]) -> None:
+    """Hard-link each file's blob at ``files/<component id>/<guest path>``, walking the paths in order with a stack
+    of open directory fds (at most one per level of the current path)."""
+    where = f"component {component_id!r}"
+    component_fd = _open_subdirs(lock, root_fd, [FILES_DIR, component_id], f"{where}: the files directory")
+    stack: list[tuple[str, int]] = []  # (name, fd) of each directory below component_fd on the current path
+    try:
+        for locked_file in sorted(component_files, key=lambda f: f.guest_path.split("/")):
+            file_where = f"{where} file {locked_file.guest_path!r}"
+            blob = _blob(blobs_fd, lock, locked_file.content, file_where)
+            *parents, leaf = locked_file.guest_path.split("/")
+            common = 0
+            while common < min(len(stack), len(parents)) and stack[common][0] == parents[common]:
+                common += 1
+            while len(stack) > common:
+                os.close(stack.pop()[1])
+            for part in parents[common:]:
+                parent_fd = stack[-1][1] if stack else component_fd
+                stack.append((part, _open_subdirs(lock, parent_fd, [part], file_where)))
+            _link_file(lock, blobs_fd, blob, stack[-1][1] if stack else component_fd, leaf, file_where)
+    finally:
+        for _, fd in stack:
+            os.close(fd)
+        os.close(component_fd)
+
+
+def _link_file(lock: _Lock, blobs_fd: int, blob: str, dir_fd: int, leaf: str, where: str) -> None:
+    """Link the blob as ``leaf``, replacing a file or link an earlier load of this directory left there (unlink
+    removes the entry itself, never what a link points to); a directory in the way is an error."""
+    try:
+        existing = os.stat(leaf, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        raise lock.error(f"{where}: another file of the component is laid out below it (it is a directory)")
+
+    def link() -> None:
+        if existing is not None:
+            os.unlink(leaf, dir_fd=dir_fd)
+        os.link(blob, leaf, src_dir_fd=blobs_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+
+    _guarded(lock, where, link)
+
+
+def _open_subdirs(lock: _Lock, parent_fd: int, names: list[str], where: str) -> int:
+    """An fd of ``parent/names[0]/names[1]/...``, each made if missing and opened without following a symlink."""
+    fd = parent_fd
+    try:
+        for name in names:
+            child = _guarded(lock, where, lambda: _open_subdir(fd, name))  # noqa: B023 (called at once)
+            if fd != parent_fd:
+                os.close(fd)
+            fd = child
+    except BaseException:
+        if fd != parent_fd:
+            os.close(fd)
+        raise
+    return fd
+
+
+def _open_subdir(parent_fd: int, name: str) -> int:
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent_fd)
+    except FileExistsError:
+        pass
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except NotADirectoryError:  # O_DIRECTORY answers ENOTDIR for a symlink too; tell the two apart for the message
+        if stat.S_ISLNK(os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), name) from None
+        raise
+
+
+def _guarded(lock: _Lock, where: str, action: Callable[[], _T]) -> _T:
+    """Run a filesystem step; an OSError becomes the lock's ManifestError saying what was in the way."""
+    try:
+        return action()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            reason = "a symbolic link is in the way, which this shim did not make; refusing to follow it"
+        elif exc.errno == errno.ENOTDIR:
+            reason = "a file is in the way where a directory goes"
+        else:
+            reason = exc.strerror or str(exc)
+        raise lock.error(f"{where}: cannot lay it out: {reason}") from None
+
+
+def _is_regular(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+

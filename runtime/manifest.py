@@ -13,7 +13,6 @@ header search can tell it), then says what is wrong and, where it helps, what to
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,13 +21,11 @@ from types import MappingProxyType
 from typing import Any
 
 from runtime.errors import ManifestError
+from runtime.ids import KEBAB_ID as _KEBAB_ID
+from runtime.ids import SNAKE_ID as _SNAKE_ID
 
 MANIFEST_FILE_NAME = "spin.toml"
 
-# Spin's KebabId / SnakeId (spin crates/serde/src/id.rs): lower-case words of letters and digits, the first
-# starting with a letter, joined by single '-' (component ids, trigger ids) or '_' (variable names).
-_KEBAB_ID = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
-_SNAKE_ID = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
 
 _APPLICATION_KEYS = frozenset({"name", "version", "description", "authors", "targets", "trigger", "tool"})
 _VARIABLE_KEYS = frozenset({"description", "required", "default", "secret"})

@@ -186,3 +186,210 @@ def test_unknown_trigger_in_a_lock_is_refused_at_load(tmp_path, settings, guests
         load_locked_app(app_dir, ["/"], {}, settings, work_dir=tmp_path, name="the locked app of image x")
     assert "unknown trigger type 'kafka'" in str(info.value)
     assert str(app_dir) not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------- hostile locks
+# The lock is image content: its component ids name directories under files/, so an unchecked id once made the
+# shim create directories, delete a file and hard-link the image's bytes over it anywhere on the node.
+
+
+def snapshot_tree(root: Path) -> dict[str, tuple[int, int, int, bytes | None]]:
+    """Every entry under ``root`` with its inode, link count, mtime and (for files) bytes."""
+    tree = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        tree[str(path.relative_to(root))] = (st.st_ino, st.st_nlink, st.st_mtime_ns,
+                                             path.read_bytes() if path.is_file() and not path.is_symlink() else None)
+    return tree
+
+
+@pytest.fixture
+def outside(tmp_path) -> Path:
+    """A directory beside the app dir, holding a canary where a bad id or a planted symlink would write."""
+    directory = tmp_path / "outside"
+    (directory / "sub").mkdir(parents=True)
+    (directory / "canary.txt").write_bytes(b"the node's own file\n")
+    (directory / "sub" / "keep.txt").write_bytes(b"keep\n")
+    return directory
+
+
+def lock_with_files(component_id: str) -> dict:
+    """One component named ``component_id`` with inline files at the canary's name and in a new sub-directory."""
+    files = [
+        {"inline": base64.b64encode(b"the image's bytes\n").decode(), "path": "canary.txt"},
+        {"inline": base64.b64encode(b"made\n").decode(), "path": "sub/new.txt"},
+    ]
+    lock = command_lock("sha256:" + "a" * 64, files)
+    lock["components"][0]["id"] = component_id
+    lock["triggers"][0]["trigger_config"]["component"] = component_id
+    return lock
+
+
+@pytest.mark.parametrize(
+    "make_id",
+    [
+        pytest.param(lambda outside: str(outside), id="absolute"),
+        pytest.param(lambda outside: "../" * 32 + str(outside).lstrip("/"), id="climbing"),
+        pytest.param(lambda outside: "../outside", id="dotdot"),
+        pytest.param(lambda outside: "reader/../../outside", id="slash"),
+        pytest.param(lambda outside: "Reader", id="uppercase"),
+        pytest.param(lambda outside: "bad_id", id="underscore"),
+        pytest.param(lambda outside: "", id="empty"),
+        pytest.param(lambda outside: "reader\n", id="trailing-newline"),
+        pytest.param(lambda outside: ".", id="dot"),
+    ],
+)
+def test_a_component_id_that_is_not_a_kebab_id_is_refused_and_touches_nothing(tmp_path, outside, make_id):
+    from runtime.locked_app import load_locked_app as lay_out
+
+    component_id = make_id(outside)
+    app_dir = tmp_path / "app"
+    write_lock(app_dir, lock_with_files(component_id))
+    before = snapshot_tree(outside)
+    with pytest.raises(ManifestError) as info:
+        lay_out(app_dir, "the locked app of image x")
+    assert str(info.value) == (
+        f"the locked app of image x: component id {component_id!r} must be lower-kebab-case (letters and digits, "
+        "words joined by '-'), as Spin requires"
+    )
+    assert snapshot_tree(outside) == before
+    assert sorted(p.name for p in app_dir.iterdir()) == ["spin.lock"]  # nothing laid out before the refusal
+
+
+@pytest.mark.parametrize("component_id", ["reader", "a", "my-app-2", "x1-y2"])
+def test_kebab_ids_are_accepted(component_id):
+    locked = parse_locked_app(json.dumps(lock_with_files(component_id)), LOCK)
+    assert list(locked.manifest.components) == [component_id]
+
+
+def test_the_regex_is_the_manifest_one():
+    import runtime.ids
+    import runtime.manifest
+
+    assert runtime.manifest._KEBAB_ID is runtime.ids.KEBAB_ID
+
+
+@pytest.mark.parametrize("trigger_id", ["", "t\n1", "\x00"])
+def test_trigger_ids_must_be_printable(trigger_id):
+    lock = command_lock("sha256:" + "a" * 64)
+    lock["triggers"][0]["id"] = trigger_id
+    with pytest.raises(ManifestError, match="must be a non-empty printable string"):
+        parse_locked_app(json.dumps(lock), LOCK)
+
+
+@pytest.mark.parametrize("path", ["a\x00b", "x/" * 2049 + "y"])
+def test_file_paths_with_nul_or_too_long_are_refused(path):
+    entry = {"inline": base64.b64encode(b"x").decode(), "path": path}
+    with pytest.raises(ManifestError, match="file path"):
+        parse_locked_app(json.dumps(command_lock("sha256:" + "a" * 64, [entry])), LOCK)
+
+
+def laid_out_app(tmp_path: Path) -> tuple[Path, dict]:
+    """An app dir with the wasm blob present and a lock whose component 'reader' has inline files."""
+    app_dir = tmp_path / "app"
+    wasm = add_blob(app_dir, b"\0asm not really")
+    lock = lock_with_files("reader")
+    lock["components"][0]["source"]["digest"] = wasm
+    write_lock(app_dir, lock)
+    return app_dir, lock
+
+
+def test_a_clean_load_and_a_reload_lay_out_the_files(tmp_path):
+    from runtime.locked_app import load_locked_app as lay_out
+
+    app_dir, _ = laid_out_app(tmp_path)
+    lay_out(app_dir, "lock")
+    lay_out(app_dir, "lock")  # a second load of the same directory replaces its own links
+    root = app_dir / "files" / "reader"
+    assert (root / "canary.txt").read_bytes() == b"the image's bytes\n"
+    assert (root / "sub" / "new.txt").read_bytes() == b"made\n"
+    blob = app_dir / "blobs" / "sha256" / hashlib.sha256(b"made\n").hexdigest()
+    assert (root / "sub" / "new.txt").stat().st_ino == blob.stat().st_ino
+    assert not [p for p in (app_dir / "blobs" / "sha256").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("plant", "message"),
+    [
+        pytest.param(lambda app, out: (app / "files").symlink_to(out), "a symbolic link is in the way",
+                     id="files-dir"),
+        pytest.param(lambda app, out: ((app / "files").mkdir(), (app / "files" / "reader").symlink_to(out)),
+                     "a symbolic link is in the way", id="component-dir"),
+        pytest.param(lambda app, out: ((app / "files" / "reader").mkdir(parents=True),
+                                       (app / "files" / "reader" / "sub").symlink_to(out / "sub")),
+                     "a symbolic link is in the way", id="sub-dir"),
+        pytest.param(lambda app, out: ((app / "files" / "reader").mkdir(parents=True),
+                                       (app / "files" / "reader" / "sub").write_bytes(b"")),
+                     "a file is in the way where a directory goes", id="file-for-dir"),
+        pytest.param(lambda app, out: (app / "files" / "reader" / "canary.txt").mkdir(parents=True),
+                     "it is a directory", id="dir-for-file"),
+    ],
+)
+def test_a_planted_symlink_or_entry_is_refused_not_followed(tmp_path, outside, plant, message):
+    from runtime.locked_app import load_locked_app as lay_out
+
+    app_dir, _ = laid_out_app(tmp_path)
+    plant(app_dir, outside)
+    before = snapshot_tree(outside)
+    with pytest.raises(ManifestError) as info:
+        lay_out(app_dir, "the lock")
+    assert str(info.value).startswith("the lock: component 'reader'")
+    assert message in str(info.value)
+    assert "Errno" not in str(info.value)
+    assert snapshot_tree(outside) == before
+
+
+def test_a_planted_leaf_symlink_is_replaced_and_its_target_untouched(tmp_path, outside):
+    from runtime.locked_app import load_locked_app as lay_out
+
+    app_dir, _ = laid_out_app(tmp_path)
+    root = app_dir / "files" / "reader"
+    root.mkdir(parents=True)
+    (root / "canary.txt").symlink_to(outside / "canary.txt")
+    before = snapshot_tree(outside)
+    lay_out(app_dir, "lock")
+    assert not (root / "canary.txt").is_symlink()
+    assert (root / "canary.txt").read_bytes() == b"the image's bytes\n"
+    assert snapshot_tree(outside) == before
+
+
+def test_a_blob_that_is_a_symlink_is_not_content(tmp_path, outside):
+    from runtime.locked_app import load_locked_app as lay_out
+
+    app_dir = tmp_path / "app"
+    (app_dir / "blobs" / "sha256").mkdir(parents=True)
+    target = outside / "canary.txt"
+    hex_digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    (app_dir / "blobs" / "sha256" / hex_digest).symlink_to(target)
+    write_lock(app_dir, command_lock("sha256:" + hex_digest))
+    with pytest.raises(ManifestError, match=f"content sha256:{hex_digest} is not in the image"):
+        lay_out(app_dir, "lock")
+
+
+def test_an_inline_blob_is_not_written_through_a_planted_symlink(tmp_path, outside):
+    from runtime.locked_app import load_locked_app as lay_out
+
+    app_dir, _ = laid_out_app(tmp_path)
+    hex_digest = hashlib.sha256(b"made\n").hexdigest()
+    (app_dir / "blobs" / "sha256" / hex_digest).symlink_to(outside / "canary.txt")
+    before = snapshot_tree(outside)
+    lay_out(app_dir, "lock")
+    blob = app_dir / "blobs" / "sha256" / hex_digest
+    assert not blob.is_symlink() and blob.read_bytes() == b"made\n"
+    assert snapshot_tree(outside) == before
+
+
+def test_the_lock_itself_is_read_capped_and_not_through_a_symlink(tmp_path, outside, monkeypatch):
+    import runtime.locked_app
+    from runtime.locked_app import load_locked_app as lay_out
+
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "spin.lock").symlink_to(outside / "canary.txt")
+    with pytest.raises(ManifestError, match="the lock: cannot read: is a symbolic link"):
+        lay_out(app_dir, "the lock")
+    (app_dir / "spin.lock").unlink()
+    write_lock(app_dir, command_lock("sha256:" + "a" * 64))
+    monkeypatch.setattr(runtime.locked_app, "LOCK_MAX_BYTES", 100)
+    with pytest.raises(ManifestError, match="the lock: larger than 100 bytes"):
+        lay_out(app_dir, "the lock")
