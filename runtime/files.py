@@ -106,6 +106,8 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
     where = f"{manifest_path}: component {component.id!r}: files"
     root = Path(os.path.realpath(app_dir))
     private = Path(os.path.realpath(private_dir)) if private_dir is not None else None
+    if private is not None and _inside(root, private):
+        private = None  # an app laid out in the runtime's dir (an artifact's): resolution cannot leave the app dir
 
     for mount in component.files:
         if isinstance(mount, GlobFiles):
