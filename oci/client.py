@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import field_mask_pb2
 
-from oci.errors import ContentStoreError
+from oci.errors import BlobTooLargeError, ContentStoreError
 from proto.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from proto.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from proto.containerd.services.images.v1 import images_pb2, images_pb2_grpc
@@ -93,13 +93,16 @@ class ContainerdClient:
         return ContentInfo(response.info.digest, response.info.size, dict(response.info.labels))
 
     def read(self, digest: str, max_bytes: int = 64 << 20) -> bytes:
-        """A whole (small) blob in memory: manifests, configs, locked apps."""
+        """A whole (small) blob in memory: manifests, configs, locked apps. Raises BlobTooLargeError for a blob of
+        more than ``max_bytes``: containerd is asked for at most ``max_bytes + 1`` bytes (ReadContentRequest.size;
+        one more than the blob has is fine), so a huge blob is neither sent nor buffered."""
         chunks = []
         total = 0
-        for chunk in self._read_stream(digest):
+        for chunk in self._read_stream(digest, size=max_bytes + 1):
             total += len(chunk)
             if total > max_bytes:
-                raise ContentStoreError(f"Content/Read {digest}: larger than {max_bytes} bytes, refusing to buffer it")
+                raise BlobTooLargeError(
+                    f"Content/Read {digest}: larger than {max_bytes} bytes, refusing to buffer it", max_bytes)
             chunks.append(chunk)
         return _verified(digest, b"".join(chunks))
 
@@ -181,9 +184,10 @@ class ContainerdClient:
         except grpc.RpcError as exc:
             raise self._error(what, exc) from None
 
-    def _read_stream(self, digest: str) -> Iterator[bytes]:
+    def _read_stream(self, digest: str, size: int = 0) -> Iterator[bytes]:
+        """The blob's bytes as containerd sends them; at most ``size`` of them (0: all)."""
         try:
-            for response in self._content.Read(content_pb2.ReadContentRequest(digest=digest),
+            for response in self._content.Read(content_pb2.ReadContentRequest(digest=digest, size=size),
                                                metadata=self._metadata(), timeout=CALL_TIMEOUT_S * 4):
                 yield response.data
         except grpc.RpcError as exc:

@@ -12,8 +12,10 @@ never outlives containerd's own decision to drop an image.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,6 +53,34 @@ class BlobMirror:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         return path
+
+    def add_stream(self, chunks: Iterable[bytes]) -> str:
+        """Mirror content whose digest is known only once all of it is read (an archive member); its digest.
+
+        Written a chunk at a time to a dot-named tmp file in the mirror (``sweep`` skips those), hashed on the way,
+        then renamed to its digest: memory holds one chunk, never the content. Whatever stops the stream (a cap
+        raised by ``chunks``, a corrupt archive, a full disk) removes the tmp file, so no partial blob is left.
+        """
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        hasher = hashlib.sha256()
+        fd, name = tempfile.mkstemp(prefix=f".stream.{os.getpid()}.", suffix=".tmp", dir=self.blobs)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o644)  # not mkstemp's 0600: a non-root task reads its hard link
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    handle.write(chunk)
+            digest = "sha256:" + hasher.hexdigest()
+            path = self.path(digest)
+            if path.is_file():
+                tmp.unlink()  # already mirrored (the same file in two archives, or an earlier load)
+            else:
+                os.replace(tmp, path)
+            return digest
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def drop(self, digest: str) -> None:
         try:
