@@ -2,7 +2,8 @@
 
 Bound once by the instance process (in the task's network namespace) before the workers fork, so that every
 worker inherits it and a bad or busy address fails the task at start with a message naming the variable, not a
-worker later. SO_REUSEPORT lets workers add their own sockets on the same address (runtime.http.workers).
+worker later. It never has SO_REUSEPORT: workers share this one socket, and nobody else can join it
+(runtime.http.workers).
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ def parse_listen_addr(addr: str) -> tuple[socket.AddressFamily, str, int]:
 
 
 def bind_listener(addr: str, backlog: int = 1024) -> socket.socket:
-    """A listening TCP socket on ``addr``, inheritable by forked workers, that workers may join with SO_REUSEPORT.
+    """A listening TCP socket on ``addr``, inheritable by forked workers.
 
-    SO_REUSEPORT is set only after bind: bound with it, a second app of the same uid (two host-network pods
-    run by this shim as root) would silently *share* the port with the first and receive half its traffic;
-    bound without it, the second bind fails with EADDRINUSE as it should, and workers can still join ours.
+    No SO_REUSEPORT, before or after bind: with it set on the listener, any other process of the same uid in the
+    network namespace (another host-network pod run by this shim as root, or any root process) could bind the
+    port with SO_REUSEPORT too and silently take a share of the app's connections (a review saw 13 of 40). Without
+    it such a bind fails with EADDRINUSE. SO_REUSEADDR only allows rebinding over TIME_WAIT connections of an
+    earlier listener; on Linux it never lets two sockets listen on one port.
     """
     family, host, port = parse_listen_addr(addr)
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -70,7 +73,6 @@ def bind_listener(addr: str, backlog: int = 1024) -> socket.socket:
             # "[::]:80" serves IPv4 too, as Rust's TcpListener does on Linux (bindv6only=0 is the default).
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.listen(backlog)
     except OSError as err:
         sock.close()

@@ -7,6 +7,7 @@ sockets parsed by h11's client side, so the bytes on the wire are what is checke
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import http.client
 import os
@@ -184,7 +185,7 @@ class Running:
         self.thread = threading.Thread(target=self.loop.run_until_complete,
                                        args=(self.server.serve([self.sock]),), daemon=True)
         self.thread.start()
-        while not getattr(self.server, "_servers", None):
+        while not getattr(self.server, "_acceptors", None):
             time.sleep(0.005)
 
     def shutdown(self, grace=1.0):
@@ -846,17 +847,50 @@ def test_ipv6_wildcard_listener_serves_ipv4_and_ipv6_clients(running):
         listener.close()
 
 
-def test_address_in_use_is_a_clear_error_even_for_a_reuseport_listener():
+def test_address_in_use_is_a_clear_error():
     first = bind_listener("127.0.0.1:0")
     port = first.getsockname()[1]
     try:
         with pytest.raises(ListenError) as info:
             bind_listener(f"127.0.0.1:{port}")
         assert str(info.value) == f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}: address already in use"
-        # ... while a worker's own SO_REUSEPORT socket may join it.
-        joined = socket.socket()
-        joined.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        joined.bind(("127.0.0.1", port))
-        joined.close()
     finally:
         first.close()
+
+
+def _reuseport_socket(family: socket.AddressFamily) -> socket.socket:
+    """What an intruder would bind to share a port: SO_REUSEADDR and SO_REUSEPORT, as root like the shim."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
+
+
+@pytest.mark.parametrize("addr, host", [("127.0.0.1:0", "127.0.0.1"), ("[::]:0", "::")])
+def test_no_reuseport_socket_can_join_the_app_port_while_it_serves(addr, host):
+    # Finding 8: a listener with SO_REUSEPORT could be joined by any process of the same uid (root, for the
+    # shim) in the network namespace, which then took a share of the app's connections.
+    router, _ = Router.build([("/...", "echo")])
+    server = HttpServer(router, {"echo": Echo()})
+    try:
+        listener = bind_listener(addr)
+    except ListenError:
+        pytest.skip("no IPv6 here")
+    assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+    port = listener.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve([listener]),), daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _raw_response(sock).startswith(b"HTTP/1.1 200 ")
+        for intruder_host in {host, "127.0.0.1"}:
+            intruder_family = socket.AF_INET6 if ":" in intruder_host else socket.AF_INET
+            with _reuseport_socket(intruder_family) as intruder, pytest.raises(OSError) as info:
+                intruder.bind((intruder_host, port))
+            assert info.value.errno == errno.EADDRINUSE
+    finally:
+        asyncio.run_coroutine_threadsafe(server.shutdown(0.5), loop).result(5)
+        thread.join(5)
+        listener.close()

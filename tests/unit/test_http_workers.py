@@ -3,7 +3,9 @@ listener, SIGTERM for a graceful stop, and workers that may die under it."""
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -15,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime.http.workers import MAX_DEFAULT_WORKERS, cpu_quota_cores, default_worker_count, describe_exit
+from runtime.http.workers import (MAX_DEFAULT_WORKERS, cpu_quota_cores, default_worker_count, describe_exit,
+                                  worker_loop)
 
 REPO = Path(__file__).resolve().parents[2]
 
 SUPERVISOR = textwrap.dedent("""
-    import os, signal, sys, time
+    import os, resource, signal, sys, time
     sys.path.insert(0, sys.argv[1])
     from runtime.http.listen import bind_listener
     from runtime.http.routing import Router
@@ -40,13 +43,33 @@ SUPERVISOR = textwrap.dedent("""
 
     listener = bind_listener("127.0.0.1:0")
     router, _ = Router.build([("/...", "pid")])
+    if os.environ.get("DROP_TO_UID"):  # as the instance process does: bound as root, then the task's uid
+        uid = int(os.environ["DROP_TO_UID"])
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+
+    token_r, token_w = os.pipe()  # one byte: the worker that reads it is the one SPARE_FDS limits
+    os.write(token_w, b"1")
+    os.set_blocking(token_r, False)
+
+    def limited() -> bool:
+        if not os.environ.get("ONLY_ONE_LIMITED"):
+            return True
+        try:
+            return os.read(token_r, 1) == b"1"
+        except BlockingIOError:
+            return False
 
     def make_worker():
         if os.environ.get("BROKEN_WORKER"):
             raise RuntimeError("cannot load the component")
+        if os.environ.get("SPARE_FDS") and limited():  # room for the loop's fds and this many connections
+            limit = len(os.listdir("/proc/self/fd")) + 3 + int(os.environ["SPARE_FDS"])
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
         return HttpServer(router, {"pid": Pid()}, ServerOptions())
 
-    pool = WorkerPool(int(sys.argv[2]), listener, make_worker, reuseport=sys.argv[3] == "1")
+    pool = WorkerPool(int(sys.argv[2]), listener, make_worker)
     signal.signal(signal.SIGTERM, lambda *_: pool.terminate(float(os.environ.get("GRACE", "5"))))
     print(listener.getsockname()[1], flush=True)
     sys.exit(pool.run())
@@ -54,8 +77,8 @@ SUPERVISOR = textwrap.dedent("""
 
 
 class Supervisor:
-    def __init__(self, count=2, reuseport=False, env=None):
-        self.proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(REPO), str(count), str(int(reuseport))],
+    def __init__(self, count=2, env=None):
+        self.proc = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(REPO), str(count)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
         self.port = int(self.proc.stdout.readline())
@@ -117,16 +140,121 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.mark.parametrize("reuseport", [False, True], ids=["shared-socket", "reuseport"])
-def test_two_workers_serve_the_port(supervisors, reuseport):
-    sup = supervisors(count=2, reuseport=reuseport)
+def _serving_pids(sup: Supervisor, workers: set[int]) -> set[int]:
+    """Pids that answer, from bursts of concurrent connections, until every worker has answered (or 10 s)."""
+    served: set[int] = set()
+    deadline = time.monotonic() + 10
+    while served != workers and time.monotonic() < deadline:
+        answers: list[int] = []
+        burst = [threading.Thread(target=lambda: answers.append(int(sup.get("/slow=0.05")[1]))) for _ in range(8)]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join(10)
+        served.update(answers)
+    return served
+
+
+def test_all_workers_serve_the_one_inherited_listener(supervisors):
+    sup = supervisors(count=3)
+    sup.wait_ready(3)
+    workers = set(sup.children())
+    assert len(workers) == 3
+    assert _serving_pids(sup, workers) == workers
+    assert sup.proc.poll() is None
+
+
+def test_no_reuseport_socket_can_join_the_port_of_a_serving_pool(supervisors):
+    sup = supervisors(count=2)
+    sup.wait_ready(2)
+    intruder = socket.socket()
+    intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    with intruder, pytest.raises(OSError) as info:
+        intruder.bind(("127.0.0.1", sup.port))
+    assert info.value.errno == errno.EADDRINUSE
+
+
+def _epoll_events(epoll_fd: int, fd: int) -> int | None:
+    """The event mask epoll watches ``fd`` with, from /proc/self/fdinfo of the epoll instance."""
+    for line in Path(f"/proc/self/fdinfo/{epoll_fd}").read_text().splitlines():
+        fields = line.split()
+        if fields[:1] == ["tfd:"] and int(fields[1]) == fd:
+            return int(fields[3], 16) & ~(select.EPOLLERR | select.EPOLLHUP)  # epoll adds these two itself
+    return None
+
+
+def test_the_worker_loop_watches_the_listener_exclusively_and_other_fds_plainly():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    other_r, other_w = socket.socketpair()
+    loop = worker_loop(frozenset({listener.fileno()}))
+    try:
+        epoll_fd = loop._selector._selector.fileno()  # type: ignore[attr-defined]
+        loop.add_reader(listener.fileno(), lambda: None)
+        loop.add_reader(other_r.fileno(), lambda: None)
+        assert _epoll_events(epoll_fd, listener.fileno()) == select.EPOLLIN | select.EPOLLEXCLUSIVE
+        assert _epoll_events(epoll_fd, other_r.fileno()) == select.EPOLLIN
+        loop.remove_reader(listener.fileno())  # as _Acceptor does after each accept: a fresh entry, still exclusive
+        assert _epoll_events(epoll_fd, listener.fileno()) is None
+        loop.add_reader(listener.fileno(), lambda: None)
+        assert _epoll_events(epoll_fd, listener.fileno()) == select.EPOLLIN | select.EPOLLEXCLUSIVE
+        loop.add_writer(other_r.fileno(), lambda: None)  # EPOLL_CTL_MOD of a plain entry still works
+        assert _epoll_events(epoll_fd, other_r.fileno()) == select.EPOLLIN | select.EPOLLOUT
+    finally:
+        loop.close()
+        for sock in (listener, other_r, other_w):
+            sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to bind as root and drop to another uid")
+def test_workers_of_a_task_dropped_to_a_non_root_uid_all_serve(supervisors):
+    # Finding 7: with per-worker SO_REUSEPORT sockets, worker 1 (uid 65534) could not join the group of the
+    # listener root had bound (EADDRINUSE), and the pool failed at start.
+    sup = supervisors(count=2, env={"DROP_TO_UID": "65534"})
     sup.wait_ready(2)
     workers = set(sup.children())
-    assert len(workers) == 2
-    served = {int(sup.get()[1]) for _ in range(60)}
-    assert served <= workers
-    if reuseport:
-        assert served == workers  # the kernel's hash spreads 60 connections over both sockets
+    for pid in workers:
+        uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["65534"] * 4
+    assert _serving_pids(sup, workers) == workers
+    assert sup.proc.poll() is None
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_worker_out_of_fds_backs_off_without_spinning_then_serves_again(supervisors):
+    # Finding 9: asyncio's accept loop retried EMFILE 1024 times per wakeup (a log line and a timer each), ~70 %
+    # of a core, while the connections it could not accept waited.
+    sup = supervisors(count=1, env={"SPARE_FDS": "4"})
+    sup.wait_ready(1)
+    (worker,) = sup.children()
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(sup.proc.stderr), daemon=True)
+    reader.start()
+    clients = [socket.create_connection(("127.0.0.1", sup.port), timeout=5) for _ in range(20)]
+    try:
+        deadline = time.monotonic() + 5
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert errors, "the worker never reached its fd limit"
+        time.sleep(1.0)  # asyncio's retry timers piled up: 0.24 s of CPU in the first second, 0.82 in the next
+        before = _cpu_seconds(worker)
+        time.sleep(1.0)
+        cpu = _cpu_seconds(worker) - before
+        assert cpu < 0.3, f"the worker used {cpu:.2f} s of CPU in 1 s at its fd limit"
+        assert "cannot accept connections: Too many open files (EMFILE;" in errors[0]
+    finally:
+        for client in clients:
+            client.close()
+    assert sup.get(timeout=5)[0] == 200
+    assert len(errors) == 1, errors  # one line per episode
+    assert sup.proc.poll() is None
 
 
 def test_sigkill_of_a_worker_fails_the_pool_with_137_and_stops_the_other(supervisors):
@@ -246,3 +374,26 @@ def test_worker_count_on_a_big_node_without_a_cpu_limit_is_capped(tmp_path, monk
     assert default_worker_count(tmp_path, "0::/\n") == MAX_DEFAULT_WORKERS
     (tmp_path / "cpu.max").write_text("300000 100000\n")  # a 3-CPU limit is below the cap
     assert default_worker_count(tmp_path, "0::/\n") == 3
+
+
+def test_other_workers_keep_accepting_while_one_is_out_of_fds(supervisors):
+    sup = supervisors(count=2, env={"SPARE_FDS": "2", "ONLY_ONE_LIMITED": "1"})
+    sup.wait_ready(2)
+    errors: list[str] = []
+    reader = threading.Thread(target=lambda: errors.extend(sup.proc.stderr), daemon=True)
+    reader.start()
+    clients: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while not errors and time.monotonic() < deadline:  # idle connections until the limited worker is full
+            clients.append(socket.create_connection(("127.0.0.1", sup.port), timeout=5))
+            time.sleep(0.01)
+        assert errors, "the limited worker never reached its fd limit"
+        (starved,) = {int(line.split("(pid ")[1].split(")")[0]) for line in errors}
+        for _ in range(10):  # the starved worker still holds its connections; the other one answers
+            status, pid = sup.get(timeout=5)
+            assert (status, int(pid)) == (200, next(p for p in sup.children() if p != starved))
+    finally:
+        for client in clients:
+            client.close()
+    assert sup.proc.poll() is None
