@@ -1,5 +1,6 @@
 """Crafted images cannot reach the node through a Wasm task (security review findings 2, 3, 5), and a non-root
-task serves with any number of workers (finding 7): one task per test, each leak-checked.
+task serves with any number of workers (finding 7) and a read-only root stays so: one task per test, each
+leak-checked.
 
 Each image is py-spin (the Spin Python SDK app: /file?path= reads a file the guest can see, /counter and /kv/ use
 the default key-value store) plus entries that point at the node: symlinks to node files and directories, device
@@ -8,6 +9,7 @@ nodes. Through `ctr run` on containerd 2.1; the node's files are checked byte fo
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -139,3 +141,14 @@ def test_non_root_task_with_two_workers_serves_as_its_user(containerd_21, images
         assert len(workers) == 2
         for worker in workers:
             assert_specs_identity(task, worker)
+
+
+def test_a_read_only_root_serves_and_stays_read_only(containerd_21, images_21, http_apps):
+    """`ctr run --read-only` (root.readonly, CRI's readOnlyRootFilesystem): the app loads (its staged files are
+    made before the root is sealed), serves, and nothing can write its root."""
+    image = images_21.wasm_image("js-echo", {"/": http_apps["js-echo"]}, ["/"])
+    with serving(containerd_21, image, "sandbox-read-only", {}, ctr_args=("--read-only",)) as task:
+        assert task.get("/").status == 200
+        with pytest.raises(OSError) as refused:
+            Path(f"/proc/{task.pid}/root/written-from-the-node").write_text("x")
+        assert refused.value.errno == errno.EROFS

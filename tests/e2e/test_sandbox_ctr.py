@@ -79,14 +79,3 @@ def test_no_process_outside_the_task_can_join_its_port(seccomp_task):
     finally:
         intruder.close()
     assert seccomp_task.get("/hello").status == 200
-
-
-def test_a_read_only_root_serves_and_stays_read_only(containerd_21, images_21, http_apps):
-    """`ctr run --read-only` (root.readonly, CRI's readOnlyRootFilesystem): the app loads (its staged files are
-    made before the root is sealed), serves, and nothing can write its root."""
-    image = images_21.wasm_image("js-echo", {"/": http_apps["js-echo"]}, ["/"])
-    with serving(containerd_21, image, "sandbox-read-only", {}, ctr_args=("--read-only",)) as task:
-        assert task.get("/").status == 200
-        with pytest.raises(OSError) as refused:
-            Path(f"/proc/{task.pid}/root/written-from-the-node").write_text("x")
-        assert refused.value.errno == errno.EROFS
