@@ -3,12 +3,14 @@
 Run by the instance process at task create, only when the rootfs holds no app (a Spin artifact's rootfs is an
 empty snapshot: containerd >= 1.7 unpacks no layer of it; reference/containerd-test-env.md §4). The result is the
 directory runtime.locked_app reads (``spin.lock`` + ``blobs/sha256/<hex>``), built from hard links into the node's
-BlobMirror, so a warm start streams nothing but the manifest and the locked app.
+BlobMirror, so a warm start streams nothing but the manifest and the locked app (and unpacks no files archive: the
+mirror keeps each one unpacked, by layer, until containerd drops the layer).
 
 Everything read here is image content (/work/shared/DESIGN.md, "Trust boundary"), so every read is bounded: the
 manifests and the lock are read whole only up to a cap, and files archives (gzipped tars) are streamed member by
-member into the mirror, a chunk at a time, under caps on what they expand to, how many entries they hold and how
-big one file or header may be. Going past a cap is an ArtifactError naming the image, the layer and the cap.
+member into a staging dir of the mirror, a chunk at a time, under caps on what they expand to, how many entries
+they hold and how big one file or header may be. Going past a cap is an ArtifactError naming the image, the layer
+and the cap.
 """
 
 from __future__ import annotations
@@ -126,8 +128,39 @@ def _lay_out(client: ContainerdClient, artifact: SpinArtifact, mirror: BlobMirro
         _link(mirror.ensure(client, blob.digest), app_dir, blob.digest)
     budget = _ImageBudget(IMAGE_MAX_EXPANDED_BYTES)
     for archive in artifact.archives:
-        for digest in _unpack_archive(mirror.ensure(client, archive.digest), archive.digest, mirror, image, budget):
-            _link(mirror.path(digest), app_dir, digest)
+        _lay_out_archive(client, archive.digest, mirror, app_dir, image, budget)
+
+
+def _lay_out_archive(client: ContainerdClient, layer: str, mirror: BlobMirror, app_dir: Path, image: str,
+                     budget: _ImageBudget) -> None:
+    """Link a files archive's files into ``app_dir``: from its unpacked dir in the mirror when an earlier start
+    unpacked it (nothing is read or unpacked then), else unpacked now.
+
+    A sweep by another pod may remove the unpacked dir while it is linked from (only when containerd no longer has
+    the layer, or when a file of it is gone): the layer is then unpacked again, and containerd says whether it is
+    still there."""
+    unpacked = mirror.unpacked(layer)
+    if unpacked is not None:
+        _charge_unpacked(budget, unpacked.expanded, layer, image)
+        try:
+            for digest in unpacked.files:
+                _link(unpacked.path(digest), app_dir, digest)
+            return
+        except FileNotFoundError:
+            log.debug("image %s: files archive layer %s: its unpacked files went away while linked; unpacking "
+                      "it again", image, layer)
+            budget.left += unpacked.expanded
+            mirror.drop_unpacked(unpacked)
+    _unpack_archive(mirror.ensure(client, layer), layer, mirror, image, budget, app_dir)
+
+
+def _charge_unpacked(budget: _ImageBudget, expanded: int, layer: str, image: str) -> None:
+    """An archive unpacked by an earlier start counts against the caps as if it were unpacked again, so whether
+    an image runs does not depend on what the node's mirror holds."""
+    image_bound = budget.left < ARCHIVE_MAX_EXPANDED_BYTES
+    if expanded > min(ARCHIVE_MAX_EXPANDED_BYTES, budget.left):
+        raise ArtifactError(f"image {image}: files archive layer {layer}: {_past_cap(image_bound)}")
+    budget.left -= expanded
 
 
 def _read_whole(client: ContainerdClient, digest: str, declared: int | None, cap: int, what: str,
@@ -155,29 +188,42 @@ def _link(source: Path, app_dir: Path, digest: str) -> None:
 
 
 def _unpack_archive(archive: Path, layer: str, mirror: BlobMirror, image: str,
-                    budget: _ImageBudget | None = None) -> list[str]:
-    """Every regular file of a files archive, mirrored under its own digest (as Spin's cache stores them).
+                    budget: _ImageBudget | None = None, app_dir: Path | None = None) -> list[str]:
+    """Every regular file of a files archive, unpacked under its own digest (as Spin's cache stores them) into the
+    mirror's dir for the layer (BlobMirror.unpacked); the files' digests, in archive order.
+
+    Unpacked into a staging dir named with this process's pid (a sweep leaves it alone while the process lives),
+    linked from there into ``app_dir`` when one is given, and only then renamed into place whole: a sweep removing
+    the layer's dir at any point cannot take a file the app needs.
 
     Streamed: tarfile's stream mode ("r|": no seeking, headers in order) over our own gzip reader, which counts the
-    expanded bytes; each file goes to the mirror a chunk at a time (BlobMirror.add_stream), so memory holds a chunk
-    and a header, never a file. Raises ArtifactError naming the image, the layer and the cap gone past (leaving no
-    partial file in the mirror), or saying the layer is not a gzipped tar.
+    expanded bytes; each file goes to the staging dir a chunk at a time (ArchiveStaging.add_stream), so memory
+    holds a chunk and a header, never a file. Raises ArtifactError naming the image, the layer and the cap gone
+    past, or saying the layer is not a gzipped tar; then the staging dir is removed, leaving nothing.
     """
     budget = budget if budget is not None else _ImageBudget(IMAGE_MAX_EXPANDED_BYTES)
-    digests = []
+    staging = mirror.stage_archive(layer)
     try:
-        with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-            stream = _ExpandedStream(unzipped, budget)
-            with _BoundedTarFile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[arg-type]
-                for member in _members(tar):
-                    if member.isfile():
-                        _check_file(member, stream)
-                        digests.append(mirror.add_stream(_file_chunks(tar, member)))
-            budget.left -= stream.count
-    except _CapExceeded as exc:
-        raise ArtifactError(f"image {image}: files archive layer {layer}: {exc}") from None
-    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error, RecursionError) as exc:
-        raise ArtifactError(f"image {image}: files archive layer {layer} is not a gzipped tar ({exc})") from None
+        digests = []
+        try:
+            with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                stream = _ExpandedStream(unzipped, budget)
+                with _BoundedTarFile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[arg-type]
+                    for member in _members(tar):
+                        if member.isfile():
+                            _check_file(member, stream)
+                            digests.append(staging.add_stream(_file_chunks(tar, member)))
+        except _CapExceeded as exc:
+            raise ArtifactError(f"image {image}: files archive layer {layer}: {exc}") from None
+        except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error, RecursionError) as exc:
+            raise ArtifactError(f"image {image}: files archive layer {layer} is not a gzipped tar ({exc})") from None
+        if app_dir is not None:
+            for digest in digests:
+                _link(staging.path(digest), app_dir, digest)
+        staging.commit(digests, stream.count)
+        budget.left -= stream.count
+    finally:
+        staging.discard()  # a no-op once committed
     return digests
 
 
@@ -215,10 +261,14 @@ class _ExpandedStream:
             raise _CapExceeded(f"file {_shown(name)} ({size} bytes) {self.past_cap()}")
 
     def past_cap(self) -> str:
-        if self._image_bound:
-            return (f"expands past {describe_cap(IMAGE_MAX_EXPANDED_BYTES)} with the image's other files archives, "
-                    "the most all files archives of an image may expand to")
-        return f"expands past {describe_cap(ARCHIVE_MAX_EXPANDED_BYTES)}, the most one files archive may expand to"
+        return _past_cap(self._image_bound)
+
+
+def _past_cap(image_bound: bool) -> str:
+    if image_bound:
+        return (f"expands past {describe_cap(IMAGE_MAX_EXPANDED_BYTES)} with the image's other files archives, "
+                "the most all files archives of an image may expand to")
+    return f"expands past {describe_cap(ARCHIVE_MAX_EXPANDED_BYTES)}, the most one files archive may expand to"
 
 
 class _BoundedTarInfo(tarfile.TarInfo):

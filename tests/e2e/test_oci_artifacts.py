@@ -218,6 +218,45 @@ def test_files_come_from_data_layers_archive_layers_and_inline(registry, artifac
         assert curl(f"{base}/file?path=/static/hello.txt").body == b"Hello from a static file!\n"
 
 
+def test_an_archive_is_unpacked_once_and_swept_with_its_image(registry, artifact_cluster: Cluster,  # noqa: F811
+                                                                http_apps, pushed):
+    """A files archive is unpacked into the mirror's archives/<layer>/, apart from the content-store blobs, and a
+    later start links those same files without unpacking it again (its mirrored layer, removed here between the
+    starts, is not read back); once the image is removed, the next start's sweep removes the unpacked archive."""
+    c = artifact_cluster
+    archived = b"r" * 500
+    member = hashlib.sha256(archived).hexdigest()
+    image = registry.ref("spin-test/py-spin-archive-reuse", "v1")
+
+    def add_files(lock: dict[str, Any], layers: list[Blob]) -> None:
+        layers.append(Blob.of_bytes(mt.ARCHIVE_LAYER, targz({"reuse/archived.txt": archived})))
+        lock["components"][0]["files"] += [{"digest": f"sha256:{member}", "path": "data/reuse/archived.txt"}]
+
+    push_modified(http_apps["py-spin"], image, add_files)
+    c.cri.pull_image(image)
+    layer = layer_digest(c, image, mt.ARCHIVE_LAYER).partition(":")[2]
+    mirror = c.cache_dir / "content" / CRI_NAMESPACE
+    unpacked = mirror / "archives" / layer / member
+    inodes = []
+    for name in ("unpack", "reuse"):
+        with c.cri.pod(f"archive-{name}", runtime_handler="spin") as pod:
+            run_app(c, pod, image, env=PY_SPIN_ENV)
+            assert curl(f"http://{pod.ip}:{APP_PORT}/file?path=/data/reuse/archived.txt").body == archived
+        inodes.append(unpacked.stat().st_ino)
+        assert not (mirror / "sha256" / member).exists(), "an archive's file is among the content-store blobs"
+        (mirror / "sha256" / layer).unlink(missing_ok=True)  # a start that unpacks the layer again streams it back
+    assert inodes[0] == inodes[1]
+    assert not (mirror / "sha256" / layer).exists(), "the second start read the archive layer again"
+    assert [p.name for p in (mirror / "archives").iterdir() if p.name.startswith(".")] == [], "a staging dir is left"
+
+    c.cri.remove_image(image)
+    wait_for(lambda: not exists(c, f"sha256:{layer}"), timeout=30, what="containerd's GC removing the archive layer")
+    c.cri.pull_image(pushed["js-echo"])
+    with c.cri.pod("archive-swept", runtime_handler="spin") as pod:
+        run_app(c, pod, pushed["js-echo"])
+    assert not unpacked.parent.exists(), "the unpacked archive outlived its image"
+
+
 def test_a_wkg_package_is_served_on_every_route(registry, artifact_cluster: Cluster, http_apps):  # noqa: F811
     """A single `application/wasm` layer (wkg) and no locked app: one HTTP component on /..., as Spin runs it."""
     c = artifact_cluster

@@ -3,8 +3,9 @@
 Files archives (gzipped tars) are built here, small, and the caps are lowered by patching oci.source's constants, so
 each test attacks one cap the way a hostile image would: a file declaring more than a cap, entries past the count,
 tar headers whose data tarfile would read whole, sparse files, and a stream that expands past the archive's or the
-image's cap. Every refusal must name the image, the layer and the cap, and leave no partial file in the mirror;
-and the memory a 64 MiB member costs must stay a few chunks, not the member.
+image's cap. Every refusal must name the image, the layer and the cap, and leave nothing in the mirror (the
+archive is unpacked into a staging dir, removed on refusal); and the memory a 64 MiB member costs must stay a few
+chunks, not the member.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import oci.source
 from oci import media_types as mt
 from oci.client import ContainerdClient, Descriptor
 from oci.errors import ArtifactError, BlobTooLargeError
-from oci.mirror import BlobMirror
+from oci.mirror import UNPACKED_MARKER, BlobMirror
 from oci.source import _ImageBudget, _unpack_archive, find_image_app
 
 IMAGE = "example.com/bomb:1"
@@ -63,8 +64,16 @@ def mirror(tmp_path) -> BlobMirror:
 
 
 def mirrored(mirror: BlobMirror) -> dict[str, bytes]:
-    """The mirror's files by name; every one must be whole (named by its own digest): no partial or tmp file."""
-    files = {p.name: p.read_bytes() for p in mirror.blobs.iterdir()} if mirror.blobs.exists() else {}
+    """The files LAYER left in the mirror, by name (none when it was refused); every one must be whole (named by its
+    own digest), and nothing else may be there: no staging dir, no partial or tmp file, no file among the blobs."""
+    assert not mirror.blobs.exists() or list(mirror.blobs.iterdir()) == [], "an archive's file among the blobs"
+    left = sorted(p.name for p in mirror.archives.iterdir()) if mirror.archives.exists() else []
+    layer_dir = mirror.archive_dir(LAYER)
+    assert left in ([], [layer_dir.name]), f"a staging dir or another archive is left in the mirror: {left}"
+    if not left:
+        return {}
+    files = {p.name: p.read_bytes() for p in layer_dir.iterdir() if p.name != UNPACKED_MARKER}
+    assert (layer_dir / UNPACKED_MARKER).is_file()
     for name, data in files.items():
         assert name == hashlib.sha256(data).hexdigest(), f"a partial or tmp file is left in the mirror: {name}"
     return files
@@ -92,7 +101,7 @@ def test_files_are_mirrored_under_their_digests_and_the_rest_is_skipped(tmp_path
     digests = _unpack_archive(path, LAYER, mirror, IMAGE)
     assert digests == [sha(b"<h1>hi</h1>"), sha(b"")]
     assert mirrored(mirror) == {d.partition(":")[2]: data for d, data in zip(digests, [b"<h1>hi</h1>", b""])}
-    mode = (mirror.blobs / digests[0].partition(":")[2]).stat().st_mode & 0o777
+    mode = (mirror.archive_dir(LAYER) / digests[0].partition(":")[2]).stat().st_mode & 0o777
     assert mode == 0o644  # a non-root task reads the hard link of it
 
 
@@ -102,7 +111,7 @@ def test_a_file_declaring_more_than_the_file_cap_is_refused_before_it_is_written
     message = refused(path, mirror)
     assert message.endswith(
         "file 'big.bin' is 4097 bytes, more than 4096 bytes, the most one file of a files archive may be")
-    assert mirrored(mirror) == {sha(b"ok").partition(":")[2]: b"ok"}  # the file before it is whole; no other
+    assert mirrored(mirror) == {}  # not even the whole file before it
 
 
 def test_files_expanding_past_the_archive_cap_are_refused(tmp_path, mirror, monkeypatch):
@@ -111,7 +120,7 @@ def test_files_expanding_past_the_archive_cap_are_refused(tmp_path, mirror, monk
     message = refused(path, mirror)
     assert message.endswith(f"file 'f3' ({300 << 10} bytes) expands past 1 MiB, the most one files archive may "
                             "expand to")
-    assert len(mirrored(mirror)) == 3
+    assert mirrored(mirror) == {}
 
 
 def test_the_stream_itself_is_capped_whatever_its_bytes_are(tmp_path, mirror, monkeypatch):
@@ -146,6 +155,7 @@ def test_the_image_cap_spans_its_archives(tmp_path, mirror, monkeypatch):
     assert refused(second, mirror, budget).endswith(
         f"file 'b' ({600 << 10} bytes) expands past 1 MiB with the image's other files archives, the most all "
         "files archives of an image may expand to")
+    assert mirrored(mirror) == {sha(b"a" * (600 << 10)).partition(":")[2]: b"a" * (600 << 10)}  # the first only
 
 
 @pytest.mark.parametrize("tar_format", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu-longname", "pax"])
@@ -215,8 +225,8 @@ def test_a_corrupt_archive_leaves_no_partial_file(tmp_path, mirror):
     path = tmp_path / "cut.tar.gz"
     path.write_bytes(whole[: len(whole) // 2])
     assert "is not a gzipped tar" in refused(path, mirror)
-    assert mirrored(mirror) == {}
-    assert not [p for p in mirror.blobs.iterdir()]  # not even the tmp file of the half-read member
+    assert mirrored(mirror) == {}  # not even the tmp file of the half-read member
+    assert list(mirror.archives.iterdir()) == []
 
 
 def test_a_big_member_costs_a_few_chunks_of_memory(tmp_path, mirror):
@@ -262,7 +272,7 @@ def test_add_stream_removes_its_tmp_file_whatever_stops_the_stream(mirror):
     assert list(mirror.blobs.iterdir()) == []
     assert mirror.add_stream(iter([b"a", b"b"])) == sha(b"ab")
     assert mirror.add_stream(iter([b"ab"])) == sha(b"ab")  # already there: kept, tmp removed
-    assert mirrored(mirror) == {sha(b"ab").partition(":")[2]: b"ab"}
+    assert {p.name: p.read_bytes() for p in mirror.blobs.iterdir()} == {sha(b"ab").partition(":")[2]: b"ab"}
 
 
 # ---------------------------------------------------------------------------------------------------- whole reads
