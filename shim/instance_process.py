@@ -197,8 +197,7 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None") -> tuple[Any, 
     """The loaded app, and what the sandbox left out of the spec (for the daemon's log)."""
     from runtime.settings import RuntimeSettings
     from shim import app_source
-    from shim.sandbox import root
-    from shim.sandbox import python_paths
+    from shim.sandbox import python_paths, root
     from shim.sandbox.credentials import apply_credentials
 
     python_paths.import_before_pivot(content_store=app_source.needs_content_store(plan))
@@ -220,11 +219,12 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None") -> tuple[Any, 
         root.release_host_paths(root_plan)
         root.choose_trust_store()
         root.seal(plan.root_readonly)
-        for fd in cgroup_procs:
-            os.write(fd, str(os.getpid()).encode())
-        for fd in cgroup_procs:
-            os.close(fd)
-        cgroup_procs = []
+        while cgroup_procs:  # join: write our pid to each hierarchy's cgroup.procs, opened before the pivot
+            fd = cgroup_procs.pop()
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
         apply_credentials(plan.credentials)
     except BaseException:
         if laid_out is not None:
