@@ -419,8 +419,8 @@ class PodLauncher:
         return runs
 
     def serve(self, runs: Sequence[PodRun], requests: int, parallel: int) -> int:
-        """`requests` GETs of the app route per pod, each on a new connection (SO_REUSEPORT hashes connections over
-        the workers, so most workers run the guest at least once); returns how many did not answer 200."""
+        """`requests` GETs of the app route per pod, each on a new connection (the workers take turns accepting on
+        their shared listener, so most workers run the guest at least once); returns how many did not answer 200."""
         targets = [run.pod.ip for run in runs if run.pod is not None for _ in range(requests)]
         with ThreadPoolExecutor(parallel, thread_name_prefix="client") as pool:
             answers = list(pool.map(lambda ip: http_ok(ip, self.side.request_path), targets))
