@@ -198,7 +198,7 @@ class Cgroup:
 
     def open_procs_files(self) -> list[int]:
         """Write fds of every hierarchy's cgroup.procs: the instance process joins through them after its
-        pivot_root has hidden /sys/fs/cgroup (writing a pid moves that process, as add_process does)."""
+        pivot_root has hidden /sys/fs/cgroup (writing a pid there moves that process)."""
         fds: list[int] = []
         try:
             for path in self.dirs.values():
@@ -208,10 +208,6 @@ class Cgroup:
                 os.close(fd)
             raise
         return fds
-
-    def add_process(self, pid: int) -> None:
-        for path in self.dirs.values():
-            (path / "cgroup.procs").write_text(str(pid))
 
     def procs(self) -> list[int]:
         pids: set[int] = set()

@@ -115,7 +115,7 @@ _CAP_BITS = {name: bit for bit, name in enumerate(CAPABILITY_NAMES)}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-def _cap_mask(names: tuple[str, ...] | list[str]) -> int:
+def capability_mask(names: tuple[str, ...] | list[str]) -> int:
     mask = 0
     for name in names:
         bit = _CAP_BITS.get(name)
@@ -134,7 +134,7 @@ def _last_cap() -> int:
 
 def drop_bounding_capabilities(keep: list[str] | tuple[str, ...]) -> None:
     """Drop every capability outside `keep` from the bounding set (needs CAP_SETPCAP, so done first)."""
-    keep_mask = _cap_mask(keep)
+    keep_mask = capability_mask(keep)
     for bit in range(_last_cap() + 1):
         if not keep_mask & (1 << bit):
             try:
@@ -147,7 +147,7 @@ def set_capabilities(effective: list[str] | tuple[str, ...], permitted: list[str
                      inheritable: list[str] | tuple[str, ...]) -> None:
     """capset(2) of the three per-thread sets (version 3: 64 bits each)."""
     header = struct.pack("Ii", _LINUX_CAPABILITY_VERSION_3, 0)
-    e, p, i = _cap_mask(effective), _cap_mask(permitted), _cap_mask(inheritable)
+    e, p, i = capability_mask(effective), capability_mask(permitted), capability_mask(inheritable)
     data = struct.pack(
         "IIIIII", e & 0xFFFFFFFF, p & 0xFFFFFFFF, i & 0xFFFFFFFF,
         e >> 32, p >> 32, i >> 32,
@@ -222,10 +222,6 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def set_keep_capabilities(keep: bool) -> None:
     """PR_SET_KEEPCAPS: keep the permitted set across setuid from root, so the spec's sets can be applied after."""
     prctl(PR_SET_KEEPCAPS, 1 if keep else 0)
-
-
-def capability_mask(names: tuple[str, ...] | list[str]) -> int:
-    return _cap_mask(names)
 
 
 def raise_ambient_capabilities(names: tuple[str, ...] | list[str]) -> None:
