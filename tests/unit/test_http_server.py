@@ -106,16 +106,23 @@ class Slow:
 
 
 class Stuck:
-    """A guest that never answers: sleeps (GIL released, like wasm) or spins (GIL held) until its deadline."""
+    """A guest that never answers: sleeps (GIL released, like wasm) or spins (GIL held) until its deadline.
+
+    ``release`` ends it early, silently: a test whose server outlives the guest's deadline sets it, so the guest's
+    thread does not log into a later test's captured stderr.
+    """
 
     component_id = "stuck"
 
     def __init__(self, spin=False):
         self.spin = spin
+        self.release = threading.Event()
 
     def handle(self, head, body, sink):
         assert head.deadline < float("inf")
         while time.monotonic() < head.deadline:
+            if self.release.is_set():
+                raise GuestFailure(504, "released by the test")
             if not self.spin:
                 time.sleep(0.01)
         raise GuestFailure(504, "timed out", "spin: stuck: request deadline exceeded")
@@ -707,14 +714,18 @@ def test_shutdown_drains_an_in_flight_request_and_stops_accepting(running):
 
 
 def test_shutdown_grace_bounds_a_stuck_request(running):
-    srv = running([("/...", "stuck")], {"stuck": Stuck()}, request_timeout=30)
+    stuck = Stuck()
+    srv = running([("/...", "stuck")], {"stuck": stuck}, request_timeout=30)
     client = srv.connect()
     client.request(b"GET", b"/")
     time.sleep(0.1)
     start = time.monotonic()
-    srv.shutdown(0.3)
-    assert time.monotonic() - start < 2
-    assert client.closed_within(1)
+    try:
+        srv.shutdown(0.3)
+        assert time.monotonic() - start < 2
+        assert client.closed_within(1)
+    finally:
+        stuck.release.set()
 
 
 # ------------------------------------------------------------------------------------------------ dispatch
