@@ -117,7 +117,7 @@ class WasmInstance:
             status = self.exited.result() if self.exited.done() else None
             raise Internal(f"instance process exited during create"
                            f"{f' with status {status.code}' if status else ''}")
-        log.debug("instance %s ready as pid %d", self._plan.task_id, pid)
+        log.debug("instance %s ready as pid %d (%s)", self._plan.task_id, pid, message.get("phases", ""))
         for line in message.get("loads") or ():
             log.info("task %s: %s", self._plan.task_id, line)
         for line in message.get("sandbox") or ():

@@ -23,6 +23,7 @@ from typing import Any
 
 from shim import linux
 from shim.oci_spec import Rlimit
+from shim.sandbox.steps import SandboxError, step
 
 #: runc's umask when the spec gives none.
 DEFAULT_UMASK = 0o022
@@ -41,32 +42,28 @@ class Credentials:
     seccomp: Mapping[str, Any] | None = None
 
 
-class CredentialsError(OSError):
-    """A step of becoming the spec's user failed; the message names it."""
-
-
 def apply_credentials(credentials: Credentials) -> None:
-    _step("set rlimits", _set_rlimits, credentials.rlimits)
+    step("set rlimits", _set_rlimits, credentials.rlimits)
     if credentials.seccomp is not None and not credentials.no_new_privileges:
         _load_seccomp(credentials.seccomp)
     caps = credentials.capabilities
     if caps:
-        _step("drop the bounding capabilities", linux.drop_bounding_capabilities, list(caps.get("bounding", ())))
-    _step("keep capabilities across setuid", linux.set_keep_capabilities, True)
-    _step(f"set groups {list(credentials.additional_gids)}", os.setgroups, list(credentials.additional_gids))
-    _step(f"set gid {credentials.gid}", os.setgid, credentials.gid)
-    _step(f"set uid {credentials.uid}", os.setuid, credentials.uid)
-    _step("stop keeping capabilities", linux.set_keep_capabilities, False)
+        step("drop the bounding capabilities", linux.drop_bounding_capabilities, list(caps.get("bounding", ())))
+    step("keep capabilities across setuid", linux.set_keep_capabilities, True)
+    step(f"set groups {list(credentials.additional_gids)}", os.setgroups, list(credentials.additional_gids))
+    step(f"set gid {credentials.gid}", os.setgid, credentials.gid)
+    step(f"set uid {credentials.uid}", os.setuid, credentials.uid)
+    step("stop keeping capabilities", linux.set_keep_capabilities, False)
     if caps:
-        _step("set the capability sets", linux.set_capabilities, caps.get("effective", ()),
+        step("set the capability sets", linux.set_capabilities, caps.get("effective", ()),
               caps.get("permitted", ()), caps.get("inheritable", ()))
-        _step("raise the ambient capabilities", linux.raise_ambient_capabilities, caps.get("ambient", ()))
+        step("raise the ambient capabilities", linux.raise_ambient_capabilities, caps.get("ambient", ()))
     elif credentials.uid != 0:
         # keepcaps kept the permitted set through setuid; without a spec'd set there is nothing to keep.
-        _step("clear the capability sets", linux.set_capabilities, (), (), ())
+        step("clear the capability sets", linux.set_capabilities, (), (), ())
     os.umask(credentials.umask if credentials.umask is not None else DEFAULT_UMASK)
     if credentials.no_new_privileges:
-        _step("set no_new_privs", linux.set_no_new_privs)
+        step("set no_new_privs", linux.set_no_new_privs)
         if credentials.seccomp is not None:
             _load_seccomp(credentials.seccomp)
 
@@ -75,7 +72,7 @@ def _set_rlimits(rlimits: tuple[Rlimit, ...]) -> None:
     for rlimit in rlimits:
         number = getattr(resource, rlimit.type, None)
         if not isinstance(number, int) or not rlimit.type.startswith("RLIMIT_"):
-            raise CredentialsError(0, f"unknown rlimit {rlimit.type!r}")
+            raise SandboxError(0, f"unknown rlimit {rlimit.type!r}")
         resource.setrlimit(number, (_unlimited(rlimit.soft), _unlimited(rlimit.hard)))
 
 
@@ -87,12 +84,4 @@ def _unlimited(value: int) -> int:
 def _load_seccomp(profile: Mapping[str, Any]) -> None:
     from shim.sandbox.seccomp import apply_seccomp  # libseccomp's binding: only tasks with a profile pay for it
 
-    _step("load the seccomp profile", apply_seccomp, profile)
-
-
-def _step(what: str, fn, *args) -> None:  # noqa: ANN001 - a step and its arguments
-    try:
-        fn(*args)
-    except (OSError, ValueError) as exc:
-        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise CredentialsError(getattr(exc, "errno", 0) or 0, f"sandbox: cannot {what}: {message}") from None
+    step("load the seccomp profile", apply_seccomp, profile)

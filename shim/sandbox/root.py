@@ -30,6 +30,7 @@ from shim import linux
 from shim.oci_spec import SpecMount
 from shim.sandbox.in_root import fd_path, make_mount_point, open_in_root
 from shim.sandbox.mount_plan import ALWAYS, PlannedMount, plan_mounts
+from shim.sandbox.steps import step
 
 log = logging.getLogger("shim.sandbox")
 
@@ -56,10 +57,6 @@ DEFAULT_DEVICES = ("null", "zero", "full", "random", "urandom")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
-class SandboxError(OSError):
-    """Building the root failed; the message names the step and the path."""
-
-
 @dataclass(frozen=True)
 class RootPlan:
     rootfs: Path
@@ -83,22 +80,22 @@ class RootPlan:
 def enter_root(plan: RootPlan) -> list[str]:
     """Steps 1-5; returns log lines (mounts left out). Raises SandboxError."""
     planned, skipped = plan_mounts(plan.mounts)
-    _step("make a private mount namespace", _private_namespace)
+    step("make a private mount namespace", _private_namespace)
     root = str(plan.rootfs)
-    _step(f"bind the rootfs {root}", linux.mount, root, root, "none", linux.MS_BIND | linux.MS_REC)
-    _step(f"make the rootfs {root} nosuid,nodev", linux.mount, "none", root, "none",
+    step(f"bind the rootfs {root}", linux.mount, root, root, "none", linux.MS_BIND | linux.MS_REC)
+    step(f"make the rootfs {root} nosuid,nodev", linux.mount, "none", root, "none",
           linux.MS_BIND | linux.MS_REMOUNT | ALWAYS)
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for mount in planned:
-            _step(f"mount {mount.destination} ({mount.kind} {mount.source})", _mount, root_fd, mount)
+            step(f"mount {mount.destination} ({mount.kind} {mount.source})", _mount, root_fd, mount)
             if mount.kind == "tmpfs" and mount.destination.rstrip("/") == "/dev":
                 for name in DEFAULT_DEVICES:
-                    _step(f"bind /dev/{name}", _bind, root_fd, f"/dev/{name}", f"/dev/{name}", False, 0, 0)
-        _step(f"make {SHIM_DIR}", _shim_view, root_fd, plan)
+                    step(f"bind /dev/{name}", _bind, root_fd, f"/dev/{name}", f"/dev/{name}", False, 0, 0)
+        step(f"make {SHIM_DIR}", _shim_view, root_fd, plan)
     finally:
         os.close(root_fd)
-    _step(f"pivot_root into {root}", _pivot, root)
+    step(f"pivot_root into {root}", _pivot, root)
     return skipped
 
 
@@ -111,7 +108,7 @@ def release_host_paths(plan: RootPlan) -> None:
         except OSError:
             pass  # not mounted (a rootfs app has no socket)
     if plan.app_dir is not None:
-        _step(f"make {APP} read-only", linux.mount, "none", APP, "none",
+        step(f"make {APP} read-only", linux.mount, "none", APP, "none",
               linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | ALWAYS)
 
 
@@ -134,15 +131,8 @@ def choose_trust_store() -> str | None:
 def seal(readonly: bool) -> None:
     """root.readonly: the root becomes read-only, as runc remounts it at the end."""
     if readonly:
-        _step("make the root read-only", linux.mount, "none", "/", "none",
+        step("make the root read-only", linux.mount, "none", "/", "none",
               linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | ALWAYS)
-
-
-def _step(what: str, fn, *args) -> None:  # noqa: ANN001 - a step and its arguments
-    try:
-        fn(*args)
-    except OSError as exc:
-        raise SandboxError(exc.errno, f"sandbox: cannot {what}: {exc.strerror or exc}") from None
 
 
 def _private_namespace() -> None:
