@@ -5,9 +5,10 @@ Order matters and is the point of this module:
    shim is unmanaged; containerd runs `delete` for it anyway), default signal handlers;
 2. enter the task's network, UTS and IPC namespaces (so ports, probes and sidecars behave as
    for a container) and its stdio;
-3. on the node, still privileged: import what cannot be imported through the sandbox's binds
-   of the interpreter's directories (shim/sandbox/python_paths.py), lay out an OCI artifact's
-   app from containerd's content store, open the task cgroup's `cgroup.procs` files;
+3. on the node, still privileged: load what cannot come through the sandbox's binds of the
+   interpreter's directories (wasmtime, the node libraries of C extensions, OpenSSL's config:
+   shim/sandbox/python_paths.py, native_libs.py), lay out an OCI artifact's app from
+   containerd's content store, open the task cgroup's `cgroup.procs` files;
 4. enter the sandbox (shim/sandbox/root.py): a private mount namespace with the rootfs, the
    spec's mounts and the shim's own binds, pivot_root. From here on every path the image
    names is resolved by the kernel inside the container's root;
@@ -83,14 +84,35 @@ class InstancePlan:
     daemon_pid: int = field(default_factory=os.getpid)
 
 
+class Phases:
+    """Milliseconds per step of the setup, for the daemon's log: what a start costs, and where, is visible on
+    every node (and to scripts/bench_start.py) without a profiler."""
+
+    def __init__(self) -> None:
+        self._clock = time.monotonic
+        self._last = self._clock()
+        self._spans: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = self._clock()
+        self._spans.append((name, (now - self._last) * 1000))
+        self._last = now
+
+    def summary(self) -> str:
+        """``namespaces 0.4 ms, imports 11.8 ms, ...``"""
+        return ", ".join(f"{name} {ms:.1f} ms" for name, ms in self._spans)
+
+
 def run_instance_process(plan: InstancePlan, stdio: "TaskStdio", cgroup: "Cgroup | None",
                          status_w: int, go_r: int) -> NoReturn:
     code = _SETUP_FAILED
+    phases = Phases()
     try:
         _leave_daemon(plan)
         _install_stdio(stdio)
         _close_inherited_fds(keep={0, 1, 2, status_w, go_r})
-        app = _prepare(plan, cgroup, status_w)
+        phases.mark("process")
+        app = _prepare(plan, cgroup, status_w, phases)
         if app is None:
             os._exit(_SETUP_FAILED)
         code = _wait_and_run(plan, app, go_r)
@@ -172,7 +194,7 @@ def _report(status_w: int, message: dict[str, Any]) -> None:
     os.close(status_w)
 
 
-def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
+def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int, phases: Phases) -> Any:
     """Steps 2-7; on failure tell the daemon (-> the Create error) and the user (-> the task's stderr) and
     return None."""
     from oci.errors import ArtifactError, ContentStoreError
@@ -180,7 +202,6 @@ def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
     from shim.sandbox.mount_plan import MountPlanError
     from shim.sandbox.steps import SandboxError
 
-    phases = Phases()
     try:
         _enter_namespaces(plan)
         phases.mark("namespaces")
@@ -196,26 +217,7 @@ def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int) -> Any:
     return app
 
 
-class Phases:
-    """Milliseconds per step of the setup, for the daemon's log: what a start costs, and where, is visible on
-    every node (and to scripts/bench_start.py) without a profiler."""
-
-    def __init__(self) -> None:
-        self._clock = time.monotonic
-        self._last = self._clock()
-        self._spans: list[tuple[str, float]] = []
-
-    def mark(self, name: str) -> None:
-        now = self._clock()
-        self._spans.append((name, (now - self._last) * 1000))
-        self._last = now
-
-    def summary(self) -> str:
-        """``namespaces 0.4 ms, imports 11.8 ms, ...``"""
-        return ", ".join(f"{name} {ms:.1f} ms" for name, ms in self._spans)
-
-
-def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: "Phases") -> tuple[Any, list[str]]:
+def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: Phases) -> tuple[Any, list[str]]:
     """The loaded app, and what the sandbox left out of the spec (for the daemon's log)."""
     from runtime.settings import RuntimeSettings
     from shim import app_source
@@ -230,13 +232,14 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: "Phase
     phases.mark("layout")
     cgroup_procs = cgroup.open_procs_files() if cgroup is not None else []
     try:
+        real_paths = python_paths.RealPaths()
         root_plan = root.RootPlan(
             rootfs=plan.rootfs, mounts=plan.mounts, readonly=plan.root_readonly, cache_dir=plan.cache_dir,
             app_dir=laid_out.app_dir if laid_out else None,
             containerd_socket=Path(plan.containerd_address) if laid_out else None,
-            module_dirs=python_paths.module_dirs())
+            module_dirs=python_paths.module_dirs(real_paths))
         skipped = root.enter_root(root_plan)
-        python_paths.remap_imports(root_plan.module_binds)
+        python_paths.remap_imports(root_plan.module_binds, real_paths)
         phases.mark("root")
         settings = RuntimeSettings(cache_dir=Path(root.SHIM_DIR), max_instance_memory=plan.max_instance_memory,
                                    scratch_dir=Path(root.SCRATCH))

@@ -7,7 +7,9 @@ end-to-end side is tests/e2e/test_sandbox_ctr.py.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import zipfile
 import os
 import resource
 import sys
@@ -157,28 +159,71 @@ def test_device_rules_become_cgroup_v1_lines_in_spec_order():
         device_rules([{"allow": True, "type": "x"}])
 
 
-def test_after_the_pivot_modules_still_import_through_the_read_only_binds(tmp_path):
-    from shim.sandbox import python_paths
+#: Extensions of the standard library linking a library of the node, with that library's soname.
+_LAZY_EXTENSIONS = (("_lzma", "liblzma.so.5"), ("_bz2", "libbz2.so.1.0"), ("_uuid", "libuuid.so.1"),
+                    ("_curses", "libncursesw.so.6"), ("readline", "libreadline.so.8"))
+
+
+def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensions_only_with_node_libraries(
+        tmp_path):
+    from shim.sandbox import native_libs, python_paths
 
     rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
+    for lib_dir in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"):
+        (rootfs / lib_dir).mkdir(parents=True, exist_ok=True)
+    real_paths = python_paths.RealPaths()
     plan = RootPlan(rootfs=rootfs, mounts=(), readonly=False, cache_dir=tmp_path / "cache",
-                    module_dirs=python_paths.module_dirs())
+                    module_dirs=python_paths.module_dirs(real_paths))
 
     def inside() -> dict[str, Any]:
         python_paths.import_before_pivot(content_store=False)
-        for name in ("colorsys", "runtime.executors.spin1"):  # other tests of this process may have imported them
-            sys.modules.pop(name, None)
+        for name in ("colorsys", "runtime.executors.spin1", "ssl", "_ssl", "sqlite3", "_sqlite3"):
+            sys.modules.pop(name, None)  # other tests of this process may have imported them
+        loaded = native_libs.loaded_libraries()
+        # An extension whose library is not in this process yet; the image ships a library of that name.
+        lazy, lazy_lib = next((module, lib) for module, lib in _LAZY_EXTENSIONS
+                              if lib not in loaded and module not in sys.modules
+                              and importlib.util.find_spec(module) is not None)
+        for lib_dir in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"):
+            (rootfs / lib_dir / lazy_lib).write_bytes(b"\x7fELF the image's code")
+        # The image plants modules where node paths point: sys.path entries the node lacks (python311.zip), and
+        # our packages' source tree (an editable install finds them by node path).
+        for entry in sys.path:
+            if entry.endswith(".zip") and not os.path.exists(entry):
+                planted = rootfs / entry.lstrip("/")
+                planted.parent.mkdir(parents=True, exist_ok=True)
+                with zipfile.ZipFile(planted, "w") as archive:
+                    archive.writestr("colorsys.py", "raise SystemExit('the image ran')\n")
+        proto_dir = rootfs / str(Path(importlib.util.find_spec("proto").origin).parent).lstrip("/")
+        proto_dir.mkdir(parents=True, exist_ok=True)
+        (proto_dir / "__init__.py").write_text("raise SystemExit('the image ran')\n")
+        for name in [name for name in sys.modules if name == "proto" or name.startswith("proto.")]:
+            sys.modules.pop(name)
         enter_root(plan)
-        python_paths.remap_imports(plan.module_binds)
+        python_paths.remap_imports(plan.module_binds, real_paths)
         import colorsys  # the stdlib, pure Python: through the bind of its directory
+        import sqlite3  # an extension preloaded from the node before the pivot
+        import ssl
 
+        import proto  # ours too, never imported before the pivot
         import runtime.executors.spin1  # ours, from the editable install's source tree
 
-        return {"stdlib": colorsys.__file__, "ours": runtime.executors.spin1.__file__,
-                "node_gone": not os.path.exists(plan.module_dirs[0] + "/os.py")}
+        refused = ""
+        try:
+            __import__(lazy)
+        except native_libs.NativeImportRefused as exc:
+            refused = str(exc)
+        return {"stdlib": colorsys.__file__, "ours": runtime.executors.spin1.__file__, "proto": proto.__file__,
+                "ssl": ssl.OPENSSL_VERSION, "sqlite": sqlite3.connect(":memory:").execute("select 7").fetchone()[0],
+                "node_gone": not os.path.exists(plan.module_dirs[0] + "/os.py"),
+                "lazy": lazy, "lazy_lib": lazy_lib, "refused": refused,
+                "openssl_modules": os.environ.get("OPENSSL_MODULES")}
 
     seen = _in_child(inside)
     assert seen["stdlib"].startswith("/.spin-shim/python/")
-    assert seen["ours"].startswith("/.spin-shim/python/")
+    assert seen["ours"].startswith("/.spin-shim/python/") and seen["proto"].startswith("/.spin-shim/python/")
+    assert seen["ssl"].startswith("OpenSSL") and seen["sqlite"] == 7
     assert seen["node_gone"]
+    assert seen["refused"] == (f"sandbox: module {seen['lazy']} needs {seen['lazy_lib']}, which the shim did not load "
+                               f"before it entered the container (inside, the dynamic loader would search the image)")
+    assert seen["openssl_modules"] == native_libs.NO_OPENSSL_MODULES
