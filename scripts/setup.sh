@@ -7,7 +7,7 @@
 #     bridge cleanup), curl + wrk (HTTP checks and benchmarks), docker-registry (local registry, ref §4),
 #     containernetworking-plugins (CNI, ref §5.4), python3-venv (to create the venv), debian-archive-keyring
 #     (verifies the trixie/sid lists in install_containerd.sh).
-#  2. The project venv at <repo>/.venv with `pip install -e '<repo>[dev]'`.
+#  2. The project venv at <repo>/.venv with `pip install -e '<repo>[dev]'`, and the shim's bytecode compiled.
 #  3. containerd 1.7 and 2.1 via scripts/install_containerd.sh.
 #  4. The toolchains that build the real Spin HTTP test apps (Spin Python SDK, componentize-py, Spin JS
 #     build-tools) and the reference `wasmtime serve`, via scripts/install_app_toolchains.sh.
@@ -98,6 +98,11 @@ setup_venv() {
     log "pip install -e '${REPO_ROOT}[dev]'"
     "$VENV_DIR/bin/python" -m pip install -q --disable-pip-version-check -e "${REPO_ROOT}[dev]" \
         || die "pip install failed"
+    # An editable install has no bytecode, and inside a task's sandbox the source tree is bound read-only: without
+    # this every instance process would compile each module it imports after the pivot from source.
+    log "compiling the shim's bytecode"
+    "$VENV_DIR/bin/python" -m compileall -q -j 0 "$REPO_ROOT"/{oci,proto,runtime,shim} >/dev/null \
+        || die "compileall failed"
 }
 
 main() {
