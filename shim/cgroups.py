@@ -84,7 +84,7 @@ def _own_cgroup_paths() -> dict[str, str]:
     return result
 
 
-def _v1_mounts() -> dict[str, Path]:
+def v1_mounts() -> dict[str, Path]:
     """controller -> mountpoint, from mountinfo (co-mounted controllers share one)."""
     mounts: dict[str, Path] = {}
     with open("/proc/self/mountinfo") as f:
@@ -154,7 +154,7 @@ class Cgroup:
             base = rel if rel.startswith("/") else os.path.join(own.get("", "/"), rel)
             return cls(rel, {"": CGROUP_ROOT / base.lstrip("/")}, unified=True)
         dirs: dict[str, Path] = {}
-        for ctrl, mountpoint in _v1_mounts().items():
+        for ctrl, mountpoint in v1_mounts().items():
             base = rel if rel.startswith("/") else os.path.join(own.get(ctrl, "/"), rel)
             dirs[ctrl] = mountpoint / base.lstrip("/")
         return cls(rel, dirs, unified=False)

@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> None:
         from oci.push import main as push_main
 
         sys.exit(push_main(args[1:]))
+    if args[:1] == ["fork-server"] and len(args) in (2, 3):
+        # Spawned by `start` (shim/forkserver/client.py), never by containerd or people; the third argument is
+        # room for its daemons' command lines.
+        from shim.forkserver.server import run_server
+
+        sys.exit(run_server(args[1]))
     if args[:1] == ["install"]:
         # An operator's command, not containerd's: argparse syntax too, and tomlkit imported only here.
         from shim.node_install import main as install_main

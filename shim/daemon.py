@@ -98,7 +98,8 @@ async def _serve(sock: socket.socket, args: DaemonArgs) -> None:
     methods = service.methods()
     server = TtrpcServer({name: methods for name in TASK_SERVICES})
     server_task = loop.create_task(server.serve(sock))
-    log.debug("serving %s on %s", args.task_id, args.socket_path)
+    log.debug("serving %s on %s, forked by %s", args.task_id, args.socket_path,
+              f"the fork server (pid {args.fork_server_pid})" if args.fork_server_pid else "start")
     idle.update(0)
     await stop.wait()
     log.debug("shutting down")

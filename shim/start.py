@@ -40,6 +40,8 @@ class DaemonArgs:
     socket_path: str
     debug: bool
     options: dict[str, Any] = field(default_factory=dict)
+    #: The warm fork server that forked this daemon (shim/forkserver), 0 when `start` forked it itself.
+    fork_server_pid: int = 0
 
 
 class StartError(Exception):
@@ -154,6 +156,22 @@ def _spawn_daemon(sock: socket.socket, args: DaemonArgs) -> None:
         os._exit(code)
 
 
+def _fork_through_server(sock: socket.socket, daemon_args: DaemonArgs) -> bool:
+    """True when the node's warm fork server (shim/forkserver) forked the daemon."""
+    from shim.forkserver import client
+
+    if not client.enabled():
+        return False
+    try:
+        pid = client.fork_through_server(sock, daemon_args, sys.argv)
+    except client.ForkServerLost as exc:
+        raise StartError(str(exc)) from None
+    if pid is None:
+        return False
+    sock.close()
+    return True
+
+
 def _raise_oom_score() -> None:
     """The shim should die before containerd under memory pressure (Go: containerd's
     score + 1); raising a score needs no privilege, lowering would."""
@@ -184,12 +202,14 @@ def run_start(flags: Flags) -> int:
                            start_input.socket_dir or DEFAULT_SOCKET_DIR)
         sock = bind_or_reuse(path)
         if sock is not None:
-            _spawn_daemon(sock, DaemonArgs(
+            daemon_args = DaemonArgs(
                 namespace=namespace, containerd_address=address,
                 ttrpc_address=start_input.ttrpc_address or os.environ.get("TTRPC_ADDRESS"),
                 task_id=flags.id, bundle=bundle, socket_path=path,
                 debug=flags.debug or start_input.debug, options=start_input.options,
-            ))
+            )
+            if not _fork_through_server(sock, daemon_args):
+                _spawn_daemon(sock, daemon_args)
         shim_address = "unix://" + path
         write_address(bundle, shim_address)
         sys.stdout.write(shim_address)

@@ -1,0 +1,62 @@
+"""Which shim build a fork server holds: a daemon is never forked from a server of another build.
+
+The key hashes what the server has imported and a daemon would run: every file of this project's packages
+(path, size, mtime), the interpreter, and the wasmtime package (its version and its native library), since
+the precompile cache and every compiled component depend on it. `start` computes it on every call, so it
+stats files rather than reading them: ~1 ms for the few hundred files of the tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+#: The project's packages, next to this one.
+PACKAGES_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("oci", "proto", "runtime", "shim")
+#: Lets tests (and an operator who wants a separate server) make a build distinct without changing code.
+SALT_ENV = "SPIN_SHIM_FORK_SERVER_SALT"
+
+
+def build_key() -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{sys.executable}\0{sys.version}\0{os.environ.get(SALT_ENV, '')}\0".encode())
+    for package in PACKAGES:
+        _add_tree(digest, PACKAGES_ROOT / package)
+    _add_wasmtime(digest)
+    return digest.hexdigest()[:24]
+
+
+def _add_tree(digest: "hashlib._Hash", directory: Path) -> None:
+    stack = [str(directory)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name == "__pycache__":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.name.endswith((".py", ".so")):
+                info = entry.stat()
+                digest.update(f"{entry.path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
+
+
+def _add_wasmtime(digest: "hashlib._Hash") -> None:
+    """The wasmtime package's dist-info name (its version) and its files' sizes and mtimes."""
+    for entry in sys.path:
+        package = os.path.join(entry or ".", "wasmtime")
+        if os.path.isdir(package):
+            try:
+                digest.update(" ".join(sorted(name for name in os.listdir(entry or ".")
+                                              if name.startswith("wasmtime-"))).encode())
+            except OSError:
+                pass
+            _add_tree(digest, Path(package))
+            return
+    digest.update(b"no wasmtime")

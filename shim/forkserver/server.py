@@ -1,0 +1,221 @@
+"""The fork server process: `containerd-shim-spin-v2 fork-server <key>`, spawned by a `start` that found none.
+
+It imports what every daemon and instance process imports (WARM_MODULES), freezes the GC so those objects'
+pages stay shared with every fork, and answers requests one at a time on its root-only socket, single-threaded
+(it checks it has one thread before every fork: a fork copies only the calling thread, and a lock another
+thread held would stay locked in the daemon). Each daemon is forked twice over, so it is nobody's child here:
+the server's death or upgrade never touches a running pod, and the server never reaps a pod's processes.
+
+It lives in containerd's cgroup, like the shims, so systemd's `KillMode=process` for containerd.service leaves
+it running across containerd restarts, as it leaves the shims; it exits after SPIN_SHIM_FORK_SERVER_IDLE_SECONDS
+(300 by default) without a request, when its build key no longer matches the installed code, or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import importlib
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+from typing import Any, NoReturn
+
+from shim.forkserver import protocol
+from shim.forkserver.adopt import StartContext, adopt, argv_fits, namespace_ids, set_argv
+from shim.forkserver.build_key import build_key
+
+log = logging.getLogger("shim.forkserver")
+
+IDLE_ENV = "SPIN_SHIM_FORK_SERVER_IDLE_SECONDS"
+IDLE_SECONDS = 300.0
+#: Imported once here instead of in every daemon and instance process: the daemon, the Task service, the
+#: instance process and its sandbox, the runtime's loader, triggers and executors, wasmtime. Not grpc: only an
+#: artifact's load needs it, and its threads and fork handlers have no place in every daemon.
+WARM_MODULES = (
+    "shim.daemon", "shim.service", "shim.task", "shim.instance", "shim.instance_process", "shim.native_instance",
+    "shim.exec_process", "shim.app_source", "shim.cgroups", "shim.oci_spec", "shim.rootfs", "oci.errors",
+    "runtime.errors", "runtime.settings",
+    "shim.sandbox.root", "shim.sandbox.credentials", "shim.sandbox.mount_plan", "shim.sandbox.python_paths",
+    "shim.sandbox.native_libs", "wasmtime", "wasmtime.component",
+    "runtime.loader", "runtime.manifest", "runtime.files", "runtime.precompile", "runtime.engine",
+    "runtime.guest", "runtime.http.trigger", "runtime.http.server", "runtime.http.workers",
+)
+
+
+def idle_seconds() -> float:
+    try:
+        seconds = float(os.environ.get(IDLE_ENV, IDLE_SECONDS))
+    except ValueError:
+        return IDLE_SECONDS
+    return seconds if seconds > 0 else IDLE_SECONDS
+
+
+def run_server(key: str) -> int:
+    """The server's main: returns when idle, outdated or terminated."""
+    try:
+        set_argv((sys.argv[0], "fork-server", key))  # hide the padding from ps
+    except ValueError:
+        pass
+    protocol.make_socket_dir()
+    lock = os.open(protocol.lock_path(key), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another server of this build runs, or is starting
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the daemon will meet and report the same error
+            pass
+    _load_native_state()
+    if build_key() != key:
+        return 0  # the installed code changed while we imported it
+    listener = _listen(protocol.socket_path(key))
+    bound_inode = os.stat(protocol.socket_path(key)).st_ino
+    gc.collect()
+    gc.freeze()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        _serve(listener, key)
+    finally:
+        try:
+            if os.stat(protocol.socket_path(key)).st_ino == bound_inode:  # not a successor's
+                os.unlink(protocol.socket_path(key))
+        except OSError:
+            pass
+    return 0
+
+
+def _load_native_state() -> None:
+    """What every instance process loads before its pivot (node libraries, OpenSSL's config, the engine
+    fingerprint), loaded here once: forks inherit it, and their own call finds it done."""
+    try:
+        from shim.sandbox import python_paths
+
+        python_paths.import_before_pivot(content_store=False)
+        python_paths.module_dirs()
+    except Exception:  # noqa: BLE001 - the instance process meets and reports the same error
+        pass
+
+
+def _listen(path: str) -> socket.socket:
+    """Bound at a temporary name, made root-only, then renamed into place: never reachable with a wider mode."""
+    temporary = f"{path}.{os.getpid()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    listener.bind(temporary)
+    os.chmod(temporary, 0o600)
+    listener.listen(64)
+    os.replace(temporary, path)
+    return listener
+
+
+def _serve(listener: socket.socket, key: str) -> None:
+    idle = idle_seconds()
+    while True:
+        ready, _, _ = select.select([listener], [], [], idle)
+        if not ready:
+            return
+        if build_key() != key:
+            return  # upgraded in place: a new start computes the new key and spawns that build's server
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            try:
+                _handle(conn, listener, key)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # the client's problem: it sees the connection close without an answer
+
+
+def _handle(conn: socket.socket, listener: socket.socket, key: str) -> None:
+    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    if uid != 0:
+        protocol.send(conn, {"refused": f"uid {uid} is not root"})
+        return
+    request, fds = protocol.receive(conn, max_fds=1)
+    try:
+        refusal = _refusal(request, fds, key)
+        if refusal:
+            protocol.send(conn, {"refused": refusal})
+            return
+        context = StartContext.from_json(request["context"])
+        daemon_pid = _fork_daemon(fds[0], request["daemon"], context, keep_out=(conn, listener))
+        protocol.send(conn, {"pid": daemon_pid})
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _refusal(request: dict[str, Any], fds: list[int], key: str) -> str | None:
+    if request.get("version") != protocol.PROTOCOL_VERSION:
+        return f"protocol version {request.get('version')!r}, this server speaks {protocol.PROTOCOL_VERSION}"
+    if request.get("key") != key:
+        return "another shim build"
+    if len(fds) != 1:
+        return "no listening socket passed"
+    if not argv_fits(tuple(request["context"]["argv"])):
+        return "start's command line is longer than a daemon forked here can show"
+    if namespace_ids() != request["context"]["namespaces"]:
+        return "start runs in other namespaces than the server"
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        return f"the server has {threads} threads"
+    return None
+
+
+def _fork_daemon(listen_fd: int, daemon: dict[str, Any], context: StartContext,
+                 keep_out: tuple[socket.socket, ...]) -> int:
+    """Fork (and fork again, so the daemon is not our child); return the daemon's pid."""
+    daemon = {**daemon, "fork_server_pid": os.getpid()}
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    first = os.fork()
+    if first == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            daemon_pid = os.fork()
+            if daemon_pid == 0:
+                os.close(write_end)
+                _become_daemon(listen_fd, daemon, context, keep_out)
+            os.write(write_end, str(daemon_pid).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        os.waitpid(first, 0)
+        answer = os.read(read_end, 32)
+    finally:
+        os.close(read_end)
+    if not answer:
+        raise OSError("the daemon could not be forked")
+    return int(answer)
+
+
+def _become_daemon(listen_fd: int, daemon: dict[str, Any], context: StartContext,
+                   keep_out: tuple[socket.socket, ...]) -> NoReturn:
+    code = 1
+    try:
+        for sock in keep_out:
+            sock.close()
+        os.setsid()  # a session of its own, as the cold path's daemon
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.closerange(3, listen_fd)
+        os.closerange(listen_fd + 1, 65536)  # the server's lock among them: it must not outlive the server
+        adopt(context)
+        from shim.daemon import run_daemon
+        from shim.start import DaemonArgs
+
+        sock = socket.socket(fileno=listen_fd)
+        code = run_daemon(sock, DaemonArgs(**daemon))
+    finally:
+        os._exit(code)
