@@ -232,14 +232,13 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: Phases
     phases.mark("layout")
     cgroup_procs = cgroup.open_procs_files() if cgroup is not None else []
     try:
-        real_paths = python_paths.RealPaths()
         root_plan = root.RootPlan(
             rootfs=plan.rootfs, mounts=plan.mounts, readonly=plan.root_readonly, cache_dir=plan.cache_dir,
             app_dir=laid_out.app_dir if laid_out else None,
             containerd_socket=Path(plan.containerd_address) if laid_out else None,
-            module_dirs=python_paths.module_dirs(real_paths))
+            module_dirs=python_paths.module_dirs())
         skipped = root.enter_root(root_plan)
-        python_paths.remap_imports(root_plan.module_binds, real_paths)
+        python_paths.remap_imports(root_plan.module_binds)
         phases.mark("root")
         settings = RuntimeSettings(cache_dir=Path(root.SHIM_DIR), max_instance_memory=plan.max_instance_memory,
                                    scratch_dir=Path(root.SCRATCH))

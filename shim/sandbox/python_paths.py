@@ -83,25 +83,38 @@ class RealPaths:
 OUR_PACKAGES = ("oci", "proto", "runtime", "shim")
 
 
-def module_dirs(real_paths: RealPaths) -> tuple[str, ...]:
+class ModuleScan:
+    """module_dirs' state, kept for the life of the process and inherited by its forks: a fork server or daemon
+    that scanned its few hundred modules once leaves an instance process only the modules imported since."""
+
+    def __init__(self) -> None:
+        self.real_paths = RealPaths()
+        self.found: list[str] = []
+        self.seen: set[str] = set()
+
+    def add(self, path: str) -> None:
+        real = self.real_paths(path)
+        if not any(real == d or real.startswith(d + "/") for d in self.found) and os.path.isdir(real):
+            self.found[:] = [d for d in self.found if not d.startswith(real + "/")]
+            self.found.append(real)
+
+
+_SCAN = ModuleScan()
+
+
+def module_dirs() -> tuple[str, ...]:
     """The directories imports come from: sys.path's, our packages', and those of imported packages outside them."""
-    found: list[str] = []
-
-    def add(path: str) -> None:
-        real = real_paths(path)
-        if not any(real == d or real.startswith(d + "/") for d in found) and os.path.isdir(real):
-            found[:] = [d for d in found if not d.startswith(real + "/")]
-            found.append(real)
-
     for entry in sys.path:
         if entry:
-            add(entry)
+            _SCAN.add(entry)
     for location in _our_package_dirs().values():
-        add(location)
-    for module in list(sys.modules.values()):
-        for entry in _search_path(module):
-            add(entry)
-    return tuple(found)
+        _SCAN.add(location)
+    for name, module in list(sys.modules.items()):
+        if name not in _SCAN.seen:
+            _SCAN.seen.add(name)
+            for entry in _search_path(module):
+                _SCAN.add(entry)
+    return tuple(_SCAN.found)
 
 
 def _our_package_dirs() -> dict[str, str]:
@@ -145,11 +158,12 @@ class SandboxFinder:
         importlib.machinery.PathFinder.invalidate_caches()
 
 
-def remap_imports(binds: Mapping[str, str], real_paths: RealPaths) -> None:
+def remap_imports(binds: Mapping[str, str]) -> None:
     """After the pivot: every module directory `host -> bound` is searched at its bound path, only there."""
 
     def remap(path: str) -> str | None:
-        real = real_paths.memo.get(path) or real_paths.memo.get(path.rstrip("/")) or path
+        memo = _SCAN.real_paths.memo
+        real = memo.get(path) or memo.get(path.rstrip("/")) or path
         for host, bound in binds.items():
             if real == host or real.startswith(host + "/"):
                 return bound + real[len(host):]
@@ -180,5 +194,7 @@ def remap_imports(binds: Mapping[str, str], real_paths: RealPaths) -> None:
 
 
 def _search_path(module: object) -> list[str] | object:
-    path = getattr(module, "__path__", None)
+    """A package's __path__, read from its __dict__: getattr would raise (and catch) AttributeError for every
+    plain module and run a module's own __getattr__ (1 ms over a daemon's ~400 modules)."""
+    path = getattr(module, "__dict__", {}).get("__path__")
     return path if path is not None else []

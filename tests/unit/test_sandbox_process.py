@@ -171,9 +171,8 @@ def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensio
     rootfs = tmp_path / "rootfs"
     for lib_dir in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"):
         (rootfs / lib_dir).mkdir(parents=True, exist_ok=True)
-    real_paths = python_paths.RealPaths()
     plan = RootPlan(rootfs=rootfs, mounts=(), readonly=False, cache_dir=tmp_path / "cache",
-                    module_dirs=python_paths.module_dirs(real_paths))
+                    module_dirs=python_paths.module_dirs())
 
     def inside() -> dict[str, Any]:
         python_paths.import_before_pivot(content_store=False)
@@ -200,7 +199,7 @@ def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensio
         for name in [name for name in sys.modules if name == "proto" or name.startswith("proto.")]:
             sys.modules.pop(name)
         enter_root(plan)
-        python_paths.remap_imports(plan.module_binds, real_paths)
+        python_paths.remap_imports(plan.module_binds)
         import colorsys  # the stdlib, pure Python: through the bind of its directory
         import sqlite3  # an extension preloaded from the node before the pivot
         import ssl
