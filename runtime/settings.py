@@ -37,6 +37,9 @@ class RuntimeSettings:
     #: A private directory (a tmpfs) for the files wasmtime must open by path, such as a WAGI module's stdout.
     #: None: /proc/self/fd paths, which need /proc (the shim's sandbox has none and passes its own tmpfs).
     scratch_dir: Path | None = None
+    #: The CPUs the container may use (its CPU limit, else its request), for the default HTTP worker count.
+    #: None: it named none.
+    cpus: float | None = None
 
     def with_task_env(self, env: Mapping[str, str]) -> RuntimeSettings:
         """Apply the Spin knobs a task sets through its environment, as containerd-shim-spin reads them.

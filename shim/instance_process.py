@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from shim import linux
 
-from shim.oci_spec import SpecMount
+from shim.oci_spec import SpecMount, container_cpus
 from shim.sandbox.credentials import Credentials
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: Phases
         python_paths.remap_imports(root_plan.module_binds)
         phases.mark("root")
         settings = RuntimeSettings(cache_dir=Path(root.SHIM_DIR), max_instance_memory=plan.max_instance_memory,
-                                   scratch_dir=Path(root.SCRATCH))
+                                   scratch_dir=Path(root.SCRATCH), cpus=container_cpus(plan.resources))
         app = app_source.load_task_app(plan, laid_out, settings)
         phases.mark("load")
         root.release_host_paths(root_plan)

@@ -164,3 +164,21 @@ def _rlimit(raw: Any) -> Rlimit:
         return Rlimit(type=str(raw["type"]), soft=int(raw["soft"]), hard=int(raw["hard"]))
     except (KeyError, TypeError, ValueError):
         raise InvalidArgument(f"OCI runtime spec: a malformed rlimit: {raw!r}") from None
+
+
+#: CRI's cpu.shares for a container that requested no CPU (kubelet's MinShares): not a request of 2/1024 CPUs.
+_MIN_SHARES = 2
+
+
+def container_cpus(resources: dict[str, Any]) -> float | None:
+    """The CPUs a container may use as its spec says: its limit (cpu quota / period), else its request (CRI
+    writes requests as cpu.shares, 1024 per CPU); None when it names neither."""
+    cpu = resources.get("cpu") or {}
+    try:
+        quota, period = int(cpu.get("quota") or 0), int(cpu.get("period") or 0)
+        if quota > 0 and period > 0:
+            return quota / period
+        shares = int(cpu.get("shares") or 0)
+    except (TypeError, ValueError):
+        return None
+    return shares / 1024 if shares > _MIN_SHARES else None

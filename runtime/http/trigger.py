@@ -134,7 +134,8 @@ def retained_routes(routes: list[HttpRoute], env: Mapping[str, str], manifest: M
     return kept
 
 
-def worker_count(env: Mapping[str, str]) -> int:
+def worker_count(env: Mapping[str, str], cpus: float | None = None) -> int:
+    """SPIN_SHIM_HTTP_WORKERS, else one per CPU the container may use (runtime.http.workers)."""
     raw = env.get(WORKERS_ENV, "").strip()
     if raw:
         if not raw.isdigit() or not 1 <= int(raw) <= 64:
@@ -142,7 +143,7 @@ def worker_count(env: Mapping[str, str]) -> int:
         return int(raw)
     from runtime.http.workers import default_worker_count
 
-    return default_worker_count()
+    return default_worker_count(cpus)
 
 
 def request_timeout(env: Mapping[str, str]) -> float:
@@ -180,12 +181,15 @@ class HttpApp:
 
     def run(self) -> int:
         """Serve until interrupted (exit 0 after draining) or until a worker dies (128+signal, or 1)."""
-        from runtime.http.workers import WorkerPool
+        from runtime.http.workers import InlineServer, WorkerPool
 
         if self._interrupted:
             return 0
         try:
-            self._pool = WorkerPool(self._workers, self._listener, self._make_server)
+            if self._workers == 1:
+                self._pool = InlineServer(self._listener, self._make_server)
+            else:
+                self._pool = WorkerPool(self._workers, self._listener, self._make_server)
             return self._pool.run()
         finally:
             self.close()
@@ -220,7 +224,7 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
 
     routes = retained_routes(parse_http_triggers(manifest), env, manifest)
     router = _build_router(manifest, routes)
-    workers = worker_count(env)
+    workers = worker_count(env, settings.cpus)
     timeout = request_timeout(env)
     services = SpinServices.build(manifest, env, work_dir=work_dir,
                                   component_ids=sorted({route.component_id for route in routes}),

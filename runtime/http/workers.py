@@ -43,7 +43,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 _PR_SET_PDEATHSIG = 1
@@ -265,26 +264,73 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         stop: asyncio.Future[float] = loop.create_future()
 
-        def request_stop(grace: float) -> None:
-            if not stop.done():
-                stop.set_result(grace)
-
         def on_control() -> None:
             data = os.read(control_r, 64)
             # EOF: the supervisor is gone (PDEATHSIG covers a kill; this covers a supervisor that exited).
-            request_stop(float(data.split(b"\n", 1)[0]) if data else 0.0)
+            _resolve(stop, float(data.split(b"\n", 1)[0]) if data else 0.0)
 
         os.set_blocking(control_r, False)
         loop.add_reader(control_r, on_control)
-        loop.add_signal_handler(signal.SIGTERM, request_stop, self._stop_grace)
-        serving = asyncio.ensure_future(server.serve(sockets))
-        await asyncio.wait([serving, stop], return_when=asyncio.FIRST_COMPLETED)
-        if serving.done():
-            serving.result()  # raises what stopped it
-            return 1  # a server that stops by itself was not asked to
-        await server.shutdown(stop.result())
-        await serving
-        return 0
+        loop.add_signal_handler(signal.SIGTERM, _resolve, stop, self._stop_grace)
+        return await serve_until_stopped(server, sockets, stop)
+
+
+class InlineServer:
+    """A pool of one, served by the calling process itself: one worker in a child would be a second process (its
+    own ~12 MiB of private pages, a fork on the start path) doing what the supervisor, idle otherwise, can do.
+    Same interface and exit semantics as WorkerPool: ``run`` serves until ``terminate`` (safe from a signal
+    handler) has drained it, returning 0, or returns 1 when the server stopped by itself; a crash or the OOM
+    killer ends the process, as it would have ended the worker and then the task."""
+
+    def __init__(self, listener: socket.socket, make_server: Callable[[], Servable]) -> None:
+        self._listener = listener
+        self._make_server = make_server
+        self._requested_grace: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future[float] | None = None
+
+    def terminate(self, grace: float) -> None:
+        self._requested_grace = grace if self._requested_grace is None else min(grace, self._requested_grace)
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            try:
+                loop.call_soon_threadsafe(_resolve, stop, self._requested_grace)
+            except RuntimeError:  # the loop has closed: nothing is serving any more
+                pass
+
+    def run(self) -> int:
+        if self._requested_grace is not None:
+            return 0
+        server = self._make_server()
+        listener_fds = frozenset({self._listener.fileno()})
+        with asyncio.Runner(loop_factory=lambda: worker_loop(listener_fds)) as runner:
+            return runner.run(self._serve(server))
+
+    async def _serve(self, server: Servable) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        self._loop = loop
+        if self._requested_grace is not None:
+            _resolve(self._stop, self._requested_grace)
+        return await serve_until_stopped(server, [self._listener], self._stop)
+
+
+async def serve_until_stopped(server: Servable, sockets: list[socket.socket], stop: asyncio.Future[float]) -> int:
+    """Serve until ``stop`` gives a grace (drain within it: 0) or the server stops by itself (1); a server that
+    fails raises."""
+    serving = asyncio.ensure_future(server.serve(sockets))
+    await asyncio.wait([serving, stop], return_when=asyncio.FIRST_COMPLETED)
+    if serving.done():
+        serving.result()  # raises what stopped it
+        return 1  # a server that stops by itself was not asked to
+    await server.shutdown(stop.result())
+    await serving
+    return 0
+
+
+def _resolve(stop: asyncio.Future[float], grace: float) -> None:
+    if not stop.done():
+        stop.set_result(grace)
 
 
 class ListenerSelector(selectors.EpollSelector):
@@ -362,59 +408,16 @@ def _kill(pid: int, sig: int) -> None:
 # ------------------------------------------------------------------------------------------------ worker count
 
 
-def cpu_quota_cores(cpu_max: str) -> int | None:
-    """Cores a cgroup v2 ``cpu.max`` ("200000 100000", "max 100000") allows, rounded up; None = no quota."""
-    fields = cpu_max.split()
-    if not fields or fields[0] == "max":
-        return None
-    period = int(fields[1]) if len(fields) > 1 else 100000
-    return max(1, math.ceil(int(fields[0]) / period))
-
-
-def _cgroup_quota(proc_cgroup: str, cgroup_root: Path) -> int | None:
-    """The tightest cpu quota on this process's cgroup and its ancestors (v2, or v1's cpu controller)."""
-    limits: list[int] = []
-    for line in proc_cgroup.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            directory = cgroup_root / path.lstrip("/")
-            while True:
-                try:
-                    cores = cpu_quota_cores((directory / "cpu.max").read_text())
-                except (OSError, ValueError):
-                    cores = None
-                if cores is not None:
-                    limits.append(cores)
-                if directory == cgroup_root or cgroup_root not in directory.parents:
-                    break
-                directory = directory.parent
-        elif "cpu" in controllers.split(","):
-            directory = cgroup_root / controllers / path.lstrip("/")
-            try:
-                quota = int((directory / "cpu.cfs_quota_us").read_text())
-                period = int((directory / "cpu.cfs_period_us").read_text())
-            except (OSError, ValueError):
-                continue
-            if quota > 0 and period > 0:
-                limits.append(max(1, math.ceil(quota / period)))
-    return min(limits) if limits else None
-
-
-#: Ceiling of the default worker count. Pods without a CPU limit are common, and each worker costs ~12 MiB of
-#: private memory (scripts/bench_density.py): on a 64-core node an uncapped default would give every replica 64
-#: workers, ~0.7 GiB. Four keep a pod's guests from queueing behind one slow call; SPIN_SHIM_HTTP_WORKERS sets more.
+#: Ceiling of the default worker count. Each worker costs ~12 MiB of private memory (scripts/bench_density.py);
+#: SPIN_SHIM_HTTP_WORKERS sets more.
 MAX_DEFAULT_WORKERS = 4
 
 
-def default_worker_count(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: str | None = None) -> int:
-    """Workers to run: the CPUs this process may use (affinity), capped by its cgroup's cpu quota and by
-    MAX_DEFAULT_WORKERS."""
-    cpus = len(os.sched_getaffinity(0))
-    if proc_cgroup is None:
-        try:
-            proc_cgroup = Path("/proc/self/cgroup").read_text()
-        except OSError:
-            proc_cgroup = ""
-    quota = _cgroup_quota(proc_cgroup, cgroup_root)
-    return max(1, min(cpus, quota if quota is not None else cpus, MAX_DEFAULT_WORKERS))
+def default_worker_count(cpus: float | None) -> int:
+    """One worker per CPU the container may use, rounded up: ``cpus`` is its CPU limit, else its request, as the
+    shim reads them from the spec (the sandbox has no cgroupfs to read). A worker runs one guest at a time (the
+    GIL), so more workers than CPUs only add memory; a container that named no CPUs (a BestEffort pod, `ctr run`)
+    gets one, served by the instance process itself (InlineServer). Capped by the CPUs this process may run on
+    and by MAX_DEFAULT_WORKERS."""
+    wanted = math.ceil(cpus) if cpus is not None and cpus > 0 else 1
+    return max(1, min(wanted, len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS))

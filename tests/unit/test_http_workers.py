@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.http.workers import (MAX_DEFAULT_WORKERS, cpu_quota_cores, default_worker_count, describe_exit,
+from runtime.http.workers import (MAX_DEFAULT_WORKERS, default_worker_count, describe_exit,
                                   worker_loop)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ SUPERVISOR = textwrap.dedent("""
     from runtime.http.listen import bind_listener
     from runtime.http.routing import Router
     from runtime.http.server import HttpServer, ServerOptions
-    from runtime.http.workers import WorkerPool
+    from runtime.http.workers import InlineServer, WorkerPool
 
     class Pid:
         component_id = "pid"
@@ -69,7 +69,10 @@ SUPERVISOR = textwrap.dedent("""
             resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
         return HttpServer(router, {"pid": Pid()}, ServerOptions())
 
-    pool = WorkerPool(int(sys.argv[2]), listener, make_worker)
+    if os.environ.get("INLINE"):
+        pool = InlineServer(listener, make_worker)
+    else:
+        pool = WorkerPool(int(sys.argv[2]), listener, make_worker)
     signal.signal(signal.SIGTERM, lambda *_: pool.terminate(float(os.environ.get("GRACE", "5"))))
     print(listener.getsockname()[1], flush=True)
     sys.exit(pool.run())
@@ -297,6 +300,22 @@ def test_terminate_drains_in_flight_requests_then_exits_zero(supervisors):
         sup.get()
 
 
+def test_one_worker_is_served_inline_by_the_supervisor_itself_and_drains_on_sigterm(supervisors):
+    sup = supervisors(count=1, env={"INLINE": "1", "GRACE": "5"})
+    sup.wait_ready(0)
+    assert sup.get() == (200, str(sup.proc.pid)) and sup.children() == []  # no second process
+    result = {}
+    slow = threading.Thread(target=lambda: result.update(answer=sup.get("/slow=0.7")))
+    slow.start()
+    time.sleep(0.2)
+    sup.proc.send_signal(signal.SIGTERM)
+    slow.join(5)
+    assert result["answer"] == (200, str(sup.proc.pid))  # the request in flight when SIGTERM came
+    assert sup.finish() == (0, "")
+    with pytest.raises(OSError):
+        sup.get()
+
+
 def test_terminate_kills_workers_stuck_past_the_grace(supervisors):
     sup = supervisors(count=1, env={"GRACE": "0.2"})
     sup.wait_ready(1)
@@ -341,39 +360,15 @@ def test_exit_descriptions(status, text, code):
     assert describe_exit(status) == (text, code)
 
 
-@pytest.mark.parametrize("cpu_max, cores", [("max 100000", None), ("200000 100000", 2), ("150000 100000", 2),
-                                             ("50000 100000", 1), ("", None)])
-def test_cpu_quota_in_cores_rounds_up(cpu_max, cores):
-    assert cpu_quota_cores(cpu_max) == cores
-
-
-def test_worker_count_is_capped_by_the_tightest_cgroup_quota(tmp_path):
-    pod = tmp_path / "kubepods" / "pod1"
-    task = pod / "task"
-    task.mkdir(parents=True)
-    (tmp_path / "kubepods" / "cpu.max").write_text("max 100000\n")
-    (pod / "cpu.max").write_text("100000 100000\n")
-    (task / "cpu.max").write_text("max 100000\n")
-    assert default_worker_count(tmp_path, "0::/kubepods/pod1/task\n") == 1
-
-
-def test_worker_count_without_quota_is_the_cpus_we_may_use(tmp_path):
-    assert default_worker_count(tmp_path, "0::/\n") == min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
-
-
-def test_worker_count_reads_cgroup_v1_quota(tmp_path):
-    cpu = tmp_path / "cpu,cpuacct" / "docker" / "x"
-    cpu.mkdir(parents=True)
-    (cpu / "cpu.cfs_quota_us").write_text("50000\n")
-    (cpu / "cpu.cfs_period_us").write_text("100000\n")
-    assert default_worker_count(tmp_path, "4:cpu,cpuacct:/docker/x\n3:memory:/docker/x\n") == 1
-
-
-def test_worker_count_on_a_big_node_without_a_cpu_limit_is_capped(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cpus, workers", [(None, 1), (0.1, 1), (1.0, 1), (1.5, 2), (3.0, 3), (16.0, 4)])
+def test_one_worker_per_cpu_the_container_may_use_rounded_up_and_capped(cpus, workers, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
-    assert default_worker_count(tmp_path, "0::/\n") == MAX_DEFAULT_WORKERS
-    (tmp_path / "cpu.max").write_text("300000 100000\n")  # a 3-CPU limit is below the cap
-    assert default_worker_count(tmp_path, "0::/\n") == 3
+    assert default_worker_count(cpus) == min(workers, MAX_DEFAULT_WORKERS)
+
+
+def test_no_more_workers_than_cpus_this_process_may_run_on(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert default_worker_count(4.0) == 1
 
 
 def test_other_workers_keep_accepting_while_one_is_out_of_fds(supervisors):

@@ -170,3 +170,17 @@ def test_a_huge_manifest_is_refused_without_being_parsed(tmp_path):
         handle.truncate(MAX_MANIFEST_BYTES + 1)
     with pytest.raises(ManifestError, match="larger than 1 MiB"):
         load_manifest(manifest)
+
+
+@pytest.mark.parametrize("resources, cpus", [
+    ({}, None),
+    ({"cpu": {"shares": 2}}, None),  # CRI's shares for a container that requested no CPU
+    ({"cpu": {"shares": 512}}, 0.5),  # a request of 500m
+    ({"cpu": {"shares": 2048, "quota": 150000, "period": 100000}}, 1.5),  # the limit wins over the request
+    ({"cpu": {"quota": -1, "period": 100000, "shares": 1024}}, 1.0),  # no limit: the request
+    ({"cpu": {"quota": "x"}}, None),
+])
+def test_the_cpus_a_container_may_use_are_its_limit_else_its_request(resources, cpus):
+    from shim.oci_spec import container_cpus
+
+    assert container_cpus(resources) == cpus
