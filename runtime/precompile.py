@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, Union
 
 from runtime.engine import engine_fingerprint, fingerprint_digest
 from runtime.errors import WasmLoadError
+from runtime.verified_blobs import VERIFIED_DIR_NAME, VerifiedBlobs
 from runtime.wasm_binary import WasmKind
 
 if TYPE_CHECKING:
@@ -180,6 +181,7 @@ class PrecompileCache:
             store_factory(key) if store_factory is not None else LocalBlobStore(self.root, self.fingerprint)
         )
         self._locks_dir = cache_dir / PRECOMPILED_DIR_NAME / "locks"
+        self._verified = VerifiedBlobs(cache_dir / PRECOMPILED_DIR_NAME / VERIFIED_DIR_NAME)
         self._key = key
         self.verify = verify
 
@@ -251,13 +253,15 @@ class PrecompileCache:
 
     def _verify(self, blob: StoredBlob) -> str | None:
         try:
-            actual_size = blob.path.stat().st_size
+            info = blob.path.stat()
         except FileNotFoundError:
             return "vanished"
-        if actual_size != blob.size:
-            return f"size {actual_size} != {blob.size} recorded for it (truncated?)"
-        if self.verify == "full" and sha256_file(blob.path) != blob.sha256:
-            return "sha256 differs from the one recorded for it (corrupted)"
+        if info.st_size != blob.size:
+            return f"size {info.st_size} != {blob.size} recorded for it (truncated?)"
+        if self.verify == "full" and not self._verified.verified(info, blob.sha256):
+            if sha256_file(blob.path) != blob.sha256:
+                return "sha256 differs from the one recorded for it (corrupted)"
+            self._verified.record(info, blob.sha256)
         return None
 
     def _deserialize(self, blob: Path, kind: WasmKind) -> Compiled:

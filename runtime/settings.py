@@ -26,7 +26,8 @@ class RuntimeSettings:
     #: Bytes; applied with ``Store.set_limits(memory_size=...)`` to every Store. None = no cap beyond wasmtime's.
     max_instance_memory: int | None = None
     #: How a cached precompiled blob is checked before it is mmapped and executed.
-    #: "full": size + sha256 of the whole blob (about 16 ms for a 33 MB blob on a SHA-NI CPU; the default,
+    #: "full": size + sha256 of the whole blob, once per blob per boot (runtime.verified_blobs; about 16 ms for a
+    #: 33 MB blob on a SHA-NI CPU; the default,
     #: because a silently corrupted blob would be executed as machine code and crash every start of the task).
     #: "size": only the size recorded in the blob's name (about 0.05 ms; catches truncation, not bit rot).
     cache_verify: Literal["full", "size"] = "full"

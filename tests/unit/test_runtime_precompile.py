@@ -192,3 +192,56 @@ def test_cpu_description_reads_relevant_flags_of_the_first_processor(tmp_path, m
 def test_shared_engine_is_one_per_process():
     assert shared_engine() is shared_engine()
     assert os.getpid() == engine_module._engine_pid
+
+
+@pytest.fixture
+def blob_hashes(monkeypatch) -> list[str]:
+    """Names of the precompiled blobs whose sha256 was computed during the test."""
+    from runtime import precompile
+
+    seen: list[str] = []
+    original = precompile.sha256_file
+
+    def counting(path):
+        if str(path).endswith(".cwasm"):
+            seen.append(Path(path).name)
+        return original(path)
+
+    monkeypatch.setattr(precompile, "sha256_file", counting)
+    return seen
+
+
+def test_a_blob_is_hashed_once_per_boot_not_on_every_start(build_dir, tmp_path, blob_hashes):
+    settings = RuntimeSettings(cache_dir=tmp_path)
+    for _ in range(4):
+        assert load_app(build_dir, ["/hello.wasm"], {}, settings).run() == 0
+    assert len(blob_hashes) == 1  # the first hit checked it; compiling stored it without a check
+    assert len(list((tmp_path / "precompiled" / "verified").iterdir())) == 1
+
+
+def test_corruption_after_a_recorded_check_is_still_caught(build_dir, tmp_path, compiles, blob_hashes):
+    settings = RuntimeSettings(cache_dir=tmp_path)
+    load_app(build_dir, ["/hello.wasm"], {}, settings)
+    blob = load_app(build_dir, ["/hello.wasm"], {}, settings).loads[0].cache.blob_path  # checked and recorded
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stat = blob.stat()
+    blob.write_bytes(bytes(data))
+    os.utime(blob, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with its mtime put back: the ctime moved
+    assert load_app(build_dir, ["/hello.wasm"], {}, settings).loads[0].cache.outcome == "rebuilt"
+    assert len(compiles) == 2
+
+
+def test_a_check_recorded_before_this_boot_does_not_count(build_dir, tmp_path, blob_hashes):
+    from runtime.verified_blobs import boot_time
+
+    settings = RuntimeSettings(cache_dir=tmp_path)
+    load_app(build_dir, ["/hello.wasm"], {}, settings)
+    load_app(build_dir, ["/hello.wasm"], {}, settings)
+    (marker,) = (tmp_path / "precompiled" / "verified").iterdir()
+    before_boot = boot_time() - 60
+    os.utime(marker, (before_boot, before_boot))
+    load_app(build_dir, ["/hello.wasm"], {}, settings)
+    assert len(blob_hashes) == 2
+    (renewed,) = (tmp_path / "precompiled" / "verified").iterdir()
+    assert renewed.stat().st_mtime > boot_time()
