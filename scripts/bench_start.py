@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Start-path benchmark: `ctr run --rm` of a Wasm hello command through this shim versus
-busybox `true` through runc, on the same private containerd, in one run.
+busybox `true` through runc, on the same private containerd, in one run; or, with --mode http,
+`ctr run -d` of an HTTP app (js-echo) to its first HTTP 200 versus busybox httpd through runc.
 
 Prints the median (and p10/p90) wall time of each and their ratio shim/runc. The runs
 alternate between the two so that machine noise (these VMs are noisy) hits both alike;
@@ -8,7 +9,8 @@ a few warm-up runs of each are discarded (the first shim run compiles the guest 
 precompile cache, the first runc run pages in runc). A ratio below 1 means a Wasm task
 starts faster than a runc container.
 
-    scripts/bench_start.py [--version 1.6] [--runs 20] [--warmup 3] [--baseline OTHER_SHIM] [--phases]
+    scripts/bench_start.py [--mode hello|http] [--version 1.6] [--runs 20] [--warmup 3] [--baseline OTHER_SHIM]
+                           [--phases]
 
 --baseline names another build's containerd-shim-spin-v2 (e.g. a checkout of main's venv/bin one): its runs
 alternate with this build's and runc's in the same containerd, and the ratio this/baseline is printed, which is
@@ -19,24 +21,30 @@ prints the median of each setup phase the instance processes reported ("ready as
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
+from busybox_image import BUSYBOX_REF, build_busybox_tar, httpd_command  # noqa: E402
 from mkoci import build_image_tar  # noqa: E402
 from private_containerd import PrivateContainerd  # noqa: E402
 
 SHIM = "containerd-shim-spin-v2"
+RUNTIME = "io.containerd.spin.v2"
 #: containerd finds runtime io.containerd.spinbaseline.v2 as this binary on its PATH.
 BASELINE_SHIM = "containerd-shim-spinbaseline-v2"
+BASELINE_RUNTIME = "io.containerd.spinbaseline.v2"
 
 
 def _build_guests() -> Path:
@@ -55,6 +63,58 @@ def _image(workdir: Path, name: str, files: dict[str, Path], *, os_: str, arch: 
     tar = workdir / f"{name}.tar"
     build_image_tar(rootfs, tar, f"docker.io/bench/{name}:latest", os_=os_, arch=arch,
                     entrypoint=entrypoint)
+    return tar
+
+
+#: Ports of the HTTP runs (host network): one per kind, reused run after run.
+SHIM_PORT, RUNC_PORT, BASELINE_PORT = 18711, 18712, 18713
+WASM_READY_PATH = "/.well-known/spin/health"
+
+
+def _answers_200(port: int, path: str) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.sendall(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+            return conn.recv(16).startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+    except OSError:
+        return False
+
+
+def _timed_http_run(daemon: PrivateContainerd, run_args: list[str], task_id: str, port: int, path: str,
+                    command: list[str]) -> float:
+    """`ctr run -d` to the first 200 on 127.0.0.1:port; the task is then killed and removed (not timed)."""
+    started = time.perf_counter()
+    result = daemon.ctr("run", "-d", "--net-host", *run_args, task_id, *command, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark run failed: ctr run {' '.join(run_args)}\n{result.stdout}{result.stderr}")
+    deadline = started + 60
+    while not _answers_200(port, path):
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{task_id} never answered 200 on port {port}")
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    daemon.ctr("task", "kill", "-s", "SIGKILL", task_id, check=False)
+    for _ in range(500):
+        if task_id not in daemon.ctr("task", "ls", check=False).stdout.split():
+            break
+        if daemon.ctr("task", "rm", task_id, check=False).returncode == 0:
+            break
+        time.sleep(0.01)
+    daemon.ctr("container", "rm", task_id, check=False)
+    return elapsed
+
+
+def _http_app_image(workdir: Path) -> Path:
+    """js-echo as a rootfs image (spin.toml in the root), from scripts/build_http_apps.py's cache."""
+    from build_http_apps import build as build_http_apps
+
+    apps_dir = build_http_apps()
+    index = json.loads((apps_dir / "index.json").read_text())
+    app_dir = apps_dir / index["apps"]["js-echo"]["dir"]
+    rootfs = workdir / "rootfs-js-echo"
+    shutil.copytree(app_dir, rootfs)
+    tar = workdir / "js-echo.tar"
+    build_image_tar(rootfs, tar, "docker.io/bench/js-echo:latest", os_="wasip1", arch="wasm", entrypoint=["/"])
     return tar
 
 
@@ -93,6 +153,7 @@ def _summary(samples: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", default="hello", choices=("hello", "http"))
     parser.add_argument("--version", default="1.6", choices=("1.6", "1.7", "2.1"))
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -109,43 +170,64 @@ def main() -> int:
         (shim_dir / SHIM).symlink_to(Path(sys.executable).parent / SHIM)
         if options.baseline is not None:
             (shim_dir / BASELINE_SHIM).symlink_to(options.baseline.absolute())
-        wasm_tar = _image(workdir, "hello-wasm", {"/hello.wasm": hello}, os_="wasip1", arch="wasm",
-                          entrypoint=["/hello.wasm"])
-        runc_tar = _image(workdir, "busybox", {"/bin/busybox": busybox}, os_="linux", arch="amd64",
-                          entrypoint=["/bin/busybox", "true"])
         daemon = PrivateContainerd(options.version, workdir / "containerd", shim_dir, debug=options.phases,
                                    extra_env={"SPIN_SHIM_CACHE_DIR": str(workdir / "cache")})
         daemon.start()
         try:
-            daemon.ctr("images", "import", "--all-platforms", str(wasm_tar))
-            daemon.ctr("images", "import", str(runc_tar))
-            wasm_args = ["--runtime", "io.containerd.spin.v2", "docker.io/bench/hello-wasm:latest"]
-            runc_args = ["docker.io/bench/busybox:latest"]
-            baseline_args = ["--runtime", "io.containerd.spinbaseline.v2", "docker.io/bench/hello-wasm:latest"]
-            shim_times: list[float] = []
-            runc_times: list[float] = []
-            baseline_times: list[float] = []
+            runs: dict[str, Callable[[int], float]]
+            if options.mode == "hello":
+                daemon.ctr("images", "import", "--all-platforms", str(
+                    _image(workdir, "hello-wasm", {"/hello.wasm": hello}, os_="wasip1", arch="wasm",
+                           entrypoint=["/hello.wasm"])))
+                daemon.ctr("images", "import", str(
+                    _image(workdir, "busybox", {"/bin/busybox": busybox}, os_="linux", arch="amd64",
+                           entrypoint=["/bin/busybox", "true"])))
+                wasm = "docker.io/bench/hello-wasm:latest"
+                runs = {
+                    "shim": lambda i: _timed_run(daemon, ["--runtime", RUNTIME, wasm, f"w{i}"], "hello from wasm"),
+                    "runc": lambda i: _timed_run(daemon, ["docker.io/bench/busybox:latest", f"r{i}"], None),
+                    "baseline": lambda i: _timed_run(daemon, ["--runtime", BASELINE_RUNTIME, wasm, f"b{i}"],
+                                                     "hello from wasm"),
+                }
+            else:
+                daemon.ctr("images", "import", "--all-platforms", str(_http_app_image(workdir)))
+                daemon.ctr("images", "import", str(build_busybox_tar(workdir)))
+                wasm = "docker.io/bench/js-echo:latest"
+
+                def wasm_run(runtime: str, task_id: str, port: int) -> float:
+                    return _timed_http_run(daemon, ["--runtime", runtime, "--env",
+                                                    f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{port}", wasm],
+                                           task_id, port, WASM_READY_PATH, ["/"])
+
+                runs = {
+                    "shim": lambda i: wasm_run(RUNTIME, f"w{i}", SHIM_PORT),
+                    "runc": lambda i: _timed_http_run(daemon, [BUSYBOX_REF], f"r{i}", RUNC_PORT, "/",
+                                                      httpd_command(RUNC_PORT)),
+                    "baseline": lambda i: wasm_run(BASELINE_RUNTIME, f"b{i}", BASELINE_PORT),
+                }
+            kinds = ["shim", "runc"] + (["baseline"] if options.baseline is not None else [])
+            times: dict[str, list[float]] = {kind: [] for kind in kinds}
             for i in range(options.warmup + options.runs):
-                shim = _timed_run(daemon, [*wasm_args, f"w{i}"], "hello from wasm")
-                runc = _timed_run(daemon, [*runc_args, f"r{i}"], None)
-                baseline = (_timed_run(daemon, [*baseline_args, f"b{i}"], "hello from wasm")
-                            if options.baseline is not None else 0.0)
-                if i >= options.warmup:
-                    shim_times.append(shim)
-                    runc_times.append(runc)
-                    baseline_times.append(baseline)
+                for kind in kinds:
+                    elapsed = runs[kind](i)
+                    if i >= options.warmup:
+                        times[kind].append(elapsed)
             phases = _phases(workdir / "containerd", options.warmup) if options.phases else {}
             if options.phases and not phases:
                 raise SystemExit("--phases: no instance reported its setup phases in containerd's log")
         finally:
             daemon.stop()
+    shim_times, runc_times, baseline_times = times["shim"], times["runc"], times.get("baseline", [])
+    what = {"hello": ("ctr run --rm, Wasm hello via", "ctr run --rm, busybox true via runc:       "),
+            "http": ("ctr run -d to first 200, js-echo via", "ctr run -d to first 200, busybox httpd via runc:")}
+    wasm_label, runc_label = what[options.mode]
     ratio = statistics.median(shim_times) / statistics.median(runc_times)
     print(f"containerd {daemon.version_string}, {options.runs} runs each after {options.warmup} warm-up, alternating")
-    print(f"ctr run --rm, Wasm hello via {SHIM}: {_summary(shim_times)}")
-    print(f"ctr run --rm, busybox true via runc:        {_summary(runc_times)}")
+    print(f"{wasm_label} {SHIM}: {_summary(shim_times)}")
+    print(f"{runc_label} {_summary(runc_times)}")
     print(f"ratio shim/runc (median): {ratio:.2f}")
     if options.baseline is not None:
-        print(f"ctr run --rm, Wasm hello via the baseline:  {_summary(baseline_times)}   ({options.baseline})")
+        print(f"{wasm_label} the baseline: {_summary(baseline_times)}   ({options.baseline})")
         print(f"ratio shim/baseline (median): {statistics.median(shim_times) / statistics.median(baseline_times):.3f}"
               f"   median of paired differences: "
               f"{statistics.median(s - b for s, b in zip(shim_times, baseline_times)) * 1000:+.1f} ms")
