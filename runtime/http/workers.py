@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import math
 import os
 import select
@@ -138,6 +139,9 @@ class WorkerPool:
         # Whatever sits in Python's stdio buffers would otherwise be written once per process.
         sys.stdout.flush()
         sys.stderr.flush()
+        # The loaded app's objects go to the GC's permanent generation: a worker's collections then never write
+        # to (and so never copy) the pages it shares with the supervisor and its siblings.
+        gc.freeze()
         try:
             for index in range(self.count):
                 control_r, control_w = os.pipe2(os.O_CLOEXEC)
