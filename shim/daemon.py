@@ -17,6 +17,7 @@ from pathlib import Path
 
 from shim import linux
 from shim.cli import RUNTIME_NAME
+from shim.env import positive_seconds
 from shim.events import EventPublisher
 from shim.log import open_log_fifo, setup_logging
 from shim.reaper import Reaper
@@ -32,14 +33,6 @@ DEFAULT_CACHE_DIR = "/var/lib/containerd-shim-spin/precompiled"
 IDLE_EXIT_SECONDS = 30.0
 #: containerd's environment (inherited by shims) may shorten or lengthen the idle exit; tests use it.
 IDLE_EXIT_ENV = "SPIN_SHIM_IDLE_EXIT_SECONDS"
-
-
-def idle_exit_seconds() -> float:
-    try:
-        seconds = float(os.environ.get(IDLE_EXIT_ENV, IDLE_EXIT_SECONDS))
-    except ValueError:
-        return IDLE_EXIT_SECONDS
-    return seconds if seconds > 0 else IDLE_EXIT_SECONDS
 
 
 def cache_dir() -> Path:
@@ -115,7 +108,7 @@ class _IdleWatch:
     def __init__(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         self._loop = loop
         self._stop = stop
-        self._seconds = idle_exit_seconds()
+        self._seconds = positive_seconds(IDLE_EXIT_ENV, IDLE_EXIT_SECONDS)
         self._timer: asyncio.TimerHandle | None = None
 
     def update(self, task_count: int) -> None:

@@ -25,6 +25,7 @@ import struct
 import sys
 from typing import Any, NoReturn
 
+from shim.env import positive_seconds
 from shim.forkserver import protocol
 from shim.forkserver.adopt import StartContext, adopt, argv_fits, namespace_ids, set_argv
 from shim.forkserver.build_key import build_key
@@ -45,14 +46,6 @@ WARM_MODULES = (
     "runtime.loader", "runtime.manifest", "runtime.files", "runtime.precompile", "runtime.engine",
     "runtime.guest", "runtime.http.trigger", "runtime.http.server", "runtime.http.workers",
 )
-
-
-def idle_seconds() -> float:
-    try:
-        seconds = float(os.environ.get(IDLE_ENV, IDLE_SECONDS))
-    except ValueError:
-        return IDLE_SECONDS
-    return seconds if seconds > 0 else IDLE_SECONDS
 
 
 def run_server(key: str) -> int:
@@ -120,7 +113,7 @@ def _listen(path: str) -> socket.socket:
 
 
 def _serve(listener: socket.socket, key: str) -> None:
-    idle = idle_seconds()
+    idle = positive_seconds(IDLE_ENV, IDLE_SECONDS)
     while True:
         ready, _, _ = select.select([listener], [], [], idle)
         if not ready:

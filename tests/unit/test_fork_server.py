@@ -10,6 +10,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,28 +18,9 @@ from pathlib import Path
 import pytest
 
 from shim.forkserver import adopt, build_key, protocol, server
+from tests.unit.forked import in_child
 
 SHIM = Path(sys.executable).parent / "containerd-shim-spin-v2"
-
-
-def _in_child(action) -> dict:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        try:
-            report = {"ok": action()}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            report = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(write_end, json.dumps(report).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    os.waitpid(pid, 0)
-    report = json.loads(data)
-    assert "error" not in report, report["error"]
-    return report["ok"]
 
 
 def test_the_build_key_is_stable_and_changes_with_the_salt(monkeypatch):
@@ -104,7 +86,7 @@ def test_a_forked_daemon_takes_on_starts_environment_cwd_umask_rlimits_oom_score
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     oom_score = int(Path("/proc/self/oom_score_adj").read_text())
     context = adopt.StartContext(
-        argv=("/usr/bin/containerd-shim-spin-v2", "-address", "/run/containerd/containerd.sock", "start"),
+        argv=("/shim", "-address", "/c.sock", "start"),  # short: this test process's own argv area is the limit
         env={"TTRPC_ADDRESS": "/run/containerd/containerd.sock.ttrpc", "PATH": "/usr/bin"}, cwd=str(tmp_path),
         umask=0o027, rlimits={"RLIMIT_NOFILE": (min(soft, 512), min(hard, 1024))}, oom_score_adj=oom_score,
         cgroup=Path("/proc/self/cgroup").read_text(), namespaces=adopt.namespace_ids())
@@ -117,7 +99,7 @@ def test_a_forked_daemon_takes_on_starts_environment_cwd_umask_rlimits_oom_score
                 "oom": Path("/proc/self/oom_score_adj").read_text().strip(),
                 "cmdline": Path("/proc/self/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")}
 
-    seen = _in_child(become)
+    seen = in_child(become)
     assert seen["env"] == context.env and seen["cwd"] == str(tmp_path) and seen["umask"] == 0o027
     assert seen["nofile"] == [min(soft, 512), min(hard, 1024)]
     assert seen["oom"] == str(min(oom_score + 1, 1000))  # one above start's, as the cold path's daemon
@@ -138,16 +120,32 @@ def _request(key: str, **context_changes) -> dict:
     return {"version": protocol.PROTOCOL_VERSION, "key": key, "daemon": {}, "context": context}
 
 
-def test_the_server_refuses_another_protocol_another_build_no_socket_other_namespaces():
+def test_the_server_refuses_another_protocol_another_build_no_socket_other_namespaces_long_argv_threads():
     key = build_key.build_key()
-    assert server._refusal(_request(key), [5], key) is None
-    assert "protocol version" in server._refusal({**_request(key), "version": 0}, [5], key)
-    assert server._refusal(_request("0" * 24), [5], key) == "another shim build"
-    assert server._refusal(_request(key), [], key) == "no listening socket passed"
-    other = {**adopt.namespace_ids(), "mnt": 1}
-    assert server._refusal(_request(key, namespaces=other), [5], key) == \
-        "start runs in other namespaces than the server"
-    assert "command line" in server._refusal(_request(key, argv=["x" * 10_000]), [5], key)
+    fits = [str(SHIM)[:8]]  # within this test process's argv area, whatever pytest's command line was
+
+    def refusals() -> dict:  # in a fork: one thread, as the server has
+        return {"ok": server._refusal(_request(key, argv=fits), [5], key),
+                "version": server._refusal({**_request(key, argv=fits), "version": 0}, [5], key),
+                "build": server._refusal(_request("0" * 24, argv=fits), [5], key),
+                "socket": server._refusal(_request(key, argv=fits), [], key),
+                "namespaces": server._refusal(_request(key, argv=fits, namespaces={**adopt.namespace_ids(), "mnt": 1}),
+                                              [5], key),
+                "argv": server._refusal(_request(key, argv=["x" * 10_000]), [5], key)}
+
+    seen = in_child(refusals)
+    assert seen["ok"] is None
+    assert "protocol version" in seen["version"]
+    assert seen["build"] == "another shim build"
+    assert seen["socket"] == "no listening socket passed"
+    assert seen["namespaces"] == "start runs in other namespaces than the server"
+    assert "command line" in seen["argv"]
+    worker = threading.Thread(target=time.sleep, args=(2,))
+    worker.start()
+    try:
+        assert server._refusal(_request(key, argv=fits), [5], key).startswith("the server has ")
+    finally:
+        worker.join()
 
 
 @pytest.fixture
@@ -202,7 +200,7 @@ def test_the_servers_socket_is_root_only_its_title_short_and_another_builds_requ
             return {"refused": True}
         return {"refused": False}
 
-    assert _in_child(connect_as_nobody) == {"refused": True}
+    assert in_child(connect_as_nobody) == {"refused": True}
 
 
 def test_a_second_server_of_the_same_build_leaves_the_first_alone(running_server):

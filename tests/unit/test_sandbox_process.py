@@ -23,28 +23,9 @@ from shim.cgroups import DeviceRule, device_rules
 from shim.oci_spec import Rlimit, SpecMount
 from shim.sandbox.credentials import Credentials, apply_credentials
 from shim.sandbox.root import RootPlan, enter_root, release_host_paths, seal
+from tests.unit.forked import in_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
-
-
-def _in_child(action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        try:
-            report = {"ok": action()}
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            report = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(write_end, json.dumps(report).encode())
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        data = reader.read()
-    os.waitpid(pid, 0)
-    report = json.loads(data)
-    assert "error" not in report, report["error"]
-    return report["ok"]
 
 
 def _status() -> dict[str, str]:
@@ -64,7 +45,7 @@ def test_credentials_give_the_specs_user_groups_capabilities_rlimits_umask_and_n
         return {"status": _status(), "nofile": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
                 "umask": os.umask(0)}
 
-    seen = _in_child(become)
+    seen = in_child(become)
     status = seen["status"]
     assert status["Uid"].split() == ["1000"] * 4 and status["Gid"].split() == ["1001"] * 4
     assert sorted(status["Groups"].split()) == ["2000", "2001"]
@@ -77,7 +58,7 @@ def test_credentials_give_the_specs_user_groups_capabilities_rlimits_umask_and_n
 
 
 def test_a_non_root_user_without_spec_capabilities_holds_none():
-    seen = _in_child(lambda: _status() if apply_credentials(Credentials(uid=65534, gid=65534)) is None else {})
+    seen = in_child(lambda: _status() if apply_credentials(Credentials(uid=65534, gid=65534)) is None else {})
     assert seen["CapEff"] == seen["CapPrm"] == "0" * 16
 
 
@@ -132,7 +113,7 @@ def test_the_root_holds_the_image_the_spec_mounts_and_the_shims_view_and_nothing
                 "precompiled_before": precompiled_before,
                 "precompiled_after": os.stat("/.spin-shim/precompiled").st_ino, "root_writable": root_writable}
 
-    seen = _in_child(inside)
+    seen = in_child(inside)
     assert seen["top"] == sorted([".spin-shim", "data", "dev", "etc", "runtime-config.toml", "spin.toml",
                                   "static", "tmp"])
     assert seen["skipped"] == ["/proc (proc): not mounted for a Wasm task"]
@@ -218,7 +199,7 @@ def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensio
                 "lazy": lazy, "lazy_lib": lazy_lib, "refused": refused,
                 "openssl_modules": os.environ.get("OPENSSL_MODULES")}
 
-    seen = _in_child(inside)
+    seen = in_child(inside)
     assert seen["stdlib"].startswith("/.spin-shim/python/")
     assert seen["ours"].startswith("/.spin-shim/python/") and seen["proto"].startswith("/.spin-shim/python/")
     assert seen["ssl"].startswith("OpenSSL") and seen["sqlite"] == 7
