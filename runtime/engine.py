@@ -98,16 +98,22 @@ def _wasmtime_build_id() -> str:
     return f"wasmtime-py {version} lib {size}"
 
 
-@functools.cache
 def engine_fingerprint() -> str:
     """A stable string naming everything that makes a compiled artifact incompatible with this process.
 
     Human-readable on purpose (it is written next to the cache entries); use ``fingerprint_digest`` as a key.
+    The salt is read on every call: a process forked from a warm parent (the shim's fork server) has the
+    environment of its own containerd, not the parent's.
     """
-    settings = ";".join(f"{k}={v}" for k, v in sorted(ENGINE_SETTINGS.items()))
-    fingerprint = f"{_wasmtime_build_id()}|{settings}|cpu {cpu_description()}"
     salt = os.environ.get(CACHE_SALT_ENV, "").strip()
-    return f"{fingerprint}|salt {salt}" if salt else fingerprint
+    return f"{_process_fingerprint()}|salt {salt}" if salt else _process_fingerprint()
+
+
+@functools.cache
+def _process_fingerprint() -> str:
+    """The part that reads files (wasmtime's build, /proc/cpuinfo): computed once per process and its forks."""
+    settings = ";".join(f"{k}={v}" for k, v in sorted(ENGINE_SETTINGS.items()))
+    return f"{_wasmtime_build_id()}|{settings}|cpu {cpu_description()}"
 
 
 def fingerprint_digest(fingerprint: str | None = None) -> str:

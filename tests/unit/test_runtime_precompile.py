@@ -169,16 +169,16 @@ def test_fingerprint_covers_version_settings_and_cpu(monkeypatch):
         assert f"{name}={value}" in fingerprint
     assert f"cpu {cpu_description()}" in fingerprint
 
-    engine_module.engine_fingerprint.cache_clear()
+    engine_module._process_fingerprint.cache_clear()
     try:
         monkeypatch.setitem(ENGINE_SETTINGS, "cranelift_opt_level", "none")
         assert engine_fingerprint() != fingerprint
         monkeypatch.setitem(ENGINE_SETTINGS, "cranelift_opt_level", "speed")
-        engine_module.engine_fingerprint.cache_clear()
+        engine_module._process_fingerprint.cache_clear()
         monkeypatch.setattr(engine_module, "cpu_description", lambda: "x86_64:sse3")
         assert engine_fingerprint() != fingerprint
     finally:
-        engine_module.engine_fingerprint.cache_clear()
+        engine_module._process_fingerprint.cache_clear()
 
 
 def test_cpu_description_reads_relevant_flags_of_the_first_processor(tmp_path, monkeypatch):
@@ -245,3 +245,10 @@ def test_a_check_recorded_before_this_boot_does_not_count(build_dir, tmp_path, b
     assert len(blob_hashes) == 2
     (renewed,) = (tmp_path / "precompiled" / "verified").iterdir()
     assert renewed.stat().st_mtime > boot_time()
+
+
+def test_the_cache_salt_is_read_on_every_call_as_a_fork_of_a_warm_parent_has_its_own_environment(monkeypatch):
+    monkeypatch.delenv(engine_module.CACHE_SALT_ENV, raising=False)
+    unsalted = engine_fingerprint()
+    monkeypatch.setenv(engine_module.CACHE_SALT_ENV, "node-a")
+    assert engine_fingerprint() == f"{unsalted}|salt node-a"
