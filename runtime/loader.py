@@ -21,11 +21,11 @@ Argument and environment rules (decided here; the shim passes the OCI spec's pro
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
+from runtime.compiled import MAX_WASM_BYTES, ComponentLoad, compile_wasm
 from runtime.errors import AppError, AppNotFoundError, ManifestError, UnsupportedTriggerError
 from runtime.settings import RuntimeSettings
 
@@ -37,17 +37,11 @@ if TYPE_CHECKING:
     from runtime.http.trigger import HttpApp
     from runtime.interrupt import Interrupter
     from runtime.manifest import Manifest
-    from runtime.precompile import CacheResult
-    from runtime.wasm_binary import WasmKind
 
 # The manifest model, file staging, the cache and wasmtime are imported by load_app, not here: the shim imports
 # this module in processes that never load an app, and they cost ~35 ms of imports (tomllib, dataclasses,
 # tempfile, logging) before wasmtime's own ~25 ms. Measured with `python -X importtime -c "import runtime.loader"`.
 MANIFEST_FILE_NAME = "spin.toml"  # == runtime.manifest.MANIFEST_FILE_NAME (kept here to keep this import light)
-
-#: The largest wasm file this runtime compiles. Compiling takes several times the file in memory, outside the
-#: pod's limit (README, "Security model"); the biggest real components (componentize-py apps) are ~40 MB.
-MAX_WASM_BYTES = 512 << 20
 
 COMMAND_TRIGGER = "command"
 HTTP_TRIGGER = "http"  # == runtime.http.trigger.HTTP_TRIGGER
@@ -58,15 +52,6 @@ _UNSUPPORTED_TRIGGERS = {
     "sqs": "the sqs trigger is not supported by this shim",
     "cron": "the cron trigger is not supported by this shim",
 }
-
-
-class ComponentLoad(NamedTuple):
-    """How one wasm was loaded: for the shim's log line and for tests ("no compile on a warm start")."""
-
-    name: str
-    wasm_path: Path
-    kind: WasmKind
-    cache: CacheResult
 
 
 class LoadedApp:
@@ -327,52 +312,6 @@ def _build(
         command = CoreCommand(setup, engine, settings.max_instance_memory, compiled)  # type: ignore[arg-type]
         description += " (WASI p1 module)"
     return LoadedApp(command, Interrupter(engine), staged, (load,), description)
-
-
-def compile_wasm(wasm_path: Path, what: str, name: str,
-                 settings: RuntimeSettings) -> tuple[Any, ComponentLoad, wasmtime.Engine]:
-    """The precompiled module or component for ``wasm_path`` (from the cache, or compiled and cached).
-
-    Raises WasmLoadError naming ``what`` for a file that is not valid wasm.
-    """
-    import logging
-
-    from runtime.engine import shared_engine
-    from runtime.precompile import PrecompileCache
-
-    kind, digest = _sniff(wasm_path, what)
-    engine = shared_engine()
-    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify,
-                            store_factory=settings.precompiled_store)
-    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest)
-    logging.getLogger(__name__).debug("loaded %s: cache %s in %.1f ms", what, result.outcome, result.seconds * 1000)
-    return compiled, ComponentLoad(name=name, wasm_path=wasm_path, kind=kind, cache=result), engine
-
-
-def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
-    """Kind from the header and sha256 of the whole file, in one pass over it."""
-    import hashlib
-
-    from runtime.wasm_binary import detect_kind
-
-    from runtime.capped_read import CappedReadError, open_regular, read_chunks
-
-    digest = hashlib.sha256()
-    head = b""
-    try:
-        fd = open_regular(wasm_path)
-        if fd is None:
-            raise CappedReadError("cannot read: No such file or directory")
-        try:
-            for chunk in read_chunks(fd, MAX_WASM_BYTES):
-                if len(head) < 8:
-                    head += chunk[: 8 - len(head)]
-                digest.update(chunk)
-        finally:
-            os.close(fd)
-    except CappedReadError as exc:
-        raise AppNotFoundError(f"{what}: {wasm_path}: {exc}") from None
-    return detect_kind(head, name=what), digest.hexdigest()
 
 
 def env_from_oci(process_env: list[str]) -> dict[str, str]:

@@ -16,13 +16,13 @@ import socket
 from pathlib import Path
 
 from shim import linux
-from shim.cli import RUNTIME_NAME
 from shim.env import positive_seconds
 from shim.events import EventPublisher
+from shim.flags import RUNTIME_NAME
 from shim.log import open_log_fifo, setup_logging
 from shim.reaper import Reaper
 from shim.service import TASK_SERVICES, TaskService
-from shim.start import DaemonArgs
+from shim.daemon_args import DaemonArgs
 from shim.task import DaemonContext
 from shim.ttrpc.server import TtrpcServer
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from shim.bundle_state import process_start_time, read_task_state, remove_task_state
-from shim.cli import Flags
+from shim.flags import Flags
 from shim.start import remove_if_stale
 
 _KILLED_STATUS = 128 + signal.SIGKILL

@@ -17,31 +17,14 @@ import json
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
-from typing import Any
 
-from shim.cli import Flags
+from shim.daemon_args import DaemonArgs
+from shim.flags import Flags
 
 DEFAULT_SOCKET_DIR = "/run/containerd/s"
 _MAX_STDIN = 10 << 20
 # Go's unix socket path limit that containerd enforces (reference §1.5).
 _MAX_SOCKET_PATH = 106
-
-
-@dataclass
-class DaemonArgs:
-    """Everything the daemon needs, handed over in memory across fork."""
-
-    namespace: str
-    containerd_address: str
-    ttrpc_address: str | None
-    task_id: str
-    bundle: str
-    socket_path: str
-    debug: bool
-    options: dict[str, Any] = field(default_factory=dict)
-    #: The warm fork server that forked this daemon (shim/forkserver), 0 when `start` forked it itself.
-    fork_server_pid: int = 0
 
 
 class StartError(Exception):

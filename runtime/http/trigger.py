@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from runtime.files import StagedFiles
     from runtime.http.routing import Router
-    from runtime.loader import ComponentLoad
+    from runtime.compiled import ComponentLoad
     from runtime.manifest import Manifest, Trigger
     from runtime.settings import RuntimeSettings
 
@@ -288,7 +288,7 @@ def _components_in_route_order(routes: list[HttpRoute]) -> dict[str, HttpRoute]:
 
 def _load_executor(manifest: Manifest, route: HttpRoute, files: StagedFiles, env: Mapping[str, str],
                    settings: RuntimeSettings, services: Any) -> tuple[Executor, ComponentLoad]:
-    from runtime.loader import compile_wasm
+    from runtime.compiled import compile_wasm
     from runtime.manifest import LocalSource
     from runtime.paths import resolve_in_root
     from runtime.wasm_binary import WasmKind

@@ -206,7 +206,7 @@ def _become_daemon(listen_fd: int, daemon: dict[str, Any], context: StartContext
         os.closerange(listen_fd + 1, 65536)  # the server's lock among them: it must not outlive the server
         adopt(context)
         from shim.daemon import run_daemon
-        from shim.start import DaemonArgs
+        from shim.daemon_args import DaemonArgs
 
         sock = socket.socket(fileno=listen_fd)
         code = run_daemon(sock, DaemonArgs(**daemon))

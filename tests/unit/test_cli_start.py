@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from shim.cli import UsageError, parse_flags
+from shim.flags import UsageError, parse_flags
 from shim.options import RUNTIME_OPTIONS_TYPE_URL, options_from_toml, parse_start_stdin
 from shim.start import socket_path
 

@@ -9,7 +9,7 @@ import pytest
 
 from proto.containerd.task.v2 import shim_pb2
 from shim.bundle_state import TASK_STATE_FILE, write_task_state
-from shim.cli import Flags
+from shim.flags import Flags
 from shim.delete import run_delete
 
 FAKE_RUNC = """#!/bin/sh

@@ -612,6 +612,32 @@ class IncomingResponse:
         self.consumed = False
 
 
+class RequestBodyBuffer:
+    """The body of an outgoing request: collected until ``finish``, then sent with the request (by
+    runtime.host.wasi.outgoing, which imports this module, never the reverse)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.finished = False
+        self.aborted: str | None = None
+        self.trailers: Fields | None = None
+
+    def write(self, ctx: RequestContext, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+    def finish(self, ctx: RequestContext, trailers: Fields | None) -> Variant | None:
+        self.finished = True
+        self.trailers = trailers
+        return None
+
+    def abort(self, ctx: RequestContext, reason: str) -> None:
+        self.aborted = reason
+
+    @property
+    def complete(self) -> bool:
+        return self.finished or self.aborted is not None
+
+
 @types.func("[constructor]outgoing-request")
 def _request_new(ctx: RequestContext, headers_rep: int) -> Any:
     fields = ctx.table.take(headers_rep, Fields)
@@ -621,8 +647,6 @@ def _request_new(ctx: RequestContext, headers_rep: int) -> Any:
 
 @types.func("[method]outgoing-request.body")
 def _outgoing_request_body(ctx: RequestContext, request_rep: int) -> Any:
-    from runtime.host.wasi.outgoing import RequestBodyBuffer
-
     request = ctx.table.get(request_rep, OutgoingRequest)
     if request.body is not None:
         return ERR_EMPTY

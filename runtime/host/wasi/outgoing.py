@@ -26,6 +26,7 @@ from runtime.host.wasi.http import (
     FutureIncomingResponse,
     IncomingResponse,
     OutgoingRequest,
+    RequestBodyBuffer,
     RequestOptions,
     method_name,
     scheme_name,
@@ -54,31 +55,6 @@ def outbound_policy(ctx: RequestContext) -> OutboundPolicy:
         return OutboundPolicy.parse(ctx.config.allowed_outbound_hosts, where=f"component {ctx.config.id!r}")
 
     return ctx.component.memo("outbound-policy", parse)
-
-
-class RequestBodyBuffer:
-    """The body of an outgoing request: collected until ``finish``, then sent with the request."""
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.finished = False
-        self.aborted: str | None = None
-        self.trailers: Fields | None = None
-
-    def write(self, ctx: RequestContext, data: bytes) -> None:
-        self.chunks.append(bytes(data))
-
-    def finish(self, ctx: RequestContext, trailers: Fields | None) -> Variant | None:
-        self.finished = True
-        self.trailers = trailers
-        return None
-
-    def abort(self, ctx: RequestContext, reason: str) -> None:
-        self.aborted = reason
-
-    @property
-    def complete(self) -> bool:
-        return self.finished or self.aborted is not None
 
 
 class _BodyPending(Pollable):

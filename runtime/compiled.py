@@ -1,0 +1,77 @@
+"""The compiled form of one wasm file: its kind and sha256 in one capped pass over it, then the precompile cache
+(runtime.precompile) or a compile. Shared by the command loader (runtime.loader) and the HTTP trigger
+(runtime.http.trigger), which import this module and never each other."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from runtime.errors import AppNotFoundError
+from runtime.settings import RuntimeSettings
+
+if TYPE_CHECKING:
+    import wasmtime
+
+    from runtime.precompile import CacheResult
+    from runtime.wasm_binary import WasmKind
+
+#: The largest wasm file this runtime compiles. Compiling takes several times the file in memory, outside the
+#: pod's limit (README, "Security model"); the biggest real components (componentize-py apps) are ~40 MB.
+MAX_WASM_BYTES = 512 << 20
+
+
+class ComponentLoad(NamedTuple):
+    """How one wasm was loaded: for the shim's log line and for tests ("no compile on a warm start")."""
+
+    name: str
+    wasm_path: Path
+    kind: WasmKind
+    cache: CacheResult
+
+
+def compile_wasm(wasm_path: Path, what: str, name: str,
+                 settings: RuntimeSettings) -> tuple[Any, ComponentLoad, wasmtime.Engine]:
+    """The precompiled module or component for ``wasm_path`` (from the cache, or compiled and cached).
+
+    Raises WasmLoadError naming ``what`` for a file that is not valid wasm.
+    """
+    import logging
+
+    from runtime.engine import shared_engine
+    from runtime.precompile import PrecompileCache
+
+    kind, digest = _sniff(wasm_path, what)
+    engine = shared_engine()
+    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify,
+                            store_factory=settings.precompiled_store)
+    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest)
+    logging.getLogger(__name__).debug("loaded %s: cache %s in %.1f ms", what, result.outcome, result.seconds * 1000)
+    return compiled, ComponentLoad(name=name, wasm_path=wasm_path, kind=kind, cache=result), engine
+
+
+def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
+    """Kind from the header and sha256 of the whole file, in one pass over it."""
+    import hashlib
+
+    from runtime.wasm_binary import detect_kind
+
+    from runtime.capped_read import CappedReadError, open_regular, read_chunks
+
+    digest = hashlib.sha256()
+    head = b""
+    try:
+        fd = open_regular(wasm_path)
+        if fd is None:
+            raise CappedReadError("cannot read: No such file or directory")
+        try:
+            for chunk in read_chunks(fd, MAX_WASM_BYTES):
+                if len(head) < 8:
+                    head += chunk[: 8 - len(head)]
+                digest.update(chunk)
+        finally:
+            os.close(fd)
+    except CappedReadError as exc:
+        raise AppNotFoundError(f"{what}: {wasm_path}: {exc}") from None
+    return detect_kind(head, name=what), digest.hexdigest()

@@ -1,0 +1,24 @@
+"""What a shim daemon is started with: handed over in memory across fork by `start`, or as JSON through the fork
+server (shim/forkserver). A leaf module, so the daemon, `start` and the server share it without importing each
+other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class DaemonArgs:
+    """Everything the daemon needs, handed over in memory across fork."""
+
+    namespace: str
+    containerd_address: str
+    ttrpc_address: str | None
+    task_id: str
+    bundle: str
+    socket_path: str
+    debug: bool
+    options: dict[str, Any] = field(default_factory=dict)
+    #: The warm fork server that forked this daemon (shim/forkserver), 0 when `start` forked it itself.
+    fork_server_pid: int = 0
