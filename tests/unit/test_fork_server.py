@@ -219,3 +219,15 @@ def test_the_server_exits_when_idle_and_removes_its_socket(monkeypatch):
     assert result.returncode == 0 and time.monotonic() - started >= 1
     assert not os.path.exists(protocol.socket_path(key))
     os.unlink(protocol.lock_path(key))
+
+
+def test_every_warm_module_imports_and_none_brings_grpc():
+    code = ("import importlib, sys\n"
+            "from shim.forkserver.server import WARM_MODULES\n"
+            "for name in WARM_MODULES:\n"
+            "    importlib.import_module(name)\n"
+            "print(int('grpc' in sys.modules), len(WARM_MODULES))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr  # a misspelt name would be skipped by the server, silently
+    grpc_loaded, count = result.stdout.split()
+    assert grpc_loaded == "0" and int(count) == len(server.WARM_MODULES)
