@@ -306,6 +306,67 @@ def test_keep_alive_reuses_one_connection(running):
     assert [h.target for h in echo.heads] == ["/r0", "/r1", "/r2"]
 
 
+class Lingers:
+    """Answers in full, then keeps its job busy (the executor's cleanup, a Store close) and tries to write more."""
+
+    component_id = "lingers"
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.late_write_failed = threading.Event()
+
+    def handle(self, head, body, sink):
+        data = head.target.encode()
+        sink.start(200, [(b"content-length", str(len(data)).encode())])
+        sink.write(data)
+        sink.finish()
+        time.sleep(self.seconds)
+        try:
+            sink.write(b"late bytes for a finished response")
+        except Exception:  # noqa: BLE001 - what a finished response must refuse
+            self.late_write_failed.set()
+
+
+def test_the_next_keep_alive_request_goes_on_while_a_finished_job_lingers_and_its_late_bytes_go_nowhere(running):
+    lingers = Lingers(0.5)
+    srv = running([("/...", "lingers")], {"lingers": lingers})
+    client = srv.connect()
+    client.request(b"GET", b"/first")
+    assert client.response()[:3:2] == (200, b"/first")
+    client.next_cycle()
+    client.request(b"GET", b"/second")  # parsed at once; run once the first job's thread is free
+    status, headers, body, _ = client.response()
+    assert (status, body, headers[b"content-length"]) == (200, b"/second", b"7")
+    assert lingers.late_write_failed.wait(5)
+    client.sock.settimeout(1.0)  # nothing of the first job's late write ever reaches the wire
+    with pytest.raises(TimeoutError):
+        client.sock.recv(1)
+
+
+def test_a_content_length_head_goes_out_with_its_body(running):
+    class HeadThenBody:
+        component_id = "late-body"
+
+        def handle(self, head, body, sink):
+            sink.start(200, [(b"content-length", b"4")])
+            time.sleep(0.3)  # the guest computes its body
+            sink.write(b"body")
+            sink.finish()
+
+    srv = running([("/...", "late-body")], {"late-body": HeadThenBody()})
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = sock.recv(65536)
+    while b"\r\n\r\n" not in first:
+        first += sock.recv(65536)
+    # One write: when the head arrives its body is there too (or follows at once, not 0.3 s later).
+    rest = first.partition(b"\r\n\r\n")[2]
+    sock.settimeout(0.1)
+    while len(rest) < 4:
+        rest += sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200") and rest == b"body"
+
+
 def test_request_head_carries_spin_headers_and_route(running):
     echo = Echo()
     srv = running([("/api/...", "echo")], {"echo": echo}, request_timeout=30)
