@@ -102,6 +102,15 @@ def _run_on_a_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
                 break
             output += chunk
         elif process.poll() is not None:
+            # It may have written and exited since select timed out: what is still in the pty is its output too.
+            while select.select([controller], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                output += chunk
             break
     os.close(controller)
     return process.wait(timeout=10), output.decode("utf-8", "replace")
