@@ -4,12 +4,12 @@ other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
+from shim.record import Record
 
-@dataclass
-class DaemonArgs:
+
+class DaemonArgs(Record):
     """Everything the daemon needs, handed over in memory across fork."""
 
     namespace: str
@@ -19,6 +19,6 @@ class DaemonArgs:
     bundle: str
     socket_path: str
     debug: bool
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = {}
     #: The warm fork server that forked this daemon (shim/forkserver), 0 when `start` forked it itself.
     fork_server_pid: int = 0

@@ -6,7 +6,7 @@ and the CLI dispatches on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from shim.record import Record
 
 RUNTIME_NAME = "io.containerd.spin.v2"
 VERSION = "0.1.0"
@@ -19,8 +19,7 @@ class UsageError(Exception):
     pass
 
 
-@dataclass
-class Flags:
+class Flags(Record):
     namespace: str = ""
     address: str = ""
     publish_binary: str = ""

@@ -12,7 +12,6 @@ io.kubernetes.cri.sandbox-id) share one daemon through a deterministic socket pa
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ import sys
 
 from shim.daemon_args import DaemonArgs
 from shim.flags import Flags
+from shim.sha256 import sha256
 
 DEFAULT_SOCKET_DIR = "/run/containerd/s"
 _MAX_STDIN = 10 << 20
@@ -34,7 +34,7 @@ class StartError(Exception):
 def socket_path(address: str, namespace: str, group: str, socket_dir: str = DEFAULT_SOCKET_DIR) -> str:
     """sha256 of filepath.Join(address, namespace, group), as Go's SocketAddress."""
     joined = os.path.normpath(os.path.join(address, namespace, group))
-    path = os.path.join(socket_dir, hashlib.sha256(joined.encode()).hexdigest())
+    path = os.path.join(socket_dir, sha256(joined.encode()).hexdigest())
     if len(path) > _MAX_SOCKET_PATH:
         raise StartError(f"socket path {path} is longer than {_MAX_SOCKET_PATH} bytes")
     return path

@@ -7,20 +7,18 @@ on after fork without side effects, so the server refuses a `start` whose namesp
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from shim.record import Record
 
 NAMESPACES = ("mnt", "net", "pid", "ipc", "uts", "user", "cgroup")
 _RLIMITS = tuple(name for name in dir(resource) if name.startswith("RLIMIT_"))
 
 
-@dataclass(frozen=True)
-class StartContext:
+class StartContext(Record):
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str
@@ -38,7 +36,7 @@ class StartContext:
         return cls(argv=tuple(argv), env=dict(os.environ), cwd=os.getcwd(), umask=umask,
                    rlimits={name: resource.getrlimit(getattr(resource, name)) for name in _RLIMITS},
                    oom_score_adj=_read_int("/proc/self/oom_score_adj"),
-                   cgroup=Path("/proc/self/cgroup").read_text(), namespaces=namespace_ids())
+                   cgroup=_read_text("/proc/self/cgroup"), namespaces=namespace_ids())
 
     def to_json(self) -> dict[str, Any]:
         return {"argv": list(self.argv), "env": self.env, "cwd": self.cwd, "umask": self.umask,
@@ -90,7 +88,7 @@ def adopt(context: StartContext) -> None:
 
 def join_cgroup(cgroup: str) -> None:
     """Move into the cgroup `/proc/<pid>/cgroup` of `start` names in every hierarchy, unless already there."""
-    if Path("/proc/self/cgroup").read_text() == cgroup:
+    if _read_text("/proc/self/cgroup") == cgroup:
         return
     from shim.cgroups import CGROUP_ROOT, is_unified, v1_mounts
 
@@ -120,7 +118,7 @@ def argv_area() -> tuple[int, int]:
     """Start and end address of this process's original argv strings (/proc/self/stat fields 48 and 49): what
     /proc/<pid>/cmdline shows. Rewritten in place, as setproctitle does (prctl(PR_SET_MM) would need
     CAP_SYS_RESOURCE, which containers and some nodes drop)."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _read_text("/proc/self/stat").rsplit(")", 1)[1].split()
     return int(fields[45]), int(fields[46])
 
 
@@ -131,6 +129,8 @@ def argv_fits(argv: tuple[str, ...]) -> bool:
 
 def set_argv(argv: tuple[str, ...]) -> None:
     """Make /proc/self/cmdline read ``argv`` (the rest of the area NUL). Raises ValueError if it does not fit."""
+    import ctypes  # the forked daemon's, not `start`'s: ~3 ms of imports
+
     start, end = argv_area()
     encoded = _encode(argv)
     if len(encoded) > end - start:
@@ -140,6 +140,11 @@ def set_argv(argv: tuple[str, ...]) -> None:
 
 def _encode(argv: tuple[str, ...]) -> bytes:
     return b"\0".join(arg.encode("utf-8", "surrogateescape") for arg in argv) + b"\0"
+
+
+def _read_text(path: str) -> str:
+    with open(path) as source:
+        return source.read()
 
 
 def _read_int(path: str) -> int:

@@ -8,28 +8,29 @@ stats files rather than reading them: ~1 ms for the few hundred files of the tre
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
-from pathlib import Path
+from typing import Any
+
+from shim.sha256 import sha256
 
 #: The project's packages, next to this one.
-PACKAGES_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 PACKAGES = ("oci", "proto", "runtime", "shim")
 #: Lets tests (and an operator who wants a separate server) make a build distinct without changing code.
 SALT_ENV = "SPIN_SHIM_FORK_SERVER_SALT"
 
 
 def build_key() -> str:
-    digest = hashlib.sha256()
+    digest = sha256()
     digest.update(f"{sys.executable}\0{sys.version}\0{os.environ.get(SALT_ENV, '')}\0".encode())
     for package in PACKAGES:
-        _add_tree(digest, PACKAGES_ROOT / package)
+        _add_tree(digest, os.path.join(PACKAGES_ROOT, package))
     _add_wasmtime(digest)
     return digest.hexdigest()[:24]
 
 
-def _add_tree(digest: "hashlib._Hash", directory: Path) -> None:
+def _add_tree(digest: Any, directory: str | os.PathLike[str]) -> None:
     stack = [str(directory)]
     while stack:
         current = stack.pop()
@@ -47,7 +48,7 @@ def _add_tree(digest: "hashlib._Hash", directory: Path) -> None:
                 digest.update(f"{entry.path}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
 
 
-def _add_wasmtime(digest: "hashlib._Hash") -> None:
+def _add_wasmtime(digest: Any) -> None:
     """The wasmtime package's dist-info name (its version) and its files' sizes and mtimes."""
     for entry in sys.path:
         package = os.path.join(entry or ".", "wasmtime")
@@ -57,6 +58,6 @@ def _add_wasmtime(digest: "hashlib._Hash") -> None:
                                               if name.startswith("wasmtime-"))).encode())
             except OSError:
                 pass
-            _add_tree(digest, Path(package))
+            _add_tree(digest, package)
             return
     digest.update(b"no wasmtime")

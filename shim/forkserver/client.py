@@ -7,7 +7,6 @@ socket, so a lost answer is an error of `start` instead (containerd and kubelet 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import sys
@@ -41,7 +40,7 @@ def fork_through_server(listener: socket.socket, daemon_args: Any, argv: list[st
         try:
             conn.connect(protocol.socket_path(key))
             protocol.send(conn, {"version": protocol.PROTOCOL_VERSION, "key": key,
-                                 "daemon": dataclasses.asdict(daemon_args),
+                                 "daemon": daemon_args.as_dict(),
                                  "context": StartContext.capture(argv).to_json()}, [listener.fileno()])
         except OSError:
             spawn_server(key)
