@@ -8,7 +8,8 @@ the server's death or upgrade never touches a running pod, and the server never 
 
 It lives in containerd's cgroup, like the shims, so systemd's `KillMode=process` for containerd.service leaves
 it running across containerd restarts, as it leaves the shims; it exits after SPIN_SHIM_FORK_SERVER_IDLE_SECONDS
-(300 by default) without a request, when its build key no longer matches the installed code, or on SIGTERM.
+(300 by default) without a request, or on SIGTERM. Once the installed code changes, `start` computes another key
+and asks that build's server, so an outdated server gets no more requests and idles out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import gc
 import importlib
-import logging
 import os
 import select
 import signal
@@ -29,8 +29,6 @@ from shim.env import positive_seconds
 from shim.forkserver import protocol
 from shim.forkserver.adopt import StartContext, adopt, argv_fits, namespace_ids, set_argv
 from shim.forkserver.build_key import build_key
-
-log = logging.getLogger("shim.forkserver")
 
 IDLE_ENV = "SPIN_SHIM_FORK_SERVER_IDLE_SECONDS"
 IDLE_SECONDS = 300.0
@@ -118,8 +116,6 @@ def _serve(listener: socket.socket, key: str) -> None:
         ready, _, _ = select.select([listener], [], [], idle)
         if not ready:
             return
-        if build_key() != key:
-            return  # upgraded in place: a new start computes the new key and spawns that build's server
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(5)
@@ -130,7 +126,7 @@ def _serve(listener: socket.socket, key: str) -> None:
 
 
 def _handle(conn: socket.socket, listener: socket.socket, key: str) -> None:
-    pid, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     if uid != 0:
         protocol.send(conn, {"refused": f"uid {uid} is not root"})
         return
