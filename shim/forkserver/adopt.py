@@ -19,6 +19,8 @@ _RLIMITS = tuple(name for name in dir(resource) if name.startswith("RLIMIT_"))
 
 
 class StartContext(Record):
+    """What `start` runs with, captured by it and sent to the server as JSON."""
+
     argv: tuple[str, ...]
     env: dict[str, str]
     cwd: str
