@@ -92,6 +92,9 @@ def _run_on_a_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
     output = bytearray()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # Whether it had exited *before* this select: then a timeout means all it wrote was read (checked after
+        # the select, an exit between the two lost the message once in CI).
+        exited = process.poll() is not None
         ready, _, _ = select.select([controller], [], [], 0.2)
         if ready:
             try:
@@ -101,16 +104,7 @@ def _run_on_a_pty(argv: list[str], timeout: float = 60) -> tuple[int, str]:
             if not chunk:
                 break
             output += chunk
-        elif process.poll() is not None:
-            # It may have written and exited since select timed out: what is still in the pty is its output too.
-            while select.select([controller], [], [], 0.2)[0]:
-                try:
-                    chunk = os.read(controller, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                output += chunk
+        elif exited:
             break
     os.close(controller)
     return process.wait(timeout=10), output.decode("utf-8", "replace")

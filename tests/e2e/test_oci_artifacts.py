@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
-import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from oci.errors import ContentStoreError
 from oci.precompiled import GC_REF_PREFIX, LABEL_PREFIX
 from oci.push import AppArtifact, Blob, assemble_app, parse_reference, push_artifact
 from runtime.engine import CACHE_SALT_ENV
+from tests.archives import targz
 from tests.e2e.conftest import running_containerd
 from cri_client import CriClient, CriError, PodHandle
 from tests.e2e.cri_support import cri_ready, import_image
@@ -96,16 +95,6 @@ def push_layers(ref: str, layers: list[Blob], lock: dict[str, Any] | None = None
         "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": config.descriptor(),
         "layers": [layer.descriptor() for layer in layers]}).encode())
     push_artifact(AppArtifact(lock or {}, tuple(layers), config, manifest), parse_reference(ref), insecure=True)
-
-
-def targz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def run_app(c: Cluster, pod: PodHandle, image: str, name: str = "app",

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from oci.errors import ArtifactError, ContentStoreError
 from oci.mirror import UNPACKED_MARKER, BlobMirror
 from oci.source import find_image_app
 from runtime.locked_app import blob_path
+from tests.archives import targz
 
 IMAGE = "example.com/files:1"
 KiB = 1 << 10
@@ -41,16 +40,6 @@ def sha(data: bytes) -> str:
 
 def hex_of(digest: str) -> str:
     return digest.partition(":")[2]
-
-
-def targz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 class FakeContainerd:
