@@ -70,18 +70,23 @@ def _missing_from_top(path: Path) -> list[Path]:
     return list(reversed(missing))
 
 
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """`/proc/<pid>/cgroup` as controller -> path: "" for the v2 hierarchy, `name=systemd` as `systemd`."""
+    result: dict[str, str] = {}
+    for line in text.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for ctrl in controllers.split(",") if controllers else [""]:
+            result[ctrl.removeprefix("name=")] = path
+    return result
+
+
 def _own_cgroup_paths() -> dict[str, str]:
     """This process's cgroup per hierarchy, for resolving a relative cgroupsPath."""
-    result: dict[str, str] = {}
     try:
         with open("/proc/self/cgroup") as f:
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                for ctrl in controllers.split(",") if controllers else [""]:
-                    result[ctrl.removeprefix("name=")] = path
+            return parse_proc_cgroup(f.read())
     except OSError:
-        pass
-    return result
+        return {}
 
 
 def v1_mounts() -> dict[str, Path]:

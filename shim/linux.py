@@ -94,6 +94,19 @@ def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
+def raise_oom_score(above: int | None = None) -> None:
+    """Make this process's oom_score_adj one above ``above`` (default: its own), so the shim dies before
+    containerd under memory pressure (Go: containerd's score + 1). Best effort: raising a score needs no
+    privilege, lowering one below the current (a fork of a process with a higher score) needs CAP_SYS_RESOURCE."""
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as score:
+            base = int(score.read().strip() or 0) if above is None else above
+            score.seek(0)
+            score.write(str(min(base + 1, 1000)))
+    except (OSError, ValueError):
+        pass
+
+
 def set_process_name(name: str) -> None:
     """Shown by ps/top as the comm (15 bytes), so an operator tells daemon from instance."""
     buf = ctypes.create_string_buffer(name.encode()[:15])

@@ -131,8 +131,10 @@ def _spawn_daemon(sock: socket.socket, args: DaemonArgs) -> None:
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)  # containerd waits for EOF on the start pipe
         os.close(devnull)
-        _raise_oom_score()
+        from shim import linux
         from shim.daemon import run_daemon
+
+        linux.raise_oom_score()
 
         code = run_daemon(sock, args)
     finally:
@@ -153,18 +155,6 @@ def _fork_through_server(sock: socket.socket, daemon_args: DaemonArgs) -> bool:
         return False
     sock.close()
     return True
-
-
-def _raise_oom_score() -> None:
-    """The shim should die before containerd under memory pressure (Go: containerd's
-    score + 1); raising a score needs no privilege, lowering would."""
-    try:
-        with open("/proc/self/oom_score_adj", "r+") as f:
-            current = int(f.read().strip() or 0)
-            f.seek(0)
-            f.write(str(min(current + 1, 1000)))
-    except (OSError, ValueError):
-        pass
 
 
 def run_start(flags: Flags) -> int:

@@ -79,11 +79,9 @@ def adopt(context: StartContext) -> None:
             except (OSError, ValueError):
                 pass  # a limit this kernel does not have
     join_cgroup(context.cgroup)
-    try:
-        with open("/proc/self/oom_score_adj", "w") as score:
-            score.write(str(min(context.oom_score_adj + 1, 1000)))
-    except PermissionError:
-        pass  # lower than the server's, without CAP_SYS_RESOURCE: the cold path's daemon could not either
+    from shim import linux  # the forked daemon's import, not `start`'s
+
+    linux.raise_oom_score(context.oom_score_adj)
     set_argv(context.argv)
     sys.argv[:] = list(context.argv)
 
@@ -92,20 +90,18 @@ def join_cgroup(cgroup: str) -> None:
     """Move into the cgroup `/proc/<pid>/cgroup` of `start` names in every hierarchy, unless already there."""
     if _read_text("/proc/self/cgroup") == cgroup:
         return
-    from shim.cgroups import CGROUP_ROOT, is_unified, v1_mounts
+    from shim.cgroups import CGROUP_ROOT, is_unified, parse_proc_cgroup, v1_mounts
 
-    v1 = None if is_unified() else v1_mounts()
+    paths = parse_proc_cgroup(cgroup)
+    if is_unified():
+        dirs = {CGROUP_ROOT / paths.get("", "/").lstrip("/")}
+    else:  # one directory per hierarchy (co-mounted controllers share one), and a hybrid node's v2 one
+        dirs = {mountpoint / paths[ctrl].lstrip("/") for ctrl, mountpoint in v1_mounts().items() if ctrl in paths}
+        if "" in paths:
+            dirs.add(CGROUP_ROOT / "unified" / paths[""].lstrip("/"))
     pid = str(os.getpid()).encode()
-    for line in cgroup.splitlines():
-        _, controllers, path = line.split(":", 2)
-        if not controllers:
-            base = CGROUP_ROOT if v1 is None else CGROUP_ROOT / "unified"
-        else:
-            first = controllers.split(",")[0].removeprefix("name=")
-            if v1 is None or first not in v1:
-                continue
-            base = v1[first]
-        procs = base / path.lstrip("/") / "cgroup.procs"
+    for directory in dirs:
+        procs = directory / "cgroup.procs"
         if procs.exists():
             with open(procs, "wb") as target:
                 target.write(pid)
