@@ -58,30 +58,71 @@ def run_server(key: str) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        os.close(lock)
         return 0  # another server of this build runs, or is starting
-    for name in WARM_MODULES:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - the daemon will meet and report the same error
-            pass
-    _load_native_state()
-    if build_key() != key:
-        return 0  # the installed code changed while we imported it
-    listener = _listen(protocol.socket_path(key))
-    bound_inode = os.stat(protocol.socket_path(key)).st_ino
-    gc.collect()
-    gc.freeze()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the daemons (_fork_daemon)
+    bound_inode = None
     try:
+        _sweep_dead_servers(key)
+        for name in WARM_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the daemon will meet and report the same error
+                pass
+        _load_native_state()
+        if build_key() != key:
+            return 0  # the installed code changed while we imported it
+        listener = _listen(protocol.socket_path(key))
+        bound_inode = os.stat(protocol.socket_path(key)).st_ino
+        gc.collect()
+        gc.freeze()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the daemons (_fork_daemon)
         _serve(listener, key)
     finally:
         try:
-            if os.stat(protocol.socket_path(key)).st_ino == bound_inode:  # not a successor's
-                os.unlink(protocol.socket_path(key))
+            if bound_inode is not None and os.stat(protocol.socket_path(key)).st_ino == bound_inode:
+                os.unlink(protocol.socket_path(key))  # ours, not a successor's
         except OSError:
             pass
+        _remove_held(protocol.lock_path(key), lock)
     return 0
+
+
+def _sweep_dead_servers(key: str) -> None:
+    """Remove the socket and lock files other builds' servers left when they were killed (SIGKILL skips their
+    own cleanup): a lock nobody holds is a server that is gone. Left alone, every upgrade of a node would leave
+    a pair behind for good. (A server of that build starting at this very moment, between creating its lock and
+    taking it, may lose its file; at worst two servers of that build then run until one idles out.)"""
+    own = os.path.basename(protocol.lock_path(key))
+    for name in os.listdir(protocol.SOCKET_DIR):
+        if not name.endswith(".lock") or name == own:
+            continue
+        path = os.path.join(protocol.SOCKET_DIR, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)  # its server lives
+            continue
+        try:
+            os.unlink(path.removesuffix(".lock") + ".sock")
+        except FileNotFoundError:
+            pass
+        _remove_held(path, fd)
+
+
+def _remove_held(path: str, fd: int) -> None:
+    """Unlink a lock file while holding it (a server starting now creates and locks a new one), then let go."""
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _load_native_state() -> None:

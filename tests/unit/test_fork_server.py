@@ -217,8 +217,21 @@ def test_the_server_exits_when_idle_and_removes_its_socket(monkeypatch):
     result = subprocess.run([str(SHIM), "fork-server", key], env={**os.environ, server.IDLE_ENV: "1"},
                             timeout=60, capture_output=True)
     assert result.returncode == 0 and time.monotonic() - started >= 1
-    assert not os.path.exists(protocol.socket_path(key))
-    os.unlink(protocol.lock_path(key))
+    assert not os.path.exists(protocol.socket_path(key)) and not os.path.exists(protocol.lock_path(key))
+
+
+def test_a_starting_server_removes_what_killed_servers_of_other_builds_left_and_leaves_live_ones(
+        running_server, monkeypatch):
+    live_key, _ = running_server
+    dead = f"dead{uuid.uuid4().hex[:20]}"
+    for path in (protocol.socket_path(dead), protocol.lock_path(dead)):
+        open(path, "w").close()  # what a SIGKILLed server leaves: nobody holds the lock
+    monkeypatch.setenv(build_key.SALT_ENV, f"unit-sweep-{uuid.uuid4().hex}")
+    key = build_key.build_key()
+    subprocess.run([str(SHIM), "fork-server", key], env={**os.environ, server.IDLE_ENV: "0.2"}, timeout=60,
+                   capture_output=True, check=True)
+    assert not os.path.exists(protocol.socket_path(dead)) and not os.path.exists(protocol.lock_path(dead))
+    assert os.path.exists(protocol.socket_path(live_key)) and os.path.exists(protocol.lock_path(live_key))
 
 
 def test_every_warm_module_imports_and_none_brings_grpc():
