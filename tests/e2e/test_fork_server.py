@@ -20,7 +20,7 @@ import pytest
 from shim.forkserver import build_key, protocol
 from tests.e2e.conftest import Images, running_containerd
 from tests.e2e.http_support import HttpTask
-from tests.e2e.support import assert_no_leaks, shim_processes, task_cgroups, wait_until
+from tests.e2e.support import assert_no_leaks, fork_server_pids, shim_processes, task_cgroups, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -39,19 +39,6 @@ def _key(salt: str) -> str:
             os.environ[build_key.SALT_ENV] = previous
 
 
-def _server_pids(key: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmdline[1:3] == [b"fork-server", key.encode()]:
-                pids.append(int(entry))
-    return pids
-
-
 def _forked_by(daemon, task_id: str) -> str:
     """'start' or 'the fork server (pid N)', from the daemon's debug line in containerd's log."""
     pattern = re.compile(rf'serving {re.escape(task_id)} on \S+, forked by ([^"]+)"')
@@ -61,9 +48,9 @@ def _forked_by(daemon, task_id: str) -> str:
 
 
 def _stop_servers(key: str) -> None:
-    for pid in _server_pids(key):
+    for pid in fork_server_pids(key):
         os.kill(pid, signal.SIGTERM)
-    assert wait_until(lambda: not _server_pids(key), timeout=10)
+    assert wait_until(lambda: not fork_server_pids(key), timeout=10)
     for leftover in (protocol.socket_path(key), protocol.lock_path(key)):
         if os.path.exists(leftover):
             os.unlink(leftover)
@@ -88,9 +75,9 @@ def _http_task(daemon, tmp_path: Path, http_apps, task_id: str) -> HttpTask:
 
 
 def _wait_for_server(key: str) -> int:
-    assert wait_until(lambda: len(_server_pids(key)) == 1 and os.path.exists(protocol.socket_path(key)),
+    assert wait_until(lambda: len(fork_server_pids(key)) == 1 and os.path.exists(protocol.socket_path(key)),
                       timeout=30), f"no fork server for {key}"
-    return _server_pids(key)[0]
+    return fork_server_pids(key)[0]
 
 
 def test_pods_start_through_the_server_and_survive_its_sigkill(salted, tmp_path, http_apps):
@@ -108,7 +95,7 @@ def test_pods_start_through_the_server_and_survive_its_sigkill(salted, tmp_path,
         assert daemon_pid in shim_processes(daemon)  # its command line is start's: -address and all
         assert os.getsid(daemon_pid) == daemon_pid  # a session of its own, as a cold daemon
         os.kill(server, signal.SIGKILL)
-        assert wait_until(lambda: not _server_pids(key), timeout=10)
+        assert wait_until(lambda: not fork_server_pids(key), timeout=10)
         assert first.get("/hello").status == 200 and second.get("/hello").status == 200
         assert third.run().returncode == 0  # the stale socket refuses: cold again, and a new server
         assert _forked_by(daemon, third.task_id) == "start"
@@ -139,7 +126,7 @@ def test_a_server_of_another_build_is_never_used(tmp_path_factory, shim_dir, shi
                 assert task.run().returncode == 0
                 assert _forked_by(daemon, task.task_id) == "start"  # build b has no server yet; a's is not asked
                 server_b = _wait_for_server(keys[1])
-                assert server_b != server_a and _server_pids(keys[0]) == [server_a]
+                assert server_b != server_a and fork_server_pids(keys[0]) == [server_a]
             finally:
                 task.remove()
             assert_no_leaks(daemon, [task.task_id])
@@ -159,7 +146,7 @@ def test_the_cold_path_serves_when_the_server_is_turned_off(tmp_path_factory, sh
                 assert task.run().returncode == 0
                 assert _forked_by(daemon, task.task_id) == "start"
                 assert task.get("/hello").status == 200
-            assert not _server_pids(_key(salt))
+            assert not fork_server_pids(_key(salt))
         finally:
             for task in tasks:
                 task.remove()
@@ -179,7 +166,7 @@ def test_two_containerd_restarts_under_pods_from_the_server(salted, tmp_path, ht
             daemon.restart_daemon()
             assert task.status() == "RUNNING" and task.get("/hello").status == 200
         assert task.stop_task()
-        assert _server_pids(key) == [server]
+        assert fork_server_pids(key) == [server]
     finally:
         warmup.remove()
         task.remove()
@@ -198,4 +185,4 @@ def test_a_hundred_create_delete_cycles_leave_nothing(salted, tmp_path, guests):
     assert "the fork server" in _forked_by(daemon, ids[-1])
     assert_no_leaks(daemon, ids)
     assert not any(task_cgroups(task_id) for task_id in ids)
-    assert len(_server_pids(key)) == 1 and os.listdir(protocol.SOCKET_DIR).count(f"fork-{key}.sock") == 1
+    assert len(fork_server_pids(key)) == 1 and os.listdir(protocol.SOCKET_DIR).count(f"fork-{key}.sock") == 1
