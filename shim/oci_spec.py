@@ -71,7 +71,7 @@ class RuntimeSpec:
     rlimits: tuple[Rlimit, ...] = ()
     #: process.user.umask; None = runc's default 0022.
     umask: int | None = None
-    #: linux.seccomp as the spec has it (applied by shim/sandbox/seccomp.py); None = no filter.
+    #: linux.seccomp as the spec has it (applied by shim/wasm/sandbox/seccomp.py); None = no filter.
     seccomp: dict[str, Any] | None = None
 
     @property

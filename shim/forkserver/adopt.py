@@ -79,7 +79,7 @@ def adopt(context: StartContext) -> None:
             except (OSError, ValueError):
                 pass  # a limit this kernel does not have
     join_cgroup(context.cgroup)
-    from shim import linux  # the forked daemon's import, not `start`'s
+    from shim.kernel import linux  # the forked daemon's import, not `start`'s
 
     linux.raise_oom_score(context.oom_score_adj)
     set_argv(context.argv)
@@ -90,7 +90,12 @@ def join_cgroup(cgroup: str) -> None:
     """Move into the cgroup `/proc/<pid>/cgroup` of `start` names in every hierarchy, unless already there."""
     if _read_text("/proc/self/cgroup") == cgroup:
         return
-    from shim.cgroups import CGROUP_ROOT, is_unified, parse_proc_cgroup, v1_mounts
+    from shim.kernel.cgroups import (
+        CGROUP_ROOT,
+        is_unified,
+        parse_proc_cgroup,
+        v1_mounts,
+    )
 
     paths = parse_proc_cgroup(cgroup)
     if is_unified():

@@ -28,7 +28,13 @@ from typing import Any, NoReturn
 
 from shim.env import positive_seconds
 from shim.forkserver import protocol
-from shim.forkserver.adopt import StartContext, adopt, argv_fits, namespace_ids, set_argv
+from shim.forkserver.adopt import (
+    StartContext,
+    adopt,
+    argv_fits,
+    namespace_ids,
+    set_argv,
+)
 from shim.forkserver.build_key import build_key
 
 IDLE_ENV = "SPIN_SHIM_FORK_SERVER_IDLE_SECONDS"
@@ -37,11 +43,11 @@ IDLE_SECONDS = 300.0
 #: instance process and its sandbox, the runtime's loader, triggers and executors, wasmtime. Not grpc: only an
 #: artifact's load needs it, and its threads and fork handlers have no place in every daemon.
 WARM_MODULES = (
-    "shim.daemon", "shim.service", "shim.task", "shim.instance", "shim.instance_process", "shim.native_instance",
-    "shim.exec_process", "shim.app_source", "shim.cgroups", "shim.oci_spec", "shim.rootfs", "oci.errors",
-    "runtime.errors", "runtime.settings",
-    "shim.sandbox.root", "shim.sandbox.credentials", "shim.sandbox.mount_plan", "shim.sandbox.python_paths",
-    "shim.sandbox.native_libs", "wasmtime", "wasmtime.component",
+    "shim.daemon.serve", "shim.service.api", "shim.service.task", "shim.service.exec_process", "shim.service.rootfs",
+    "shim.wasm.instance", "shim.wasm.instance_process", "shim.wasm.app_source", "shim.runc.instance",
+    "shim.kernel.cgroups", "shim.oci_spec", "oci.errors", "runtime.errors", "runtime.settings",
+    "shim.wasm.sandbox.root", "shim.wasm.sandbox.credentials", "shim.wasm.sandbox.mount_plan",
+    "shim.wasm.sandbox.python_paths", "shim.wasm.sandbox.native_libs", "wasmtime", "wasmtime.component",
     "runtime.loader", "runtime.manifest", "runtime.files", "runtime.precompile", "runtime.engine",
     "runtime.guest", "runtime.http.trigger", "runtime.http.server", "runtime.http.workers",
 )
@@ -129,7 +135,7 @@ def _load_native_state() -> None:
     """What every instance process loads before its pivot (node libraries, OpenSSL's config, the engine
     fingerprint), loaded here once: forks inherit it, and their own call finds it done."""
     try:
-        from shim.sandbox import python_paths
+        from shim.wasm.sandbox import python_paths
 
         python_paths.import_before_pivot(content_store=False)
         python_paths.module_dirs()
@@ -227,8 +233,8 @@ def _become_daemon(listen_fd: int, daemon: dict[str, Any], context: StartContext
         os.closerange(3, listen_fd)
         os.closerange(listen_fd + 1, 65536)  # the server's lock among them: it must not outlive the server
         adopt(context)
-        from shim.daemon import run_daemon
-        from shim.daemon_args import DaemonArgs
+        from shim.daemon.args import DaemonArgs
+        from shim.daemon.serve import run_daemon
 
         sock = socket.socket(fileno=listen_fd)
         code = run_daemon(sock, DaemonArgs(**daemon))

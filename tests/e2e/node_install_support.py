@@ -19,13 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cri_client import CriClient
+from private_containerd import PrivateContainerd, bin_dir_for  # noqa: E402  (scripts/ is on sys.path via conftest)
 
+from shim.install.command import NOTHING_CHANGED
 from tests.e2e.cri_support import cri_ready
 from tests.e2e.support import SHIM_NAME
-from cri_client import CriClient
-
-from private_containerd import PrivateContainerd, bin_dir_for  # noqa: E402  (scripts/ is on sys.path via conftest)
-from shim.node_install import NOTHING_CHANGED
 
 INSTALLER_TIMEOUT_S = 60.0
 NODE_BIN_DIR = "node-bin"

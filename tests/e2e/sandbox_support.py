@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from shim import linux
+from shim.kernel import linux
 from tests.e2e.http_support import HttpTask
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,7 +73,7 @@ def mounts_under(path: Path) -> list[str]:
 
 
 def shim_sockets_of(daemon, namespace: str, groups: list[str]) -> list[Path]:
-    from shim.start import socket_path
+    from shim.cli.start import socket_path
 
     return [Path(p) for p in (socket_path(daemon.address, namespace, g) for g in groups)
             if Path(p).exists()]
@@ -106,7 +106,8 @@ def assert_no_leaks(daemon, task_ids: list[str], namespace: str = "default") -> 
 
 def busybox_rootfs(rootfs: Path, applets: Iterable[str], extra_dirs: Iterable[str] = ()) -> Path:
     """scripts/busybox_image.busybox_rootfs, with a missing busybox-static failing the test with its remedy."""
-    from busybox_image import BusyboxMissingError, busybox_rootfs as build  # scripts/ is on sys.path (conftest)
+    from busybox_image import BusyboxMissingError  # scripts/ is on sys.path (conftest)
+    from busybox_image import busybox_rootfs as build
 
     try:
         return build(rootfs, applets, extra_dirs)

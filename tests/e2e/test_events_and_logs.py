@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from proto.containerd.task.v3 import shim_pb2 as shim_v3
-from shim.start import socket_path
+from shim.cli.start import socket_path
 from shim.ttrpc.client import TtrpcClient
 from tests.e2e.support import RUNTIME, assert_no_leaks, wait_until
 

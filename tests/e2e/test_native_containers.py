@@ -17,10 +17,16 @@ from google.protobuf import any_pb2, empty_pb2
 from mkoci import build_image_tar  # scripts/ is on sys.path through conftest
 
 from proto.containerd.task.v2 import shim_pb2
-from shim.start import socket_path
+from shim.cli.start import socket_path
 from shim.ttrpc.client import TtrpcClient
 from shim.ttrpc.status import Code, RpcError
-from tests.e2e.support import RUNTIME, assert_no_leaks, busybox_rootfs, task_cgroups, wait_until
+from tests.e2e.support import (
+    RUNTIME,
+    assert_no_leaks,
+    busybox_rootfs,
+    task_cgroups,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 

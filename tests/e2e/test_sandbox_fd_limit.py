@@ -1,7 +1,7 @@
 """A worker at its open-files limit neither spins nor stops serving for good (security review finding 9: "a worker
 at its fd limit spins at ~70 % CPU and stops accepting until connections close").
 
-The task's spec limits RLIMIT_NOFILE to 64 (the instance process applies process.rlimits, shim/sandbox/
+The task's spec limits RLIMIT_NOFILE to 64 (the instance process applies process.rlimits, shim/wasm/sandbox/
 credentials.py) and SPIN_SHIM_HTTP_WORKERS=1 gives it one worker (the instance process itself since InlineServer, a
 forked child before). More idle connections than that are opened and held: the worker fills its fd table, accept(2)
 fails with EMFILE and the rest wait in the listener's queue, which stays readable. A worker that retried at once

@@ -14,7 +14,7 @@ import struct
 import pytest
 
 from proto.containerd.task.v2 import shim_pb2
-from shim.start import socket_path
+from shim.cli.start import socket_path
 from shim.ttrpc.client import TtrpcClient
 from shim.ttrpc.status import Code, RpcError
 from tests.e2e.support import RUNTIME, assert_no_leaks, wait_until

@@ -4,9 +4,13 @@ import hashlib
 
 import pytest
 
-from shim.flags import UsageError, parse_flags
-from shim.options import RUNTIME_OPTIONS_TYPE_URL, options_from_toml, parse_start_stdin
-from shim.start import socket_path
+from shim.cli.flags import UsageError, parse_flags
+from shim.cli.start import socket_path
+from shim.service.options import (
+    RUNTIME_OPTIONS_TYPE_URL,
+    options_from_toml,
+    parse_start_stdin,
+)
 
 
 def test_flags_as_containerd_passes_them_for_start():

@@ -1,4 +1,4 @@
-"""The terminal of an exec (shim/console.py) against a real pty pair and pipes standing in for the FIFOs: output
+"""The terminal of an exec (shim/process/console.py) against a real pty pair and pipes standing in for the FIFOs: output
 reaches stdout and ends with EOF once the terminal's last holder is gone, input reaches the terminal, ResizePty sets
 the window size, stdin's EOF hangs the terminal up as the runc shim does, and the master comes over a console socket
 the way runc sends it."""
@@ -15,7 +15,7 @@ import termios
 import tty
 from typing import Any, Awaitable, Callable
 
-from shim.console import Console, ConsoleSocket
+from shim.process.console import Console, ConsoleSocket
 
 
 def run(body: Callable[[], Awaitable[Any]]) -> Any:

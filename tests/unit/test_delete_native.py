@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from proto.containerd.task.v2 import shim_pb2
-from shim.bundle_state import TASK_STATE_FILE, write_task_state
-from shim.flags import Flags
-from shim.delete import run_delete
+from shim.cli.delete import run_delete
+from shim.cli.flags import Flags
+from shim.service.bundle_state import TASK_STATE_FILE, write_task_state
 
 FAKE_RUNC = """#!/bin/sh
 echo "$@" >> "$(dirname "$0")/argv"

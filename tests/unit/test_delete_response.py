@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proto.containerd.task.v2 import shim_pb2
-from shim.delete import encode_delete_response
+from shim.cli.delete import encode_delete_response
 
 
 @given(pid=st.integers(0, 2**32 - 1), status=st.integers(0, 2**32 - 1),

@@ -18,13 +18,19 @@ import pytest
 from google.protobuf import any_pb2
 
 from proto.containerd.task.v2 import shim_pb2
-from shim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
-from shim.exec_process import ExecProcess, parse_process_spec
-from shim.instance import WASM_EXEC_REFUSAL
-from shim.reaper import ExitStatus, Reaper
-from shim.stdio import TaskStdio
-from shim.task import DaemonContext, Task
-from shim.task_state import TaskState
+from shim.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+)
+from shim.process.reaper import ExitStatus, Reaper
+from shim.process.stdio import TaskStdio
+from shim.service.exec_process import ExecProcess, parse_process_spec
+from shim.service.task import DaemonContext, Task
+from shim.service.task_state import TaskState
+from shim.wasm.instance import WASM_EXEC_REFUSAL
 
 PROCESS_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 

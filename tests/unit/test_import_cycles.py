@@ -99,3 +99,22 @@ def test_no_import_cycles(package):
 
 def test_the_check_finds_a_lazy_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _package_graph(graph: dict[str, set[str]], depth: int) -> dict[str, set[str]]:
+    """The module graph seen at the level of the package's sub-packages (`shim.service`, `shim.wasm`, ...)."""
+    def level(name: str) -> str:
+        return ".".join(name.split(".")[:depth])
+    collapsed: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        collapsed.setdefault(level(name), set()).update(level(t) for t in targets if level(t) != level(name))
+    return collapsed
+
+
+def test_shim_sub_packages_depend_one_way():
+    """cli -> daemon -> service -> wasm/runc -> process -> kernel, and never back: each sub-package is one concern,
+    and a cycle between two of them means neither can be read (or moved) alone."""
+    graph = _package_graph(_graph(_modules("shim")), depth=2)
+    assert {"shim.cli", "shim.daemon", "shim.service", "shim.wasm", "shim.runc", "shim.process", "shim.kernel"} <= set(graph)
+    assert _cycles(graph) == []
+    assert "shim.service" not in graph["shim.wasm"] | graph["shim.runc"] | graph["shim.process"] | graph["shim.kernel"]

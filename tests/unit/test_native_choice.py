@@ -1,4 +1,4 @@
-"""Which tasks run natively through runc (pause, sidecars) and which stay Wasm: shim/workload.py."""
+"""Which tasks run natively through runc (pause, sidecars) and which stay Wasm: shim/service/workload.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shim.oci_spec import RuntimeSpec, parse_spec
-from shim.workload import find_executable, is_native
+from shim.service.workload import find_executable, is_native
 
 ELF = b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 56
 WASM = b"\x00asm\x01\x00\x00\x00"

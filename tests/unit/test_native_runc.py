@@ -1,6 +1,6 @@
 """NativeInstance's runc calls against a fake runc: what reaches runc (global flags, the cgroup driver, exec's
-argv and process JSON), what a failure says, and that the one reaper (not subprocess) collects every runc exit. Real runc is exercised by
-tests/e2e/test_native_containers.py."""
+argv and process JSON), what a failure says, and that the one reaper (not subprocess) collects every runc exit.
+Real runc is exercised by tests/e2e/test_native_containers.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any, Callable
 import pytest
 
 from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
-from shim.native_instance import NativeInstance
-from shim.reaper import Reaper
-from shim.stdio import TaskStdio
+from shim.process.reaper import Reaper
+from shim.process.stdio import TaskStdio
+from shim.runc.instance import NativeInstance
 
 FAKE_RUNC = r"""#!/bin/sh
 here=$(dirname "$0")

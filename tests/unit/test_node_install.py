@@ -20,9 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shim import cli
-from shim.containerd_config import ConfigError, RuntimeSettings, containerd_major_from_version_output, edit_config
-from shim.node_install import NOTHING_CHANGED, RESTART_HINT, SHIM_BINARY_NAME, main
+from shim.cli import main as cli
+from shim.install.command import NOTHING_CHANGED, RESTART_HINT, SHIM_BINARY_NAME, main
+from shim.install.containerd_config import (
+    ConfigError,
+    RuntimeSettings,
+    containerd_major_from_version_output,
+    edit_config,
+)
 
 DATA = Path(__file__).parent / "data"
 V2_RUNTIMES = ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes")
@@ -533,7 +538,7 @@ def test_runtime_name_must_be_a_runtimeclass_handler(node: dict[str, Path]) -> N
 
 def test_cli_dispatches_install(node: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("shim.node_install.default_shim_binary", lambda: node["shim"])
+    monkeypatch.setattr("shim.install.command.default_shim_binary", lambda: node["shim"])
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["install", "--config", str(node["config"]), "--bin-dir", str(node["bin"]),
                   "--containerd-version", "1"])

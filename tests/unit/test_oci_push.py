@@ -509,11 +509,11 @@ def test_cli_bad_reference_is_exit_1(tmp_path, capsys):
 
 
 def test_shim_cli_dispatches_push_and_keeps_import_cheap():
-    # `push --help` through the console entry point; and importing shim.cli must not import oras or oci.push.
-    result = subprocess.run([sys.executable, "-c", "from shim.cli import main; main(['push', '--help'])"],
+    # `push --help` through the console entry point; and importing shim.cli.main must not import oras or oci.push.
+    result = subprocess.run([sys.executable, "-c", "from shim.cli.main import main; main(['push', '--help'])"],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0 and "REGISTRY[:PORT]/REPOSITORY:TAG" in result.stdout and "--insecure" in result.stdout
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, shim.cli; print('oras' in sys.modules, 'oci.push' in sys.modules)"],
+        [sys.executable, "-c", "import sys, shim.cli.main; print('oras' in sys.modules, 'oci.push' in sys.modules)"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], check=True)
     assert probe.stdout.split() == ["False", "False"]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shim.cgroups import Cgroup, expand_systemd_path, uses_systemd_driver
-from shim.runc_command import exec_args, force_delete_args, global_args, runc_root
+from shim.kernel.cgroups import Cgroup, expand_systemd_path, uses_systemd_driver
+from shim.runc.command import exec_args, force_delete_args, global_args, runc_root
 
 
 @pytest.mark.parametrize("cgroups_path", [

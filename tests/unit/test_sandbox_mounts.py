@@ -7,11 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from shim import linux
-from shim.mount_options import MS_NOATIME, parse_mount_options
+from shim.kernel import linux
+from shim.kernel.mount_options import MS_NOATIME, parse_mount_options
 from shim.oci_spec import SpecMount, parse_spec
-from shim.sandbox.in_root import MountPointError, fd_path, make_mount_point, open_in_root
-from shim.sandbox.mount_plan import ALWAYS, MountPlanError, plan_mounts
+from shim.wasm.sandbox.in_root import (
+    MountPointError,
+    fd_path,
+    make_mount_point,
+    open_in_root,
+)
+from shim.wasm.sandbox.mount_plan import ALWAYS, MountPlanError, plan_mounts
 
 
 def test_flag_options_set_and_clear_bits_and_the_rest_is_data():

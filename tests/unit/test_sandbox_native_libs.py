@@ -1,4 +1,4 @@
-"""The ELF reading and the import guard of shim/sandbox/native_libs.py (the pivot itself: test_sandbox_process)."""
+"""The ELF reading and the import guard of shim/wasm/sandbox/native_libs.py (the pivot itself: test_sandbox_process)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from shim.sandbox import native_libs
+from shim.wasm.sandbox import native_libs
 
 
 def _origin(module: str) -> str:

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import zipfile
 import os
 import resource
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from shim import linux
-from shim.cgroups import DeviceRule, device_rules
+from shim.kernel import linux
+from shim.kernel.cgroups import DeviceRule, device_rules
 from shim.oci_spec import Rlimit, SpecMount
-from shim.sandbox.credentials import Credentials, apply_credentials
-from shim.sandbox.root import RootPlan, enter_root, release_host_paths, seal
+from shim.wasm.sandbox.credentials import Credentials, apply_credentials
+from shim.wasm.sandbox.root import RootPlan, enter_root, release_host_paths, seal
 from tests.unit.forked import in_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
@@ -147,7 +147,7 @@ _LAZY_EXTENSIONS = (("_lzma", "liblzma.so.5"), ("_bz2", "libbz2.so.1.0"), ("_uui
 
 def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensions_only_with_node_libraries(
         tmp_path):
-    from shim.sandbox import native_libs, python_paths
+    from shim.wasm.sandbox import native_libs, python_paths
 
     rootfs = tmp_path / "rootfs"
     for lib_dir in ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"):

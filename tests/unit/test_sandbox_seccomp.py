@@ -1,4 +1,4 @@
-"""shim/sandbox/seccomp.py: the translation of a `linux.seccomp` profile (pure) and the filter it loads (in a
+"""shim/wasm/sandbox/seccomp.py: the translation of a `linux.seccomp` profile (pure) and the filter it loads (in a
 forked child, which reports through a pipe and leaves with os._exit, so the test process itself stays unfiltered).
 
 The fixture data/containerd-2.1-ctr-run-seccomp.json is containerd's own default profile as a real run writes it:
@@ -29,11 +29,26 @@ from typing import Any
 
 import pytest
 
-from shim import linux
-from shim.sandbox import seccomp
-from shim.sandbox.seccomp import (
-    ACT_ALLOW, ACT_KILL_PROCESS, ACT_KILL_THREAD, ACT_LOG, ACT_TRAP, ARCHES, CMP_EQ, CMP_MASKED_EQ, CMP_NE,
-    ArgComparison, SeccompError, SeccompPlan, SeccompRule, act_errno, act_trace, apply_seccomp, build_filter,
+from shim.kernel import linux
+from shim.wasm.sandbox import seccomp
+from shim.wasm.sandbox.seccomp import (
+    ACT_ALLOW,
+    ACT_KILL_PROCESS,
+    ACT_KILL_THREAD,
+    ACT_LOG,
+    ACT_TRAP,
+    ARCHES,
+    CMP_EQ,
+    CMP_MASKED_EQ,
+    CMP_NE,
+    ArgComparison,
+    SeccompError,
+    SeccompPlan,
+    SeccompRule,
+    act_errno,
+    act_trace,
+    apply_seccomp,
+    build_filter,
     compile_rules,
 )
 
@@ -165,7 +180,7 @@ def test_profiles_a_runtime_must_refuse(profile, message):
 
 
 def test_seccomp_error_is_a_value_error():
-    assert issubclass(SeccompError, ValueError)  # shim/sandbox/credentials.py's step wrapper reports ValueErrors
+    assert issubclass(SeccompError, ValueError)  # shim/wasm/sandbox/credentials.py's step wrapper reports ValueErrors
 
 
 def test_an_architecture_libseccomp_cannot_add_is_an_error_naming_it():
@@ -347,7 +362,7 @@ def test_unknown_names_are_returned_and_logged_at_debug_level(tmp_path):
         records: list[str] = []
         handler = logging.Handler()
         handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
-        logger = logging.getLogger("shim.sandbox")
+        logger = logging.getLogger("shim.wasm.sandbox")
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG)
         skipped = apply_seccomp(profile)

@@ -3,7 +3,7 @@
 import pytest
 
 from shim.errors import Code, RpcError
-from shim.task_state import (
+from shim.service.task_state import (
     EXEC_TRANSITIONS,
     TRANSITIONS,
     TaskEvent,

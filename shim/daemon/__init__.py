@@ -1,0 +1,1 @@
+"""The long-lived shim daemon: its arguments, its event loop and its log."""

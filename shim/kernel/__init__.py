@@ -1,0 +1,1 @@
+"""Linux interfaces the shim drives directly: syscalls Python lacks, cgroups, mount options."""
