@@ -10,12 +10,17 @@ precompile cache, the first runc run pages in runc). A ratio below 1 means a Was
 starts faster than a runc container.
 
     scripts/bench_start.py [--mode hello|http] [--version 1.6] [--runs 20] [--warmup 3] [--baseline OTHER_SHIM]
-                           [--phases]
+                           [--phases] [--floor]
 
 --baseline names another build's containerd-shim-spin-v2 (e.g. a checkout of main's venv/bin one): its runs
 alternate with this build's and runc's in the same containerd, and the ratio this/baseline is printed, which is
 how a change's cost on the start path is measured on a noisy machine. --phases runs containerd at debug level and
 prints the median of each setup phase the instance processes reported ("ready as pid N (namespaces 0.9 ms, ...)").
+--floor (hello mode) also times what containerd does for a `ctr run --rm` whatever the runtime: `ctr containers
+create` + `ctr containers rm` of the busybox image (the snapshot's prepare and removal, the container record),
+with no task at all, and one bare `ctr version` (a ctr process and a round trip). No shim can start a task in less
+than the floor minus one ctr process, so when that exceeds 0.75x runc's `ctr run --rm` the 0.75x goal is out of
+reach on this containerd.
 """
 
 from __future__ import annotations
@@ -127,6 +132,19 @@ def _timed_run(daemon: PrivateContainerd, args: list[str], expect: str | None) -
     return elapsed
 
 
+def _timed_floor(daemon: PrivateContainerd, image: str, container_id: str) -> float:
+    started = time.perf_counter()
+    daemon.ctr("containers", "create", image, container_id)
+    daemon.ctr("containers", "rm", container_id)
+    return time.perf_counter() - started
+
+
+def _timed_ctr_version(daemon: PrivateContainerd) -> float:
+    started = time.perf_counter()
+    daemon.ctr("version")
+    return time.perf_counter() - started
+
+
 def _phases(containerd_dir: Path, warmup: int) -> dict[str, list[float]]:
     """Phase -> milliseconds per run of this build's hello tasks (ids w<i>) after the warm-up, from the shim's
     debug lines in containerd's log."""
@@ -159,7 +177,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another build's containerd-shim-spin-v2 to compare with")
     parser.add_argument("--phases", action="store_true", help="print the instance processes' setup phases")
+    parser.add_argument("--floor", action="store_true",
+                        help="hello mode: also time containerd's own part (container create + rm, no task)")
     options = parser.parse_args()
+    if options.floor and options.mode != "hello":
+        parser.error("--floor applies to --mode hello")
 
     hello = _build_guests()
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
@@ -188,6 +210,8 @@ def main() -> int:
                     "runc": lambda i: _timed_run(daemon, ["docker.io/bench/busybox:latest", f"r{i}"], None),
                     "baseline": lambda i: _timed_run(daemon, ["--runtime", BASELINE_RUNTIME, wasm, f"b{i}"],
                                                      "hello from wasm"),
+                    "floor": lambda i: _timed_floor(daemon, "docker.io/bench/busybox:latest", f"f{i}"),
+                    "ctr": lambda i: _timed_ctr_version(daemon),
                 }
             else:
                 daemon.ctr("images", "import", "--all-platforms", str(_http_app_image(workdir)))
@@ -205,7 +229,8 @@ def main() -> int:
                                                       httpd_command(RUNC_PORT)),
                     "baseline": lambda i: wasm_run(BASELINE_RUNTIME, f"b{i}", BASELINE_PORT),
                 }
-            kinds = ["shim", "runc"] + (["baseline"] if options.baseline is not None else [])
+            kinds = (["shim", "runc"] + (["baseline"] if options.baseline is not None else [])
+                     + (["floor", "ctr"] if options.floor else []))
             times: dict[str, list[float]] = {kind: [] for kind in kinds}
             for i in range(options.warmup + options.runs):
                 for kind in kinds:
@@ -231,6 +256,16 @@ def main() -> int:
         print(f"ratio shim/baseline (median): {statistics.median(shim_times) / statistics.median(baseline_times):.3f}"
               f"   median of paired differences: "
               f"{statistics.median(s - b for s, b in zip(shim_times, baseline_times)) * 1000:+.1f} ms")
+    if options.floor:
+        floor, ctr = statistics.median(times["floor"]), statistics.median(times["ctr"])
+        runc = statistics.median(runc_times)
+        print(f"containerd's floor, container create + rm without a task: {_summary(times['floor'])}")
+        print(f"one ctr process (ctr version):                          {_summary(times['ctr'])}")
+        base = floor - ctr
+        print(f"floor minus one ctr process: {base * 1000:.1f} ms = {base / runc:.2f}x runc's run "
+              f"(the 0.75x goal is {0.75 * runc * 1000:.1f} ms)")
+        print(f"each run minus that floor: shim {(statistics.median(shim_times) - base) * 1000:.1f} ms, "
+              f"runc {(runc - base) * 1000:.1f} ms")
     if phases:
         print("instance setup phases of this build (median ms): "
               + ", ".join(f"{name} {statistics.median(values):.1f}" for name, values in phases.items()))
