@@ -98,3 +98,22 @@ def test_garbage_on_stdin_is_ignored_not_fatal():
 def test_toml_options_ignore_unknown_and_malformed():
     assert options_from_toml("Foo = 1") == {}
     assert options_from_toml("not [toml") == {}
+
+
+def test_the_start_path_imports_none_of_the_heavy_modules():
+    """`start` runs on every `ctr run` and pod start, before containerd can create the task: each of these would
+    add milliseconds to it (typing ~5, hashlib's OpenSSL ~4, dataclasses' inspect ~9, asyncio ~15, protobuf and
+    wasmtime far more). The daemon imports them, in the fork server or after the cold path's fork."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys; before = set(sys.modules)\n"
+            "import shim.cli.main, shim.cli.start, shim.forkserver.client\n"
+            "import json; print(json.dumps(sorted(set(sys.modules) - before)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    imported = set(json.loads(result.stdout))
+    heavy = {"typing", "hashlib", "dataclasses", "inspect", "asyncio", "logging", "pathlib", "subprocess",
+             "google.protobuf", "grpc", "wasmtime", "tomllib", "shim.daemon.serve", "shim.service.api"}
+    assert "shim.forkserver.client" in imported  # the probe imported what it names
+    assert imported & heavy == set()
