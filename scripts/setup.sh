@@ -6,7 +6,8 @@
 #     wabt (wat2wasm for test guests), gcc + libc6-dev (static pause binary for CRI, ref §5.1), iproute2 (CNI
 #     bridge cleanup), curl + wrk (HTTP checks and benchmarks), docker-registry (local registry, ref §4),
 #     containernetworking-plugins (CNI, ref §5.4), python3-venv (to create the venv), debian-archive-keyring
-#     (verifies the trixie/sid lists in install_containerd.sh).
+#     (verifies the trixie/sid lists in install_containerd.sh), iptables + conntrack (kube-proxy) and openssl (the
+#     test cluster's certificates, scripts/kube_cluster.py).
 #  2. The project venv at <repo>/.venv with `pip install -e '<repo>[dev]'`, and the shim's bytecode compiled.
 #  3. containerd 1.7 and 2.1 via scripts/install_containerd.sh.
 #  4. The toolchains that build the real Spin HTTP test apps (Spin Python SDK, componentize-py, Spin JS
@@ -19,6 +20,7 @@ VENV_DIR="$REPO_ROOT/.venv"
 APT_PACKAGES=(
     containerd runc busybox-static wabt gcc libc6-dev iproute2 curl wrk docker-registry
     containernetworking-plugins python3-venv debian-archive-keyring ca-certificates libseccomp2
+    iptables conntrack openssl
 )
 
 log() { printf '[setup] %s\n' "$*"; }
