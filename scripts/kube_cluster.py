@@ -133,6 +133,11 @@ class KubeCluster:
     def pod_logs_dir(self) -> Path:
         return self.dir / "pod-logs"
 
+    @property
+    def crictl_config(self) -> Path:
+        """crictl's config for this node's containerd: `crictl --config <this> pods`."""
+        return self.dir / "crictl.yaml"
+
     def log_path(self, component: str) -> Path:
         return self.dir / "logs" / f"{component}.log"
 
@@ -158,6 +163,8 @@ class KubeCluster:
         self._save()
         try:
             self._make_pki()
+            endpoint = f"unix://{self.ctrd.address}"
+            self.crictl_config.write_text(f"runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 30\n")
             self._spawn("etcd", self._etcd_args())
             self._spawn("kube-apiserver", self._apiserver_args())
             self._wait("kube-apiserver", lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0)
@@ -504,7 +511,8 @@ def main() -> int:
         except BaseException:
             ctrd.stop()
             raise
-        print(f"node {cluster.node_name} Ready\nexport KUBECONFIG={cluster.kubeconfig}")
+        print(f"node {cluster.node_name} Ready\nexport KUBECONFIG={cluster.kubeconfig}\n"
+              f"alias crictl='{cluster.binary('crictl')} --config {cluster.crictl_config}'")
         return 0
     recorded = json.loads((args.workdir / "containerd" / "instance.json").read_text())
     ctrd = PrivateContainerd(recorded["version"], args.workdir / "containerd", Path(recorded["shim_dir"]))

@@ -257,3 +257,31 @@ def _cmdline(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_crictl_shows_a_spin_pod_as_the_readme_debugging_section_says(kube: Kube):
+    """The crictl commands of README's "Debugging a node" section, against this node's containerd."""
+    sidecar = {"name": "sidecar", "image": kube.busybox_image, "imagePullPolicy": "Never",
+               "command": ["sleep", "3600"]}
+    with namespace(kube) as ns:
+        kube.apply(pod_manifest("inspected", kube.app_image, containers=[sidecar]), ns)
+        pod = kube.wait_pod_ready(ns, "inspected")
+        assert http_get(pod["status"]["podIP"], 80, "/log") == (200, "logged")
+
+        def crictl(*args: str) -> str:
+            result = subprocess.run([kube.cluster.binary("crictl"), "--config", str(kube.cluster.crictl_config),
+                                     *args], capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, (args, result.stderr)
+            assert "level=warning" not in result.stderr, result.stderr
+            return result.stdout + (result.stderr if args[0] == "logs" else "")
+
+        pod_id = crictl("pods", "--namespace", ns, "--name", "inspected", "-q").strip()
+        assert len(pod_id) == 64
+        assert json.loads(crictl("inspectp", pod_id))["status"]["runtimeHandler"] == "spin"
+        app = crictl("ps", "--pod", pod_id, "--name", "^app$", "-q").strip()
+        assert json.loads(crictl("inspect", app))["status"]["state"] == "CONTAINER_RUNNING"
+        assert "py-spin stdout marker" in crictl("logs", app)
+        stats = json.loads(crictl("stats", "-o", "json", app))["stats"][0]
+        assert int(stats["memory"]["workingSetBytes"]["value"]) > 0
+        sidecar_id = crictl("ps", "--pod", pod_id, "--name", "sidecar", "-q").strip()
+        assert crictl("exec", sidecar_id, "wget", "-qO-", "http://127.0.0.1:80/hello") == "Hello from Python!"
