@@ -77,7 +77,7 @@ class KubeClusterError(RuntimeError):
 def kube_bin_dir(version: str = KUBE_VERSION) -> Path:
     """The cached binaries of this release, built by scripts/build_kube.sh when they are not there yet."""
     bin_dir = cache_root() / "kube" / version / "bin"
-    if not (bin_dir.parent / "stamp").exists():
+    if not (bin_dir.parent / ".stamp").exists():
         subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
     return bin_dir
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh machine: installs what it needs (scripts/setup.sh), checks that
 # the generated protobuf code is current, builds the Wasm test guests, then runs unit and end-to-end
-# tests (real containerd 1.6/1.7/2.1, runc, this shim). Needs root. Extra args go to pytest.
+# tests (real containerd 1.6/1.7/2.1, runc, this shim, and a real kubelet with its control plane). Needs root.
+# Extra args go to pytest.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
@@ -17,6 +18,9 @@ echo "[test] building test guests"
 
 echo "[test] building the Spin HTTP test apps (cached by source hash)"
 "$PY" scripts/build_http_apps.py
+
+echo "[test] building the Kubernetes node's binaries (cached by version; ~13 min the first time)"
+bash scripts/build_kube.sh
 
 echo "[test] pytest"
 set +e

@@ -3,7 +3,7 @@ whose config.toml the shim's installer wrote.
 
     from tests.e2e.kube_support import kube  # noqa: F401  (fixture)
 
-`kube` is one cluster per test module on containerd 2.1: the RuntimeClass of deploy/ applied, the py-spin app
+`kube` is one cluster per test module on containerd 2.1 (`kube_17` the same on 1.7): the RuntimeClass of deploy/ applied, the py-spin app
 pushed as a Spin OCI artifact to the session's registry on 127.0.0.1, busybox imported for sidecars. Each test
 works in a namespace of its own, deleted when it ends, and checks what it left through CRI.
 """
@@ -176,15 +176,15 @@ def forwarded_port(process: subprocess.Popen[str], timeout: float = 30.0) -> int
     raise AssertionError(f"kubectl port-forward printed no port (rc {process.poll()})")
 
 
-@pytest.fixture(scope="module")
-def kube(tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, registry: Registry,
-         http_apps: dict[str, Path]) -> Iterator[Kube]:
+@contextlib.contextmanager
+def running_kube(version: str, tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, registry: Registry,
+                 http_apps: dict[str, Path]) -> Iterator[Kube]:
     try:
         bin_dir = kube_bin_dir()
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"scripts/build_kube.sh failed ({exc.returncode}); run it to see why")
-    workdir = tmp_path_factory.mktemp("kube")
-    with installed_cri_containerd("2.1", workdir / "containerd", shim_cache_dir) as (ctrd, _client):
+    workdir = tmp_path_factory.mktemp(f"kube-{version}")
+    with installed_cri_containerd(version, workdir / "containerd", shim_cache_dir) as (ctrd, _client):
         trust_registry(ctrd, registry)
         app_image = registry.ref("spin-test/py-spin-kube", "v1")
         push_app(http_apps["py-spin"], app_image)
@@ -201,4 +201,21 @@ def kube(tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, registr
             cluster.stop()
 
 
-__all__ = ["Kube", "container_id", "eventually", "forwarded_port", "http_get", "kube", "namespace", "pod_manifest"]
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, registry: Registry,
+         http_apps: dict[str, Path]) -> Iterator[Kube]:
+    """The node on containerd 2.1, where every kubelet test runs."""
+    with running_kube("2.1", tmp_path_factory, shim_cache_dir, registry, http_apps) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def kube_17(tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, registry: Registry,
+            http_apps: dict[str, Path]) -> Iterator[Kube]:
+    """The same node on containerd 1.7 (its CRI plugin and config schema differ), for the smoke test."""
+    with running_kube("1.7", tmp_path_factory, shim_cache_dir, registry, http_apps) as started:
+        yield started
+
+
+__all__ = ["Kube", "container_id", "eventually", "forwarded_port", "http_get", "kube", "kube_17", "namespace",
+           "pod_manifest", "running_kube"]
