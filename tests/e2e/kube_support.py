@@ -3,9 +3,9 @@ whose config.toml the shim's installer wrote.
 
     from tests.e2e.kube_support import kube  # noqa: F401  (fixture)
 
-`kube` is one cluster per test module on containerd 2.1 (`kube_17` the same on 1.7): the RuntimeClass of deploy/ applied, the py-spin app
-pushed as a Spin OCI artifact to the session's registry on 127.0.0.1, busybox imported for sidecars. Each test
-works in a namespace of its own, deleted when it ends, and checks what it left through CRI.
+`kube` is one cluster per test module on containerd 2.1 (`kube_17` the same on 1.7): the RuntimeClass of deploy/
+applied, the py-spin app pushed as a Spin OCI artifact to the session's registry on 127.0.0.1, busybox imported for
+sidecars. Each test works in a namespace of its own, deleted when it ends, and checks what it left through CRI.
 """
 
 from __future__ import annotations
@@ -159,6 +159,11 @@ def pod_manifest(name: str, image: str, *, containers: list[dict] | None = None,
                        "spec": spec})
 
 
+def busybox_sidecar(kube: Kube) -> dict:
+    """A busybox container that idles beside the app: what `kubectl exec` and crictl exec go into."""
+    return {"name": "sidecar", "image": kube.busybox_image, "imagePullPolicy": "Never", "command": ["sleep", "3600"]}
+
+
 _FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> ")
 
 
@@ -217,5 +222,5 @@ def kube_17(tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, regi
         yield started
 
 
-__all__ = ["Kube", "container_id", "eventually", "forwarded_port", "http_get", "kube", "kube_17", "namespace",
-           "pod_manifest", "running_kube"]
+__all__ = ["Kube", "busybox_sidecar", "container_id", "eventually", "forwarded_port", "http_get", "kube", "kube_17",
+           "namespace", "pod_manifest", "running_kube"]

@@ -19,6 +19,7 @@ import pytest
 from tests.e2e.conftest import http_apps, shim_cache_dir  # noqa: F401  (fixtures)
 from tests.e2e.kube_support import (  # noqa: F401  (kube is a fixture)
     Kube,
+    busybox_sidecar,
     container_id,
     eventually,
     forwarded_port,
@@ -81,8 +82,7 @@ def test_kubectl_logs_and_logs_follow_show_the_guests_output(kube: Kube):
 
 
 def test_exec_into_a_busybox_sidecar_reaches_the_app_on_localhost(kube: Kube):
-    sidecar = {"name": "sidecar", "image": kube.busybox_image, "imagePullPolicy": "Never",
-               "command": ["sleep", "3600"]}
+    sidecar = busybox_sidecar(kube)
     with namespace(kube) as ns:
         kube.apply(pod_manifest("with-sidecar", kube.app_image, containers=[sidecar]), ns)
         pod = kube.wait_pod_ready(ns, "with-sidecar")
@@ -261,8 +261,7 @@ def _cmdline(pid: int) -> str:
 
 def test_crictl_shows_a_spin_pod_as_the_readme_debugging_section_says(kube: Kube):
     """The crictl commands of README's "Debugging a node" section, against this node's containerd."""
-    sidecar = {"name": "sidecar", "image": kube.busybox_image, "imagePullPolicy": "Never",
-               "command": ["sleep", "3600"]}
+    sidecar = busybox_sidecar(kube)
     with namespace(kube) as ns:
         kube.apply(pod_manifest("inspected", kube.app_image, containers=[sidecar]), ns)
         pod = kube.wait_pod_ready(ns, "inspected")

@@ -9,6 +9,7 @@ import pytest
 from tests.e2e.conftest import http_apps, shim_cache_dir  # noqa: F401  (fixtures)
 from tests.e2e.kube_support import (  # noqa: F401  (kube_17 is a fixture)
     Kube,
+    busybox_sidecar,
     container_id,
     eventually,
     http_get,
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.e2e
 
 def test_the_sample_deployment_serves_on_containerd_17(kube_17: Kube):
     kube = kube_17
-    sidecar = {"name": "sidecar", "image": kube.busybox_image, "imagePullPolicy": "Never",
-               "command": ["sleep", "3600"]}
+    sidecar = busybox_sidecar(kube)
     with namespace(kube) as ns:
         kube.apply(kube.sample_app(), ns)
         kube.apply(pod_manifest("with-sidecar", kube.app_image, containers=[sidecar]), ns)
