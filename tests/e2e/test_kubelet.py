@@ -173,8 +173,9 @@ def test_rollout_restart_then_scale_to_20_and_to_0_leaves_nothing_behind(kube: K
         kube.kubectl("scale", "-n", ns, "deployment/spin-hello", "--replicas=0")
         eventually(lambda: not kube.pods(ns, "app=spin-hello"), timeout=180, what="every replica gone")
         # kubelet removes a deleted pod's exited containers and sandbox in its garbage collection, once a minute.
-        eventually(lambda: kube.sandboxes() == before, timeout=180, interval=2,
-                   what="CRI holding exactly the containers it held before the test")
+        # Earlier tests' containers may still be collected meanwhile: what must hold is that none of ours is left.
+        eventually(lambda: kube.sandboxes() <= before, timeout=180, interval=2,
+                   what="no container of the test's pods left in CRI")
         eventually(lambda: not [pid for pid in kube.ctrd.owned_pids()
                                 if "containerd-shim-spin-v2 -namespace" in _cmdline(pid)],
                    timeout=30, what="every shim daemon of the 20 pods gone")
