@@ -196,6 +196,10 @@ class KubeCluster:
         if self.kube_proxy and (self.bin_dir / "kube-proxy").exists() and "kube-proxy" in pids:
             subprocess.run([self.binary("kube-proxy"), "--cleanup"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=60, check=False)
+        # kube-proxy's localnet guard (KUBE-FIREWALL in INPUT/OUTPUT) outlives its --cleanup.
+        for rule in (["-D", "INPUT", "-j", "KUBE-FIREWALL"], ["-D", "OUTPUT", "-j", "KUBE-FIREWALL"],
+                     ["-F", "KUBE-FIREWALL"], ["-X", "KUBE-FIREWALL"]):
+            subprocess.run(["iptables", *rule], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         for mount in sorted(mounts_under(self.kubelet_root), key=lambda path: len(path.parts), reverse=True):
             subprocess.run(["umount", "-l", str(mount)], check=False, stderr=subprocess.DEVNULL)
         self._remove_cgroups(state.get("cgroup_root", ""))
