@@ -54,7 +54,17 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from private_containerd import PrivateContainerd, cache_root, mounts_under  # noqa: E402
+from private_containerd import (  # noqa: E402
+    PrivateContainerd,
+    _is_alive,
+    _rmdir_quietly,
+    _signal,
+    _unmount,
+    _wait_gone,
+    cache_root,
+    cgroup_hierarchies,
+    mounts_under,
+)
 
 KUBE_VERSION = "v1.34.4"
 REPO = Path(__file__).resolve().parents[1]
@@ -192,7 +202,7 @@ class KubeCluster:
             pid = pids.get(name)
             if pid is not None:
                 _stop_pid(pid, STOP_GRACE_S)
-        self._remove_pods(state)
+        self._remove_pods()
         if self.kube_proxy and (self.bin_dir / "kube-proxy").exists() and "kube-proxy" in pids:
             subprocess.run([self.binary("kube-proxy"), "--cleanup"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=60, check=False)
@@ -200,8 +210,8 @@ class KubeCluster:
         for rule in (["-D", "INPUT", "-j", "KUBE-FIREWALL"], ["-D", "OUTPUT", "-j", "KUBE-FIREWALL"],
                      ["-F", "KUBE-FIREWALL"], ["-X", "KUBE-FIREWALL"]):
             subprocess.run(["iptables", *rule], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        for mount in sorted(mounts_under(self.kubelet_root), key=lambda path: len(path.parts), reverse=True):
-            subprocess.run(["umount", "-l", str(mount)], check=False, stderr=subprocess.DEVNULL)
+        for mount in mounts_under(self.kubelet_root):  # deepest first
+            _unmount(mount)
         self._remove_cgroups(state.get("cgroup_root", ""))
         for name, value in state.get("sysctls", {}).items():
             with contextlib.suppress(OSError):
@@ -374,7 +384,7 @@ class KubeCluster:
         deadline = time.monotonic() + timeout
         while not ready():
             for component, pid in self._state["pids"].items():
-                if not _alive(pid):
+                if not _is_alive(pid):
                     raise KubeClusterError(f"{component} exited while waiting for {name}; "
                                            f"{self.log_path(component)}:\n{_tail(self.log_path(component))}")
             if time.monotonic() > deadline:
@@ -387,7 +397,7 @@ class KubeCluster:
                               'jsonpath={.status.conditions[?(@.type=="Ready")].status}', check=False)
         return result.returncode == 0 and result.stdout.strip() == "True"
 
-    def _remove_pods(self, state: dict) -> None:
+    def _remove_pods(self) -> None:
         """Whatever pods kubelet left (it does not stop them when it exits) go through CRI, as kubelet would."""
         from cri_client import CriClient
 
@@ -408,16 +418,14 @@ class KubeCluster:
         root = self._load().get("cgroup_root", "")
         if not root:
             return []
-        return [path for hierarchy in Path("/sys/fs/cgroup").iterdir()
+        return [path for hierarchy in cgroup_hierarchies()
                 for path in (hierarchy / root.lstrip("/")).glob("kubepods*/**/pod*") if path.is_dir()]
 
     @staticmethod
     def _make_cgroup_root(root: str) -> None:
         """kubelet wants its cgroup root to exist in every hierarchy; a v1 cpuset starts empty and takes no task
         until it has CPUs and memory nodes, so it gets its parent's."""
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            if not hierarchy.is_dir() or hierarchy.is_symlink() or not (hierarchy / "cgroup.procs").exists():
-                continue
+        for hierarchy in cgroup_hierarchies():
             top = hierarchy / root.lstrip("/")
             top.mkdir(exist_ok=True)
             for name in ("cpuset.cpus", "cpuset.mems"):
@@ -429,14 +437,13 @@ class KubeCluster:
         """The QoS hierarchy kubelet made under its cgroup root, deepest first, in every v1 hierarchy."""
         if not root.startswith("/spin-kube-"):
             return
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        for hierarchy in cgroup_hierarchies():
             top = hierarchy / root.lstrip("/")
             if not top.is_dir():
                 continue
             for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts),
                                     reverse=True) + [top]:
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
+                _rmdir_quietly(directory)
 
     def _save(self) -> None:
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -469,31 +476,12 @@ def _healthz(port: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _stop_pid(pid: int, grace: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        while _alive(pid) and time.monotonic() < deadline + 5:
-            time.sleep(0.1)
+    """SIGTERM, and SIGKILL when the grace period ends; returns once the process is gone (or 5 s after that)."""
+    _signal(pid, signal.SIGTERM)
+    if not _wait_gone([pid], grace):
+        _signal(pid, signal.SIGKILL)
+        _wait_gone([pid], 5.0)
 
 
 def main() -> int:

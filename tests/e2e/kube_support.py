@@ -92,8 +92,8 @@ class Kube:
                 return int(fields[1])
         raise AssertionError(f"no task for container {container_id}")
 
-    def sandboxes(self) -> set[str]:
-        """Pod sandboxes CRI knows of, by id: what a test must leave as it found it."""
+    def containers(self) -> set[str]:
+        """Every container CRI keeps in containerd (pause sandboxes included), by id: what a test must not add to."""
         out = self.ctrd.ctr("containers", "ls", "-q", namespace=CRI_NAMESPACE).stdout.split()
         return set(out)
 

@@ -153,7 +153,7 @@ def test_a_configmap_and_a_secret_reach_the_app_as_files_and_env(kube: Kube):
 
 def test_rollout_restart_then_scale_to_20_and_to_0_leaves_nothing_behind(kube: Kube):
     with namespace(kube) as ns:
-        before = kube.sandboxes()
+        before = kube.containers()
         kube.apply(kube.sample_app(), ns)
         kube.wait_rollout(ns, "spin-hello")
         first = {pod["metadata"]["name"] for pod in kube.pods(ns, "app=spin-hello")}
@@ -174,7 +174,7 @@ def test_rollout_restart_then_scale_to_20_and_to_0_leaves_nothing_behind(kube: K
         eventually(lambda: not kube.pods(ns, "app=spin-hello"), timeout=180, what="every replica gone")
         # kubelet removes a deleted pod's exited containers and sandbox in its garbage collection, once a minute.
         # Earlier tests' containers may still be collected meanwhile: what must hold is that none of ours is left.
-        eventually(lambda: kube.sandboxes() <= before, timeout=180, interval=2,
+        eventually(lambda: kube.containers() <= before, timeout=180, interval=2,
                    what="no container of the test's pods left in CRI")
         eventually(lambda: not [pid for pid in kube.ctrd.owned_pids()
                                 if "containerd-shim-spin-v2 -namespace" in _cmdline(pid)],
