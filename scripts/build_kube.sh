@@ -35,33 +35,24 @@ MODULES="$REPO_ROOT/scripts/kube"
 CACHE_ROOT="${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}"
 KUBE_CACHE="$CACHE_ROOT/kube/$KUBE_VERSION"
 BIN_DIR="$KUBE_CACHE/bin"
-STAMP="$KUBE_CACHE/.stamp"
 GO_CACHES="$CACHE_ROOT/go"
+LOG_TAG=build_kube
+# shellcheck source=lib/go_build.sh
+source "$REPO_ROOT/scripts/lib/go_build.sh"
 
 KUBE_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
-ALL_BINARIES=("${KUBE_COMMANDS[@]}" etcd crictl critest)
+OUTPUTS=("${KUBE_COMMANDS[@]}" etcd crictl critest)  # build_cached checks they are all there
 MODULE_FILES=(
     "$MODULES/go.mod" "$MODULES/go.sum"
     "$MODULES/etcd/go.mod" "$MODULES/etcd/go.sum"
     "$MODULES/cri-tools/go.mod" "$MODULES/cri-tools/go.sum" "$MODULES/cri-tools/tools.go"
 )
 
-log() { printf '[build_kube] %s\n' "$*"; }
-die() { printf '[build_kube] ERROR: %s\n' "$*" >&2; exit 1; }
-
 # What a complete bin dir was built from: the pins, the flags, then a hash of each wrapper module file.
 stamp_text() {
     printf 'kubernetes %s\netcd %s\ncri-tools %s\n' "$KUBE_VERSION" "$ETCD_VERSION" "$CRI_TOOLS_VERSION"
     printf 'kube tags %s\nkube ldflags %s\ncri-tools ldflags %s\n' "$KUBE_TAGS" "$(kube_ldflags)" "$(cri_tools_ldflags)"
     (cd "$MODULES" && sha256sum "${MODULE_FILES[@]#"$MODULES/"}")
-}
-
-cache_is_current() {
-    local name
-    [[ -f "$STAMP" && "$(<"$STAMP")" == "$(stamp_text)" ]] || return 1
-    for name in "${ALL_BINARIES[@]}"; do
-        [[ -x "$BIN_DIR/$name" ]] || return 1
-    done
 }
 
 # The pins above must be the ones the wrapper modules require.
@@ -79,28 +70,6 @@ check_pins() {
         die "$MODULES/go.mod replaces some staging module with a version other than $STAGING_VERSION"
     fi
     grep -Eq "$pattern$STAGING_VERSION\$" "$MODULES/go.mod" || die "$MODULES/go.mod pins no staging module"
-}
-
-now_us() { printf '%s\n' "${EPOCHREALTIME/./}"; }
-since() {  # start-us -> "12.3 s"
-    local ms=$((($(now_us) - $1) / 1000))
-    printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100))
-}
-
-# go in one wrapper module, with this script's caches and no influence from the caller's go env or a go.work.
-go_in() {  # module-dir go-args...
-    local dir=$1
-    shift
-    (cd "$dir" && GOCACHE="$GO_CACHES/build" GOMODCACHE="$GO_CACHES/mod" GOFLAGS=-mod=readonly GOWORK=off \
-        GOTOOLCHAIN=local CGO_ENABLED=0 go "$@")
-}
-
-timed() {  # label command... : runs it and logs how long it took
-    local label=$1 start
-    shift
-    start=$(now_us)
-    "$@" || die "$label failed"
-    log "$label: $(since "$start")"
 }
 
 kube_ldflags() {
@@ -164,35 +133,7 @@ verify() {  # bin-dir
 }
 
 main() {
-    if cache_is_current; then
-        log "reusing $BIN_DIR (kubernetes $KUBE_VERSION, etcd $ETCD_VERSION, cri-tools $CRI_TOOLS_VERSION)"
-        return
-    fi
-    command -v go >/dev/null || die "go is not on PATH"
-    check_pins
-    mkdir -p "$KUBE_CACHE" "$GO_CACHES"
-    # Serialise concurrent runs on the shared cache; the one that waited finds the work done.
-    exec 9>"$KUBE_CACHE/.lock"
-    flock 9
-    if cache_is_current; then
-        log "reusing $BIN_DIR (built by a concurrent run)"
-        return
-    fi
-    rm -rf "$KUBE_CACHE"/.work-*  # an interrupted run's (we hold the lock, so none is in progress)
-    local start work
-    start=$(now_us)
-    work=$(mktemp -d "$KUBE_CACHE/.work-XXXXXX")
-    log "building kubernetes $KUBE_VERSION, etcd $ETCD_VERSION, cri-tools $CRI_TOOLS_VERSION with $(go env GOVERSION)"
-    build_all "$work/bin"
-    verify "$work/bin"
-    rm -f "$STAMP"
-    rm -rf "$BIN_DIR"
-    mv "$work/bin" "$BIN_DIR"
-    rmdir "$work"
-    stamp_text >"$STAMP"
-    log "done in $(since "$start"): $BIN_DIR"
-    log "disk use: $(du -sh "$BIN_DIR" | cut -f1) bin, $(du -sh "$GO_CACHES/build" | cut -f1) GOCACHE," \
-        "$(du -sh "$GO_CACHES/mod" | cut -f1) GOMODCACHE (under $GO_CACHES)"
+    build_cached "$KUBE_CACHE" "$BIN_DIR" "kubernetes $KUBE_VERSION, etcd $ETCD_VERSION, cri-tools $CRI_TOOLS_VERSION"
 }
 
 main "$@"

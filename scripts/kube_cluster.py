@@ -21,6 +21,8 @@ What the node is like, and why:
   system:masters, which the other components and kubectl use. Service-account tokens are signed by an RSA key of
   the cluster's.
 * etcd runs with --unsafe-no-fsync: the cluster is thrown away with its workdir.
+* SpinKube's spin-operator (scripts/build_spin_operator.sh) is optional: `start_spin_operator()` installs its CRDs
+  and runs it as one more component, stopped first.
 * The kernel tunables kubelet sets on start (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops) are read
   before and restored at stop, so a test run leaves the machine's sysctls as it found them.
 
@@ -33,7 +35,7 @@ Use as a library (the e2e fixtures do)::
 
 or from the command line, for demos::
 
-    python3 scripts/kube_cluster.py start --workdir /tmp/k [--containerd 2.1]
+    python3 scripts/kube_cluster.py start --workdir /tmp/k [--containerd 2.1] [--spin-operator]
     KUBECONFIG=/tmp/k/kube/admin.kubeconfig kubectl get nodes
     python3 scripts/kube_cluster.py stop --workdir /tmp/k
 """
@@ -69,6 +71,8 @@ from private_containerd import (  # noqa: E402
 KUBE_VERSION = "v1.34.4"
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "scripts" / "build_kube.sh"
+SPIN_OPERATOR_VERSION = "v0.6.1"
+SPIN_OPERATOR_BUILD_SCRIPT = REPO / "scripts" / "build_spin_operator.sh"
 SERVICE_CIDR = "10.96.0.0/24"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: the first address of the range
 CLUSTER_DOMAIN = "cluster.local"
@@ -77,7 +81,8 @@ STOP_GRACE_S = 15.0
 #: Set by kubelet at start (its setupKernelTunables); put back at stop.
 KERNEL_TUNABLES = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
 #: Started in this order and stopped in the reverse one.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy",
+              "spin-operator")
 
 
 class KubeClusterError(RuntimeError):
@@ -90,6 +95,14 @@ def kube_bin_dir(version: str = KUBE_VERSION) -> Path:
     if not (bin_dir.parent / ".stamp").exists():
         subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
     return bin_dir
+
+
+def spin_operator_dist(version: str = SPIN_OPERATOR_VERSION) -> Path:
+    """The cached spin-operator build and its CRDs, built by scripts/build_spin_operator.sh when not there yet."""
+    dist = cache_root() / "spin-operator" / version / "dist"
+    if not (dist.parent / ".stamp").exists():
+        subprocess.run(["bash", str(SPIN_OPERATOR_BUILD_SCRIPT)], check=True)
+    return dist
 
 
 def node_ip() -> str:
@@ -225,7 +238,26 @@ class KubeCluster:
         _stop_pid(self._load()["pids"]["kubelet"], STOP_GRACE_S)
         self._state = self._load()
         self._spawn("kubelet", self._kubelet_args())
-        self._wait("kubelet", lambda: _healthz(self._state["ports"]["kubelet-healthz"]))
+        self._wait("kubelet", lambda: _http_ok(self._state["ports"]["kubelet-healthz"], "/healthz"))
+
+    def start_spin_operator(self, dist: Path | None = None) -> None:
+        """Install SpinKube's CRDs and run spin-operator against the cluster, as `make install run` does: out of
+        the cluster, as the admin (so its RBAC role is not needed), webhooks off (they need a serving certificate
+        the apiserver trusts; without them SpinApps get no defaults, so they must name their executor and
+        replicas). Returns once the CRDs are Established and the operator is ready; stop() stops it."""
+        dist = dist or spin_operator_dist()
+        self._state = self._load()
+        for crd in sorted((dist / "crds").glob("*.yaml")):
+            # Server-side: the SpinApp CRD is too big for client-side apply's last-applied annotation.
+            self.kubectl("apply", "--server-side", "-f", str(crd))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/spinapps.core.spinkube.dev", "crd/spinappexecutors.core.spinkube.dev")
+        self._state["ports"]["spin-operator-probes"] = probes = free_port()
+        self._spawn("spin-operator", [
+            str(dist / "spin-operator"), "--kubeconfig", str(self.kubeconfig), "--leader-elect=false",
+            "--metrics-bind-address=0", f"--health-probe-bind-address=127.0.0.1:{probes}",
+            "--zap-devel=false", "--zap-log-level=info"])
+        self._wait("spin-operator", lambda: _http_ok(probes, "/readyz"))
 
     # ---- kubectl -----------------------------------------------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
@@ -467,10 +499,10 @@ def _kubeconfig(server: str, ca: Path, cert: Path, key: Path) -> str:
     }, indent=1)
 
 
-def _healthz(port: int) -> bool:
+def _http_ok(port: int, path: str) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
             return conn.recv(32).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
@@ -490,6 +522,8 @@ def main() -> int:
     start = sub.add_parser("start")
     start.add_argument("--workdir", type=Path, required=True)
     start.add_argument("--containerd", default="2.1", choices=("1.7", "2.1"))
+    start.add_argument("--spin-operator", action="store_true",
+                       help="also install SpinKube's CRDs and run spin-operator (scripts/build_spin_operator.sh)")
     stop = sub.add_parser("stop")
     stop.add_argument("--workdir", type=Path, required=True)
     args = parser.parse_args()
@@ -503,6 +537,13 @@ def main() -> int:
         except BaseException:
             ctrd.stop()
             raise
+        if args.spin_operator:
+            try:
+                cluster.start_spin_operator()
+            except BaseException:
+                cluster.stop()
+                ctrd.stop()
+                raise
         print(f"node {cluster.node_name} Ready\nexport KUBECONFIG={cluster.kubeconfig}\n"
               f"alias crictl='{cluster.binary('crictl')} --config {cluster.crictl_config}'")
         return 0
@@ -535,7 +576,7 @@ def node_containerd(version: str, workdir: Path) -> PrivateContainerd:
     return ctrd
 
 
-__all__ = ["KubeCluster", "KubeClusterError", "kube_bin_dir", "node_containerd"]
+__all__ = ["KubeCluster", "KubeClusterError", "kube_bin_dir", "node_containerd", "spin_operator_dist"]
 
 if __name__ == "__main__":
     sys.exit(main())

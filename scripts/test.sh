@@ -22,6 +22,9 @@ echo "[test] building the Spin HTTP test apps (cached by source hash)"
 echo "[test] building the Kubernetes node's binaries (cached by version; ~13 min the first time)"
 bash scripts/build_kube.sh
 
+echo "[test] building SpinKube's spin-operator (cached by version; ~3 min the first time)"
+bash scripts/build_spin_operator.sh
+
 echo "[test] pytest"
 set +e
 "$PY" -m pytest tests -p no:cacheprovider -q -ra "$@"
