@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from runtime.errors import AppError
+from runtime.spin.state_files import refuse_private_paths
 
 #: The case names of ``fermyon:spin/key-value@2.0.0``'s ``error`` variant (wasi:keyvalue's are a subset).
 KeyValueErrorKind = Literal["store-table-full", "no-such-store", "access-denied", "other"]
@@ -284,13 +285,7 @@ class KeyValueStores:
         default_path = work_dir / DEFAULT_DB_RELATIVE_PATH
         paths = {DEFAULT_STORE_LABEL: default_path}
         paths.update({label: path if path is not None else default_path for label, path in configured.items()})
-        if private_dir is not None:
-            private = os.path.realpath(private_dir)
-            for label, path in paths.items():
-                real = os.path.realpath(path)
-                if real == private or real.startswith(private + "/"):
-                    raise KeyValueSetupError(f"key-value store {label!r}: {path} is in the runtime's own directory, "
-                                             "not the app's")
+        refuse_private_paths(paths, private_dir, "key-value store", KeyValueSetupError)
         return cls(paths)
 
     @property

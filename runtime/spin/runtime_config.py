@@ -15,6 +15,9 @@ Backed tables:
   resolving walks names, not mounts, so a mount point on the way is just a directory. Without ``path`` a
   ``spin`` store shares the default store's file (Spin would keep such a store in memory; several worker
   processes serve an app here, and a per-process memory store would give each its own data).
+* ``[sqlite_database.<label>]`` with ``type = "spin"``: the same keys and path rules (Spin's
+  ``crates/factor-sqlite`` runtime config); without ``path`` the database gets a file of its own in the task's
+  state instead of Spin's in-memory one, for the same reason (runtime.spin.sqlite).
 * ``[[variables_provider]]`` (Spin's current name) or ``[[config_provider]]`` (the older one, which spin-operator
   renders) with ``type = "env"``: optional ``prefix`` and ``dotenv_path`` (``crates/variables-env``). As in Spin
   (``crates/runtime-config/src/variables.rs``) ``variables_provider`` wins when both are present, the providers
@@ -26,8 +29,8 @@ Backed tables:
   container's cwd, ``/`` for Spin apps, which is also the directory of ``/runtime-config.toml``: it is resolved
   relative to the config file's directory here, the same place, without depending on a cwd.
 
-Every other store or provider type, and every other table that changes what an app can reach (sqlite
-databases, LLMs, client TLS), fails the load with a message naming the file and what it asked for, because
+Every other store, database or provider type (``redis``, ``libsql``, ``vault``, ...), and every other table that
+changes what an app can reach (LLMs, client TLS), fails the load with a message naming the file and what it asked for, because
 silently ignoring it would run the app against something it did not ask for.
 
 ``parse_runtime_config`` parses text already read; ``load_runtime_config`` reads the file (opened once, at most
@@ -59,7 +62,6 @@ MAX_DOTENV_BYTES = 1 << 20
 
 #: Spin's other runtime-config tables: recognised so the message can say "not supported" instead of "unknown".
 _UNSUPPORTED_TABLES = {
-    "sqlite_database": "SQLite databases (sqlite_databases) are not provided by this shim",
     "llm_compute": "LLM inferencing (ai_models) is not provided by this shim",
     "client_tls": "client TLS settings for outbound connections are not supported by this shim",
 }
@@ -68,6 +70,13 @@ _IGNORED_TABLES = frozenset({"outbound_http", "otel"})
 #: Spin reads ``variables_provider`` and falls back to ``config_provider`` (the pre-factors name).
 _PROVIDER_TABLES = ("variables_provider", "config_provider")
 _SPIN_STORE_KEYS = frozenset({"type", "path"})
+#: The tables of labelled state files this shim backs with a ``type = "spin"`` SQLite file: table -> what it is.
+_STATE_FILE_TABLES = {"key_value_store": "key-value store", "sqlite_database": "SQLite database"}
+#: Spin's remote backends, named in the refusal.
+_REMOTE_BACKENDS = {
+    "key_value_store": {"redis": "Redis", "azure_cosmos": "Azure Cosmos DB", "aws_dynamo": "AWS DynamoDB"},
+    "sqlite_database": {"libsql": "a remote libSQL / Turso database"},
+}
 #: ``EnvVariablesConfig`` is ``deny_unknown_fields`` in Spin: any other key is an error there too.
 _ENV_PROVIDER_KEYS = frozenset({"type", "prefix", "dotenv_path"})
 #: Spin's other provider types (``VariableProviderConfiguration``), named in the refusal.
@@ -83,12 +92,16 @@ class RuntimeConfigError(AppError):
 
 
 @dataclass(frozen=True)
-class KeyValueStoreSpec:
-    """Where one key-value store label keeps its data: a sqlite file inside the container's root."""
+class StateFileSpec:
+    """Where one key-value store or SQLite database label keeps its data: a SQLite file inside the container's
+    root."""
 
     label: str
-    #: None = the default store file (``<work_dir>/.spin/sqlite_key_value.db``).
+    #: None = no ``path``: the service's own default (runtime.spin.key_value, runtime.spin.sqlite).
     db_path: Path | None = None
+
+
+KeyValueStoreSpec = StateFileSpec
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,9 @@ class RuntimeConfig:
     #: The file read, None when the container has none.
     path: Path | None = None
     #: Store labels the config defines (``default`` is added by the caller unless defined here).
-    key_value_stores: Mapping[str, KeyValueStoreSpec] = field(default_factory=lambda: MappingProxyType({}))
+    key_value_stores: Mapping[str, StateFileSpec] = field(default_factory=lambda: MappingProxyType({}))
+    #: Database labels the config defines (``default`` is added by the caller unless defined here).
+    sqlite_databases: Mapping[str, StateFileSpec] = field(default_factory=lambda: MappingProxyType({}))
     #: The configured env providers in the order Spin tries them (empty = none configured; Spin's default env
     #: provider is tried after these either way, see runtime.spin.variables).
     variables_providers: tuple[EnvVariablesProviderSpec, ...] = ()
@@ -149,16 +164,16 @@ def parse_runtime_config(text: str, path: Path, root_dir: Path) -> RuntimeConfig
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RuntimeConfigError(f"{path}: invalid TOML: {exc}") from None
-    stores: dict[str, KeyValueStoreSpec] = {}
+    state_files: dict[str, dict[str, StateFileSpec]] = {}
     for table, value in doc.items():
-        if table == "key_value_store":
-            stores = _parse_key_value_stores(value, path, root_dir)
+        if table in _STATE_FILE_TABLES:
+            state_files[table] = _parse_state_files(value, table, path, root_dir)
         elif table in _PROVIDER_TABLES:
             continue  # below, once it is known whether both names are present
         elif table in _UNSUPPORTED_TABLES:
             raise RuntimeConfigError(f"{path}: [{table}]: {_UNSUPPORTED_TABLES[table]}; remove the table")
         elif table not in _IGNORED_TABLES:
-            known = ", ".join(sorted({"key_value_store", *_PROVIDER_TABLES, *_UNSUPPORTED_TABLES, *_IGNORED_TABLES}))
+            known = ", ".join(sorted({*_STATE_FILE_TABLES, *_PROVIDER_TABLES, *_UNSUPPORTED_TABLES, *_IGNORED_TABLES}))
             raise RuntimeConfigError(f"{path}: unknown table or key {table!r} (Spin runtime config tables: {known})")
     providers: tuple[EnvVariablesProviderSpec, ...] = ()
     used = next((name for name in _PROVIDER_TABLES if name in doc), None)
@@ -167,29 +182,35 @@ def parse_runtime_config(text: str, path: Path, root_dir: Path) -> RuntimeConfig
             log.warning("%s: both [[variables_provider]] and [[config_provider]] are present; as in Spin, only "
                         "[[variables_provider]] is used and [[config_provider]] is ignored", path)
         providers = _parse_variables_providers(doc[used], used, path, root_dir)
-    return RuntimeConfig(path=path, key_value_stores=MappingProxyType(stores), variables_providers=providers)
+    return RuntimeConfig(path=path, key_value_stores=MappingProxyType(state_files.get("key_value_store", {})),
+                         sqlite_databases=MappingProxyType(state_files.get("sqlite_database", {})),
+                         variables_providers=providers)
 
 
-def _parse_key_value_stores(raw: Any, path: Path, root_dir: Path) -> dict[str, KeyValueStoreSpec]:
+def _parse_state_files(raw: Any, table: str, path: Path, root_dir: Path) -> dict[str, StateFileSpec]:
+    """``[key_value_store.<label>]`` or ``[sqlite_database.<label>]`` tables: ``type = "spin"`` with an optional
+    ``path`` (relative to the config file's directory, or absolute in the container), resolved inside the root."""
+    noun = _STATE_FILE_TABLES[table]
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise RuntimeConfigError(f"{path}: key_value_store must be written as [key_value_store.<label>] tables")
-    stores: dict[str, KeyValueStoreSpec] = {}
+        raise RuntimeConfigError(f"{path}: {table} must be written as [{table}.<label>] tables")
+    specs: dict[str, StateFileSpec] = {}
     for label, spec in raw.items():
-        where = f"{path}: [key_value_store.{label}]"
-        store_type = spec.get("type")
-        if store_type is None:
+        where = f"{path}: [{table}.{label}]"
+        backend = spec.get("type")
+        if backend is None:
             raise RuntimeConfigError(f"{where}: `type` is required (this shim supports type = \"spin\")")
-        if store_type != "spin":
+        if backend != "spin":
+            named = _REMOTE_BACKENDS[table].get(backend) if isinstance(backend, str) else None
             raise RuntimeConfigError(
-                f"{where}: type = {store_type!r} is not supported by this shim (only type = \"spin\", a SQLite "
-                "file in the container, is)"
+                f"{where}: type = {backend!r}{f' ({named})' if named else ''} is not supported by this shim; only "
+                f"type = \"spin\" is: a {noun} in a SQLite file in the container (its `path` may be on a volume)"
             )
         unknown = sorted(set(spec) - _SPIN_STORE_KEYS)
         if unknown:
             raise RuntimeConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for type \"spin\"")
         db_path = spec.get("path")
         if db_path is None:
-            stores[label] = KeyValueStoreSpec(label)
+            specs[label] = StateFileSpec(label)
             continue
         if not isinstance(db_path, str) or not db_path:
             raise RuntimeConfigError(f"{where}: `path` must be a non-empty string")
@@ -199,8 +220,8 @@ def _parse_key_value_stores(raw: Any, path: Path, root_dir: Path) -> dict[str, K
             raise RuntimeConfigError(f"{where}: path {db_path!r}: {exc}") from None
         if resolved.is_dir():
             raise RuntimeConfigError(f"{where}: path {db_path!r} is a directory; name the SQLite file")
-        stores[label] = KeyValueStoreSpec(label, resolved)
-    return stores
+        specs[label] = StateFileSpec(label, resolved)
+    return specs
 
 
 def _parse_variables_providers(

@@ -1,8 +1,8 @@
-"""One app's Spin services (variables, key-value, outbound policy), built and validated once at load.
+"""One app's Spin services (variables, key-value, SQLite, outbound policy), built and validated once at load.
 
 Everything a user can get wrong is checked here, before the workers fork, so it fails task Create with a message
 (an AppError) instead of surfacing as a guest error on the first request: variables without a value, component
-variable templates naming undeclared variables, key-value store labels nothing backs, malformed
+variable templates naming undeclared variables, key-value store and database labels nothing backs, malformed
 ``allowed_outbound_hosts`` entries, an unsupported runtime-config.toml, an unwritable store location.
 
 The object is shared by every component executor of the app and inherited by the worker processes through fork
@@ -21,6 +21,7 @@ from runtime.manifest import Manifest
 from runtime.spin.key_value import KeyValueStores, Store
 from runtime.spin.outbound import OutboundPolicy
 from runtime.spin.runtime_config import RUNTIME_CONFIG_FILE_NAME, RuntimeConfig, load_runtime_config
+from runtime.spin.sqlite import Connection, SqliteDatabases
 from runtime.spin.variables import VariableError, VariableResolver
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class SpinServices:
     outbound_policies: Mapping[str, OutboundPolicy] = field(default_factory=dict)
     #: component id -> the store labels it may open (its ``key_value_stores``).
     key_value_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    sqlite: SqliteDatabases = field(default_factory=lambda: SqliteDatabases({}))
+    #: component id -> the database labels it may open (its ``sqlite_databases``).
+    sqlite_labels: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -66,21 +70,24 @@ class SpinServices:
             work_dir, {label: spec.db_path for label, spec in runtime_config.key_value_stores.items()},
             private_dir=private_dir,
         )
+        sqlite = SqliteDatabases.for_app(
+            work_dir, {label: spec.db_path for label, spec in runtime_config.sqlite_databases.items()},
+            private_dir=private_dir,
+        )
 
         ids = [c for c in manifest.components if component_ids is None or c in component_ids]
         policies: dict[str, OutboundPolicy] = {}
         labels: dict[str, tuple[str, ...]] = {}
         used_labels: set[str] = set()
+        sqlite_labels: dict[str, tuple[str, ...]] = {}
+        used_databases: set[str] = set()
         for component_id in ids:
             component = manifest.components[component_id]
             where = f"{manifest.path}: component {component_id!r}"
-            for label in component.key_value_stores:
-                if label not in key_value.labels:
-                    defined = ", ".join(sorted(key_value.labels))
-                    raise ManifestError(
-                        f"{where}: key_value_stores names store {label!r}, which is not defined (defined: {defined}); "
-                        f"define it in /{RUNTIME_CONFIG_FILE_NAME} as [key_value_store.{label}] type = \"spin\""
-                    )
+            _check_defined(where, "key_value_stores", component.key_value_stores, key_value.labels, "store",
+                           "key_value_store")
+            _check_defined(where, "sqlite_databases", component.sqlite_databases, sqlite.labels, "database",
+                           "sqlite_database")
             policies[component_id] = OutboundPolicy.parse(
                 component.allowed_outbound_hosts,
                 where=where,
@@ -89,12 +96,13 @@ class SpinServices:
             )
             labels[component_id] = tuple(component.key_value_stores)
             used_labels.update(component.key_value_stores)
-            unsupported = [name for name, used in (("sqlite_databases", component.sqlite_databases),
-                                                    ("ai_models", component.ai_models)) if used]
-            if unsupported:
-                log.warning("%s: %s not provided by this shim; opening them returns an error to the guest",
-                            where, " and ".join(unsupported))
+            sqlite_labels[component_id] = tuple(component.sqlite_databases)
+            used_databases.update(component.sqlite_databases)
+            if component.ai_models:
+                log.warning("%s: ai_models not provided by this shim; inferencing returns an error to the guest",
+                            where)
         key_value.prepare(used_labels)
+        sqlite.prepare(used_databases)
         return cls(
             app_name=manifest.application.name,
             variables=variables,
@@ -102,6 +110,8 @@ class SpinServices:
             runtime_config=runtime_config,
             outbound_policies=policies,
             key_value_labels=labels,
+            sqlite=sqlite,
+            sqlite_labels=sqlite_labels,
         )
 
     def outbound_policy(self, component_id: str) -> OutboundPolicy:
@@ -111,6 +121,22 @@ class SpinServices:
     def open_store(self, component_id: str, label: str) -> Store:
         """Spin's ``store.open`` for a component; raises KeyValueError (access-denied / no-such-store)."""
         return self.key_value.open(label, self.key_value_labels.get(component_id, ()))
+
+
+    def open_database(self, component_id: str, label: str) -> Connection:
+        """Spin's sqlite ``connection.open`` for a component; raises SqliteError (access-denied / no-such-database)."""
+        return self.sqlite.open(label, self.sqlite_labels.get(component_id, ()))
+
+
+def _check_defined(where: str, key: str, wanted: tuple[str, ...], defined: frozenset[str], noun: str,
+                   table: str) -> None:
+    """A label a component lists must be backed: Spin refuses to start otherwise, and so does this load."""
+    for label in wanted:
+        if label not in defined:
+            raise ManifestError(
+                f"{where}: {key} names {noun} {label!r}, which is not defined (defined: {', '.join(sorted(defined))});"
+                f" define it in /{RUNTIME_CONFIG_FILE_NAME} as [{table}.{label}] type = \"spin\""
+            )
 
 
 def _value_for_outbound(variables: VariableResolver) -> Callable[[str], str]:

@@ -24,6 +24,7 @@ from runtime.spin.runtime_config import (
     EnvVariablesProviderSpec,
     KeyValueStoreSpec,
     RuntimeConfigError,
+    StateFileSpec,
     load_runtime_config,
     parse_runtime_config,
 )
@@ -113,7 +114,8 @@ def test_load_reads_the_file_at_the_image_root(tmp_path: Path):
 @pytest.mark.parametrize("store_type", ["redis", "azure_cosmos", "aws_dynamo"])
 def test_other_store_types_are_not_supported_by_this_shim(tmp_path: Path, store_type: str):
     message = rejected(f'[key_value_store.cache]\ntype = "{store_type}"\nurl = "redis://x"\n', tmp_path)
-    assert f"[key_value_store.cache]: type = '{store_type}' is not supported by this shim" in message
+    assert f"[key_value_store.cache]: type = '{store_type}' (" in message
+    assert "is not supported by this shim" in message
     assert "runtime-config.toml" in message
 
 
@@ -123,9 +125,24 @@ def test_missing_type_and_unknown_keys(tmp_path: Path):
 
 
 def test_unsupported_and_unknown_tables_name_the_file_and_table(tmp_path: Path):
-    message = rejected('[sqlite_database.default]\ntype = "spin"\n', tmp_path)
-    assert message.startswith(f"{tmp_path}/runtime-config.toml: [sqlite_database]:") and "not provided" in message
+    message = rejected('[llm_compute]\ntype = "remote_http"\nurl = "http://x"\n', tmp_path)
+    assert message.startswith(f"{tmp_path}/runtime-config.toml: [llm_compute]:") and "not provided" in message
     assert "unknown table or key 'key_value_stores'" in rejected('[key_value_stores.x]\ntype = "spin"\n', tmp_path)
+
+
+def test_sqlite_databases_take_the_key_value_stores_rules(tmp_path: Path):
+    (tmp_path / "mnt" / "data").mkdir(parents=True)
+    config = parse_runtime_config('[sqlite_database.default]\ntype = "spin"\npath = "/mnt/data/app.db"\n'
+                                  '[sqlite_database.scratch]\ntype = "spin"\n', tmp_path / "runtime-config.toml",
+                                  tmp_path)
+    assert dict(config.sqlite_databases) == {"default": StateFileSpec("default", tmp_path / "mnt/data/app.db"),
+                                             "scratch": StateFileSpec("scratch", None)}
+    assert dict(config.key_value_stores) == {}
+    message = rejected('[sqlite_database.default]\ntype = "libsql"\nurl = "https://x"\ntoken = "t"\n', tmp_path)
+    assert "[sqlite_database.default]: type = 'libsql' (a remote libSQL / Turso database) is not supported" in message
+    assert "unknown key(s) 'url'" in rejected('[sqlite_database.x]\ntype = "spin"\nurl = "x"\n', tmp_path)
+    escape = rejected('[sqlite_database.x]\ntype = "spin"\npath = "../../../../etc/passwd.db"\n', tmp_path)
+    assert "[sqlite_database.x]: path '../../../../etc/passwd.db'" in escape
 
 
 def test_tuning_only_tables_are_ignored(tmp_path: Path):
@@ -316,7 +333,7 @@ def test_spin_operator_render_is_accepted(tmp_path: Path):
 
 def test_spin_operator_render_with_a_redis_store_is_refused_for_the_store_only(tmp_path: Path):
     message = rejected(SPIN_OPERATOR_RENDER_WITH_REDIS, tmp_path)
-    assert "[key_value_store.default]: type = 'redis' is not supported by this shim" in message
+    assert "[key_value_store.default]: type = 'redis' (Redis) is not supported by this shim" in message
     assert "provider" not in message
 
 

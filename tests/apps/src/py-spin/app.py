@@ -1,7 +1,7 @@
 """py-spin: one Spin Python SDK 3.4.1 component that exercises what a Spin host must provide.
 
 Built with componentize-py 0.17.2 (`-w spin-http`), so it exports wasi:http/incoming-handler@0.2.0 and imports
-the Spin 2 APIs (variables, key-value, outbound HTTP). Each path probes one host behaviour; tests/apps/README.md
+the Spin 2 APIs (variables, key-value, SQLite, outbound HTTP). Each path probes one host behaviour; tests/apps/README.md
 lists them. The guest is kept deliberately plain: a test failure should point at the host, never at this file.
 """
 
@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from spin_sdk import http, key_value, variables
 from spin_sdk.http import Request, Response
+from spin_sdk.wit.imports import fermyon_spin_sqlite, spin_sqlite_sqlite
+from spin_sdk.wit.types import Err
 from spin_sdk.wit.imports.types import IncomingRequest, ResponseOutparam
 
 #: The repeating pattern /big returns (tests compare against it).
@@ -100,6 +102,47 @@ def _big(size: int) -> Response:
     return Response(200, {"content-type": "application/octet-stream"}, (BIG_PATTERN * repeats)[:size])
 
 
+def _sql_param(api, value: object):
+    if value is None:
+        return api.Value_Null()
+    if isinstance(value, dict):  # {"blob": "<hex>"}: JSON has no bytes
+        return api.Value_Blob(bytes.fromhex(value["blob"]))
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"unsupported parameter {value!r}")
+    return {int: api.Value_Integer, float: api.Value_Real, str: api.Value_Text}[type(value)](value)
+
+
+def _sql_value(value: object) -> object:
+    if type(value).__name__ == "Value_Null":
+        return None
+    if type(value).__name__ == "Value_Blob":
+        return {"blob": value.value.hex()}
+    return value.value
+
+
+def _sqlite(database: str, version: str, body: bytes) -> Response:
+    """Body: a JSON list of [statement, [params]] run in order on one connection; the results, or the SDK's error.
+
+    The SDK's own `spin_sdk.sqlite` module imports bindings named `sqlite`, which componentize-py 0.17.2 generates
+    as `fermyon_spin_sqlite`, so the app calls the generated bindings: spin:sqlite@3.0.0 by default (its results
+    also carry last-insert-rowid and changes), fermyon:spin/sqlite@2.0.0 with ?v=2.
+    """
+    api = fermyon_spin_sqlite if version == "2" else spin_sqlite_sqlite
+    try:
+        with api.Connection.open(database) as connection:
+            results = []
+            for statement, params in json.loads(body):
+                result = connection.execute(statement, [_sql_param(api, p) for p in params])
+                entry = {"columns": list(result.columns),
+                         "rows": [[_sql_value(v) for v in row.values] for row in result.rows]}
+                if api is spin_sqlite_sqlite:
+                    entry.update(last_insert_rowid=connection.last_insert_rowid(), changes=connection.changes())
+                results.append(entry)
+    except Err as exc:
+        return _text(500, f"ERROR: {exc.value!r}")
+    return _json(results)
+
+
 def _alloc() -> Response:
     hoard = []
     while True:  # until the host's memory limit stops us
@@ -129,6 +172,8 @@ def route(request: Request) -> Response:
         return _kv(request.method, path.removeprefix("/kv/"), request.body or b"")
     if path == "/counter":
         return _counter()
+    if path == "/sqlite":
+        return _sqlite(arg("db", ["default"])[0], arg("v", ["3"])[0], request.body or b"[]")
     if path == "/outbound":
         return _outbound(arg("url", [""])[0])
     if path == "/env":
