@@ -1,13 +1,14 @@
-"""Spin's host APIs from a Spin Python SDK 3.4.1 app through containerd: variables, key-value, outbound HTTP.
+"""Spin's host APIs from a Spin Python SDK 3.4.1 app through containerd: variables, key-value, SQLite, outbound HTTP.
 
 py-spin's spin.toml declares `greeting` (default "hello") and `api_token` (required, secret) and maps them into
-the component as `greeting`, `token` and a literal; the default key-value store; and
+the component as `greeting`, `token` and a literal; the default key-value store and SQLite database; and
 `allowed_outbound_hosts = ["http://127.0.0.1:*"]`.
 """
 
 from __future__ import annotations
 
 import http.server
+import json
 import threading
 from typing import Iterator
 
@@ -71,6 +72,32 @@ def test_key_value_works_across_requests_and_survives_a_task_restart(app):
     assert int(app.get("/counter").text) == second + 1
     assert app.get("/kv/colour", "-X", "DELETE").status == 200
     assert app.get("/kv/colour").status == 404
+
+
+def _sql(app: HttpTask, statements: list, query: str = "") -> tuple[int, object]:
+    response = app.get(f"/sqlite{query}", "-X", "POST", data=json.dumps(statements).encode())
+    return response.status, (response.json() if response.status == 200 else response.text)
+
+
+def test_sqlite_default_database_serves_queries_and_survives_a_task_restart(app):
+    status, results = _sql(app, [
+        ["CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT, score REAL, raw BLOB)", []],
+        ["INSERT INTO notes (body, score, raw) VALUES (?, ?, ?)", ["first", 0.5, {"blob": "cafe"}]],
+    ])
+    assert status == 200 and results[1]["changes"] == 1
+    row_id = results[1]["last_insert_rowid"]
+    app.stop_task()
+    app.start_again()
+    status, results = _sql(app, [["SELECT body, score, raw FROM notes WHERE id = ?", [row_id]]], "?v=2")
+    assert (status, results) == (200, [{"columns": ["body", "score", "raw"],
+                                        "rows": [["first", 0.5, {"blob": "cafe"}]]}])
+
+
+def test_sqlite_errors_reach_the_guest_and_the_app_keeps_serving(app):
+    assert _sql(app, [], "?db=analytics") == (500, "ERROR: Error_AccessDenied()")  # not in sqlite_databases
+    status, text = _sql(app, [["INSERT INTO no_such_table VALUES (1)", []]])
+    assert status == 500 and text.startswith("ERROR: Error_Io(value='no such table: no_such_table")
+    assert app.get("/hello").text == "Hello from Python!"
 
 
 def test_outbound_http_to_an_allowed_host(app, upstream):

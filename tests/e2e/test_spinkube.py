@@ -143,11 +143,11 @@ def test_spinapp_variables_from_values_and_from_a_secret_reach_the_app(spinkube:
                                                      "literal": "fixed-value"})
 
 
-def test_a_runtime_config_key_value_store_on_a_persistent_volume_outlives_the_pod(spinkube: SpinKube,
-                                                                                    tmp_path: Path):
-    """runtimeConfig.keyValueStores: the operator renders runtime-config.toml into a Secret it mounts at
-    /runtime-config.toml; the store's file is on a hostPath PersistentVolume (the operator's volume-mount.yaml
-    sample), so what one pod stored, the pod that replaces it reads."""
+def test_a_runtime_config_on_a_persistent_volume_keeps_the_apps_data_past_the_pod(spinkube: SpinKube,
+                                                                                  tmp_path: Path):
+    """runtimeConfig.keyValueStores and sqliteDatabases: the operator renders runtime-config.toml into a Secret it
+    mounts at /runtime-config.toml; the store's and the database's files are on a hostPath PersistentVolume (the
+    operator's volume-mount.yaml sample), so what one pod stored, the pod that replaces it reads."""
     kube = spinkube.kube
     host_dir = tmp_path / "pv"
     host_dir.mkdir()
@@ -155,30 +155,41 @@ def test_a_runtime_config_key_value_store_on_a_persistent_volume_outlives_the_po
     pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
           "spec": {"storageClassName": "manual", "capacity": {"storage": "100Mi"}, "accessModes": ["ReadWriteOnce"],
                    "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(host_dir)}}}
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "kv-data"},
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "app-data"},
            "spec": {"storageClassName": "manual", "volumeName": pv_name, "accessModes": ["ReadWriteOnce"],
                     "resources": {"requests": {"storage": "100Mi"}}}}
-    runtime_config = {"keyValueStores": [{"name": "default", "type": "spin",
-                                          "options": [{"name": "path", "value": "/mnt/data/kv.db"}]}]}
+    runtime_config = {
+        "keyValueStores": [{"name": "default", "type": "spin",
+                            "options": [{"name": "path", "value": "/mnt/data/kv.db"}]}],
+        "sqliteDatabases": [{"name": "default", "type": "spin",
+                             "options": [{"name": "path", "value": "/mnt/data/sqlite.db"}]}],
+    }
     app = spinkube.spinapp(
-        "kv-spinapp", "py-spin", variables=[{"name": "api_token", "value": "t"}], runtimeConfig=runtime_config,
-        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "kv-data"}}],
+        "data-spinapp", "py-spin", variables=[{"name": "api_token", "value": "t"}], runtimeConfig=runtime_config,
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "app-data"}}],
         volumeMounts=[{"name": "data", "mountPath": "/mnt/data"}])
+    create = [["CREATE TABLE visits (who TEXT)", []], ["INSERT INTO visits VALUES (?)", ["first pod"]]]
     try:
         with namespace(kube) as ns:
             kube.kubectl("apply", "-f", "-", input=json.dumps(pv))
             spinkube.deploy(ns, json.dumps(pvc), app)
-            [pod] = spinkube.wait_ready(ns, "kv-spinapp")
+            [pod] = spinkube.wait_ready(ns, "data-spinapp")
             # The operator's rendering, as the shim reads it from the container's root.
-            rendered = tomllib.loads((spinkube.task_root(pod, "kv-spinapp") / "runtime-config.toml").read_text())
+            rendered = tomllib.loads((spinkube.task_root(pod, "data-spinapp") / "runtime-config.toml").read_text())
             assert rendered["key_value_store"]["default"] == {"type": "spin", "path": "/mnt/data/kv.db"}
+            assert rendered["sqlite_database"]["default"] == {"type": "spin", "path": "/mnt/data/sqlite.db"}
             ip = pod["status"]["podIP"]
             assert _request(ip, "PUT", "/kv/answer", b"42")[0] == 200
+            assert _request(ip, "POST", "/sqlite", json.dumps(create).encode())[0] == 200
             assert (host_dir / "kv.db").stat().st_size > 0, "the store's file is not on the volume"
+            assert (host_dir / "sqlite.db").stat().st_size > 0, "the database's file is not on the volume"
             kube.kubectl("delete", "pod", "-n", ns, pod["metadata"]["name"], "--wait=true")
-            [replacement] = spinkube.wait_ready(ns, "kv-spinapp")
+            [replacement] = spinkube.wait_ready(ns, "data-spinapp")
             assert replacement["metadata"]["uid"] != pod["metadata"]["uid"]
-            assert http_get(replacement["status"]["podIP"], 80, "/kv/answer") == (200, "42")
+            ip = replacement["status"]["podIP"]
+            assert http_get(ip, 80, "/kv/answer") == (200, "42")
+            status, _, body = _request(ip, "POST", "/sqlite", json.dumps([["SELECT who FROM visits", []]]).encode())
+            assert (status, json.loads(body)[0]["rows"]) == (200, [["first pod"]])
     finally:
         kube.kubectl("delete", "pv", pv_name, "--wait=true", check=False)
 
