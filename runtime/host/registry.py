@@ -53,7 +53,7 @@ How a provider adds interfaces (another package, no edit of runtime.host)
 5. Type-driven stubs: ``REGISTRY.interface(name, versions, stub=factory)`` serves every function the interface
    does not define itself with ``factory(func_name, FuncType)`` (called once per function at link time; it
    returns an impl, or None to leave the function missing), and every resource the component imports from it
-   gets a ResourceKind automatically. Spin's DENY stubs (llm, redis, mqtt, rdbms) use this to answer
+   gets a ResourceKind automatically. Spin's DENY stubs (llm, mqtt, rdbms) use this to answer
    an error value of whatever shape the result type has.
 """
 

@@ -30,8 +30,8 @@ Backed tables:
   relative to the config file's directory here, the same place, without depending on a cwd.
 
 Every other store, database or provider type (``redis``, ``libsql``, ``vault``, ...), and every other table that
-changes what an app can reach (LLMs, client TLS), fails the load with a message naming the file and what it asked for, because
-silently ignoring it would run the app against something it did not ask for.
+changes what an app can reach (LLMs, client TLS), fails the load with a message naming the file and what it asked
+for, because silently ignoring it would run the app against something it did not ask for.
 
 ``parse_runtime_config`` parses text already read; ``load_runtime_config`` reads the file (opened once, at most
 1 MiB). Both read the dotenv files the config names.

@@ -1,8 +1,9 @@
-"""Spin's host APIs from a Spin Python SDK 3.4.1 app through containerd: variables, key-value, SQLite, outbound HTTP.
+"""Spin's host APIs from a Spin Python SDK 3.4.1 app through containerd: variables, key-value, SQLite, Redis,
+outbound HTTP (a real redis-server from Debian on loopback).
 
 py-spin's spin.toml declares `greeting` (default "hello") and `api_token` (required, secret) and maps them into
 the component as `greeting`, `token` and a literal; the default key-value store and SQLite database; and
-`allowed_outbound_hosts = ["http://127.0.0.1:*"]`.
+`allowed_outbound_hosts = ["http://127.0.0.1:*", "redis://127.0.0.1:*"]`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Iterator
 import pytest
 
 from tests.e2e.http_support import HttpTask, serving
+from tests.redis_support import running_redis
 
 pytestmark = pytest.mark.e2e
 
@@ -97,6 +99,37 @@ def test_sqlite_errors_reach_the_guest_and_the_app_keeps_serving(app):
     assert _sql(app, [], "?db=analytics") == (500, "ERROR: Error_AccessDenied()")  # not in sqlite_databases
     status, text = _sql(app, [["INSERT INTO no_such_table VALUES (1)", []]])
     assert status == 500 and text.startswith("ERROR: Error_Io(value='no such table: no_such_table")
+    assert app.get("/hello").text == "Hello from Python!"
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as port:
+        yield port
+
+
+def _redis(app: HttpTask, address: str, calls: list) -> tuple[int, object]:
+    response = app.get(f"/redis?address={address}", "-X", "POST", data=json.dumps(calls).encode())
+    return response.status, (response.json() if response.status == 200 else response.text)
+
+
+def test_redis_outbound_against_a_real_server(app, redis_port):
+    address = f"redis://127.0.0.1:{redis_port}"
+    status, results = _redis(app, address, [["set", "colour", "blue"], ["get", "colour"], ["incr", "n"],
+                                            ["incr", "n"], ["sadd", "s", ["a", "b"]], ["smembers", "s"],
+                                            ["srem", "s", ["a"]], ["del", ["colour", "n"]], ["get", "colour"],
+                                            ["publish", "news", "hi"]])
+    assert status == 200, (results, app.log_path.read_text()[-3000:])
+    assert results[:5] == [None, "blue", 1, 2, 2] and sorted(results[5]) == ["a", "b"]
+    assert results[6:] == [1, 2, None, None]
+
+
+def test_redis_address_not_allowed_or_server_down_is_an_error_to_the_guest(app, redis_port, tmp_path):
+    assert _redis(app, f"redis://localhost:{redis_port}", []) == (500, "ERROR: Error_InvalidAddress()")
+    with running_redis(tmp_path / "stopped") as port:
+        pass  # stopped: nothing listens there now
+    status, text = _redis(app, f"redis://127.0.0.1:{port}", [["get", "x"]])
+    assert status == 500 and text.startswith("ERROR: Error_Other(value=") and "Connection refused" in text
     assert app.get("/hello").text == "Hello from Python!"
 
 

@@ -1,9 +1,9 @@
 """The Spin interfaces an SDK imports but this shim does not back: every call answers the interface's own error.
 
-The Spin Python SDK 3.4.1 imports all of Spin's APIs whatever the app uses (LLM, Redis, MQTT, PostgreSQL, MySQL;
-SQLite too, which runtime.spin.bindings.sqlite backs), so refusing to link them would refuse every Python app.
-Instead they link, and a call gets an error value the guest can handle (never a trap): the one a Spin host
-without that service configured would give.
+The Spin Python SDK 3.4.1 imports all of Spin's APIs whatever the app uses (LLM, MQTT, PostgreSQL, MySQL; Redis
+and SQLite too, which runtime.spin.bindings.redis and .sqlite back), so refusing to link them would refuse every
+Python app. Instead they link, and a call gets an error value the guest can handle (never a trap): the one a Spin
+host without that service configured would give.
 
 One type-driven stub serves them all (runtime.host.registry's ``stub`` hook): at link time it reads the
 function's result type and, for ``result<_, E>``, picks E's case by ``DENIAL_CASES`` order (``access-denied``,
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 #: Interface name -> version patterns this shim answers with errors.
 DENIED_INTERFACES: dict[str, tuple[str, ...]] = {
     "fermyon:spin/llm": ("2.0.0",),
-    "fermyon:spin/redis": ("2.0.0",),
     "fermyon:spin/mqtt": ("2.0.0",),
     "fermyon:spin/postgres": ("2.0.0",),
     "fermyon:spin/mysql": ("2.0.0",),

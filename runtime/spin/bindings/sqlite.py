@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.host.registry import REGISTRY, Interface
 from runtime.host.values import Err, Ok, Variant
-from runtime.spin.bindings.support import NoServices, services_of
+from runtime.spin.bindings.support import NoServices, RequestConnections, request_connections, services_of
 from runtime.spin.sqlite import MAX_OPEN_CONNECTIONS_PER_INSTANCE, Connection, SqliteError, SqliteValue
 
 if TYPE_CHECKING:
@@ -36,27 +36,8 @@ class GuestConnection:
         self.connection = connection
 
 
-class OpenConnections:
-    """The connections a request holds: Spin bounds each instance's table, and all are closed at its end."""
-
-    __slots__ = ("connections",)
-
-    def __init__(self) -> None:
-        self.connections: list[Connection] = []
-
-    def close_all(self) -> None:
-        for connection in self.connections:
-            connection.close()
-        self.connections.clear()
-
-
-def _open_connections(ctx: RequestContext) -> OpenConnections:
-    def new() -> OpenConnections:
-        opened = OpenConnections()
-        ctx.cleanups.append(opened.close_all)
-        return opened
-
-    return ctx.state_for(_OPEN_CONNECTIONS_KEY, new)
+def _open_connections(ctx: RequestContext) -> RequestConnections:
+    return request_connections(ctx, _OPEN_CONNECTIONS_KEY)
 
 
 def error_value(exc: SqliteError) -> Variant:
@@ -76,10 +57,7 @@ def host_value(value: Variant) -> SqliteValue:
 
 
 def _released(ctx: RequestContext, handle: GuestConnection) -> None:
-    opened = _open_connections(ctx)
-    if handle.connection in opened.connections:
-        opened.connections.remove(handle.connection)
-    handle.connection.close()
+    _open_connections(ctx).release(handle.connection)
 
 
 def _define(iface: Interface, with_statement_info: bool) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runtime.spin.key_value import MAX_OPEN_STORES_PER_INSTANCE
 
@@ -51,3 +51,35 @@ class OpenStores:
 
 def open_stores(ctx: RequestContext) -> OpenStores:
     return ctx.state_for(_OPEN_STORES_KEY, OpenStores)
+
+
+class RequestConnections:
+    """The connections (SQLite, Redis) a request holds: bounded like Spin's resource tables, and all closed when
+    the request ends, so none outlives it (nor a guest's open transaction)."""
+
+    __slots__ = ("connections",)
+
+    def __init__(self) -> None:
+        self.connections: list[Any] = []
+
+    def close_all(self) -> None:
+        for connection in self.connections:
+            connection.close()
+        self.connections.clear()
+
+    def release(self, connection: Any) -> None:
+        """The guest dropped its handle: close the connection now."""
+        if connection in self.connections:
+            self.connections.remove(connection)
+        connection.close()
+
+
+def request_connections(ctx: RequestContext, key: str) -> RequestConnections:
+    """The request's connections of one kind (``key``), registered for closing at the end of the request."""
+
+    def new() -> RequestConnections:
+        opened = RequestConnections()
+        ctx.cleanups.append(opened.close_all)
+        return opened
+
+    return ctx.state_for(key, new)

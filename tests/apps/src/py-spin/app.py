@@ -1,7 +1,7 @@
 """py-spin: one Spin Python SDK 3.4.1 component that exercises what a Spin host must provide.
 
 Built with componentize-py 0.17.2 (`-w spin-http`), so it exports wasi:http/incoming-handler@0.2.0 and imports
-the Spin 2 APIs (variables, key-value, SQLite, outbound HTTP). Each path probes one host behaviour; tests/apps/README.md
+the Spin 2 APIs (variables, key-value, SQLite, Redis, outbound HTTP). Each path probes one host behaviour; tests/apps/README.md
 lists them. The guest is kept deliberately plain: a test failure should point at the host, never at this file.
 """
 
@@ -11,7 +11,7 @@ import sys
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from spin_sdk import http, key_value, variables
+from spin_sdk import http, key_value, redis, variables
 from spin_sdk.http import Request, Response
 from spin_sdk.wit.imports import fermyon_spin_sqlite, spin_sqlite_sqlite
 from spin_sdk.wit.types import Err
@@ -143,6 +143,22 @@ def _sqlite(database: str, version: str, body: bytes) -> Response:
     return _json(results)
 
 
+def _redis(address: str, body: bytes) -> Response:
+    """Body: a JSON list of [method, args...] run in order on one connection (spin_sdk.redis); bytes travel as
+    latin-1 text. The results, or the SDK's error."""
+    try:
+        with redis.open(address) as connection:
+            results = []
+            for method, *args in json.loads(body):
+                if method in ("set", "publish"):
+                    args[1] = args[1].encode("latin-1")
+                result = getattr(connection, "del_" if method == "del" else method)(*args)  # `del` is a keyword
+                results.append(result.decode("latin-1") if isinstance(result, bytes) else result)
+    except Err as exc:
+        return _text(500, f"ERROR: {exc.value!r}")
+    return _json(results)
+
+
 def _alloc() -> Response:
     hoard = []
     while True:  # until the host's memory limit stops us
@@ -172,6 +188,8 @@ def route(request: Request) -> Response:
         return _kv(request.method, path.removeprefix("/kv/"), request.body or b"")
     if path == "/counter":
         return _counter()
+    if path == "/redis":
+        return _redis(arg("address", [""])[0], request.body or b"[]")
     if path == "/sqlite":
         return _sqlite(arg("db", ["default"])[0], arg("v", ["3"])[0], request.body or b"[]")
     if path == "/outbound":
