@@ -25,12 +25,11 @@ import threading
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from runtime.compiled import MAX_WASM_BYTES, ComponentLoad, compile_wasm
+from runtime.compiled import ComponentLoad, compile_wasm
 from runtime.errors import AppError, AppNotFoundError, ManifestError, UnsupportedTriggerError
 from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
-    import wasmtime
 
     from runtime.files import StagedFiles
     from runtime.guest import ComponentCommand, CoreCommand, GuestSetup

@@ -8,13 +8,12 @@ end-to-end side is tests/e2e/test_sandbox_ctr.py.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import resource
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

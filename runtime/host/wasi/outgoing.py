@@ -22,7 +22,6 @@ from runtime.host.registry import REGISTRY
 from runtime.host.values import Err, Ok, Variant
 from runtime.host.wasi.http import (
     FUTURE_INCOMING_RESPONSE,
-    Fields,
     FutureIncomingResponse,
     IncomingResponse,
     OutgoingRequest,
