@@ -25,13 +25,15 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, TypeVar
 
 from runtime.errors import AppError
+from runtime.spin.key_value_errors import KeyValueError, KeyValueErrorKind
+from runtime.spin.key_value_redis import RedisBackend, RedisStore
 from runtime.spin.state_files import refuse_private_paths
 
-#: The case names of ``fermyon:spin/key-value@2.0.0``'s ``error`` variant (wasi:keyvalue's are a subset).
-KeyValueErrorKind = Literal["store-table-full", "no-such-store", "access-denied", "other"]
+__all__ = ["KeyValueError", "KeyValueErrorKind", "KeyValueSetupError", "KeyValueStores", "Store"]
+
 
 _T = TypeVar("_T")
 
@@ -55,15 +57,6 @@ CREATE TABLE IF NOT EXISTS spin_key_value (
 
 #: Connections a forked child inherited (see _Database.connection): referenced so they are never closed.
 _INHERITED_CONNECTIONS: list[sqlite3.Connection] = []
-
-
-class KeyValueError(Exception):
-    """A store operation failed; ``kind`` is the WIT error case, ``str()`` the ``other`` payload / a description."""
-
-    def __init__(self, kind: KeyValueErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind: KeyValueErrorKind = kind
-        self.message = message
 
 
 class KeyValueSetupError(AppError):
@@ -269,32 +262,39 @@ def _as_int(value: object, key: str) -> int:
 
 
 class KeyValueStores:
-    """An app's key-value stores: label -> SQLite file. One per app per process; cheap until a store is used."""
+    """An app's key-value stores: label -> SQLite file, or a Redis server (runtime.spin.key_value_redis). One per
+    app per process; cheap until a store is used."""
 
-    def __init__(self, db_paths: Mapping[str, Path]) -> None:
+    def __init__(self, db_paths: Mapping[str, Path], redis_urls: Mapping[str, str] | None = None) -> None:
         #: label -> file. Several labels may share a file (rows are keyed by label).
         self.db_paths = dict(db_paths)
+        #: label -> Redis URL (labels here are not in db_paths).
+        self.redis_urls = dict(redis_urls or {})
         by_path: dict[Path, _Database] = {}
         self._databases = {label: by_path.setdefault(path, _Database(path)) for label, path in self.db_paths.items()}
+        self._redis: dict[str, Any] = {}
 
     @classmethod
     def for_app(cls, work_dir: Path, configured: Mapping[str, Path | None], *,
-                private_dir: Path | None = None) -> KeyValueStores:
+                redis_urls: Mapping[str, str] | None = None, private_dir: Path | None = None) -> KeyValueStores:
         """``default`` in ``<work_dir>/.spin/sqlite_key_value.db`` plus the runtime config's labels (None = that
-        same default file). A store whose file resolves into ``private_dir`` is refused (KeyValueSetupError)."""
+        same default file; ``redis_urls``: labels on a Redis server, ``default`` too if it is one of them). A store
+        whose file resolves into ``private_dir`` is refused (KeyValueSetupError)."""
         default_path = work_dir / DEFAULT_DB_RELATIVE_PATH
-        paths = {DEFAULT_STORE_LABEL: default_path}
+        redis_urls = dict(redis_urls or {})
+        paths = {} if DEFAULT_STORE_LABEL in redis_urls else {DEFAULT_STORE_LABEL: default_path}
         paths.update({label: path if path is not None else default_path for label, path in configured.items()})
         refuse_private_paths(paths, private_dir, "key-value store", KeyValueSetupError)
-        return cls(paths)
+        return cls(paths, redis_urls)
 
     @property
     def labels(self) -> frozenset[str]:
-        return frozenset(self.db_paths)
+        return frozenset(self.db_paths) | frozenset(self.redis_urls)
 
     def prepare(self, labels: Iterable[str]) -> None:
-        """Create the files of ``labels`` now (at load), so an unwritable location fails task Create."""
-        for label in sorted(set(labels) & self.labels):
+        """Create the SQLite files of ``labels`` now (at load), so an unwritable location fails task Create. Redis
+        stores connect on first use, as Spin's do."""
+        for label in sorted(set(labels) & frozenset(self.db_paths)):
             database = self._databases[label]
             try:
                 database.prepare()
@@ -303,12 +303,18 @@ class KeyValueStores:
                     f"key-value store {label!r}: cannot create or open its SQLite file {database.path}: {exc}"
                 ) from None
 
-    def open(self, label: str, allowed: Collection[str]) -> Store:
+    def open(self, label: str, allowed: Collection[str]) -> Store | RedisStore:
         """Spin's ``store.open``: ``allowed`` is the component's ``key_value_stores``."""
         if label not in allowed:
             raise KeyValueError(
                 "access-denied", f"the component may not open key-value store {label!r} (not in key_value_stores)"
             )
+        url = self.redis_urls.get(label)
+        if url is not None:
+            backend = self._redis.get(label)
+            if backend is None:
+                backend = self._redis[label] = RedisBackend(url)
+            return RedisStore(label, backend)
         database = self._databases.get(label)
         if database is None:
             raise KeyValueError("no-such-store", f"no key-value store {label!r} is configured")

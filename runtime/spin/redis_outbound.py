@@ -19,7 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+
+from runtime.spin.redis_url import DEFAULT_PORT, parse_redis_url
+from runtime.spin.redis_url import masked as _shown
 
 if TYPE_CHECKING:
     from runtime.spin.outbound import OutboundPolicy
@@ -30,7 +32,6 @@ RedisErrorKind = Literal["invalid-address", "too-many-connections", "type-error"
 RedisParameter = int | bytes
 RedisReply = None | int | bytes
 
-SCHEMES = ("redis", "rediss")
 #: Spin's per-instance limit of open connections (its resource table), for the bindings.
 MAX_OPEN_CONNECTIONS_PER_INSTANCE = 256
 #: The most a single socket operation waits, whatever the request's deadline.
@@ -118,31 +119,15 @@ class RedisConnection:
 def check_address(address: str, policy: OutboundPolicy) -> None:
     """invalid-address unless ``address`` is a redis URL the component may reach."""
     try:
-        parts = urlsplit(address)
-        scheme = parts.scheme
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        parts = parse_redis_url(address)
     except ValueError as exc:
         raise RedisError("invalid-address", f"{_shown(address)}: {exc}") from None
-    if scheme not in SCHEMES or not parts.hostname:
-        raise RedisError("invalid-address", f"{_shown(address)}: not a redis:// or rediss:// URL with a host")
-    if not policy.allows(address, default_scheme=scheme):
+    if not policy.allows(address, default_scheme=parts.scheme):
         raise RedisError(
             "invalid-address",
             f"{_shown(address)} is not allowed by the component's allowed_outbound_hosts "
-            f"(add \"{scheme}://{parts.hostname}:{parts.port or 6379}\")",
+            f"(add \"{parts.scheme}://{parts.hostname}:{parts.port or DEFAULT_PORT}\")",
         )
-
-
-def _shown(address: str) -> str:
-    """The address without its password, for messages (a redis URL may carry credentials)."""
-    try:
-        parts = urlsplit(address)
-    except ValueError:
-        return "the address"
-    if parts.password is None:
-        return address
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{netloc}").geturl()
 
 
 def _expect(reply: Any, kinds: type | tuple[type, ...], command: str) -> Any:

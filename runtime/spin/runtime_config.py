@@ -18,6 +18,8 @@ Backed tables:
 * ``[sqlite_database.<label>]`` with ``type = "spin"``: the same keys and path rules (Spin's
   ``crates/factor-sqlite`` runtime config); without ``path`` the database gets a file of its own in the task's
   state instead of Spin's in-memory one, for the same reason (runtime.spin.sqlite).
+* ``[key_value_store.<label>]`` with ``type = "redis"`` and ``url`` (``redis://`` / ``rediss://``): a store on
+  that Redis server (runtime.spin.key_value_redis), as spin-operator renders ``keyValueStores`` of type redis.
 * ``[[variables_provider]]`` (Spin's current name) or ``[[config_provider]]`` (the older one, which spin-operator
   renders) with ``type = "env"``: optional ``prefix`` and ``dotenv_path`` (``crates/variables-env``). As in Spin
   (``crates/runtime-config/src/variables.rs``) ``variables_provider`` wins when both are present, the providers
@@ -29,7 +31,7 @@ Backed tables:
   container's cwd, ``/`` for Spin apps, which is also the directory of ``/runtime-config.toml``: it is resolved
   relative to the config file's directory here, the same place, without depending on a cwd.
 
-Every other store, database or provider type (``redis``, ``libsql``, ``vault``, ...), and every other table that
+Every other store, database or provider type (``azure_cosmos``, ``libsql``, ``vault``, ...), and every other table that
 changes what an app can reach (LLMs, client TLS), fails the load with a message naming the file and what it asked
 for, because silently ignoring it would run the app against something it did not ask for.
 
@@ -49,6 +51,7 @@ from typing import Any
 
 from runtime.capped_read import CappedReadError, read_capped
 from runtime.errors import AppError
+from runtime.spin.redis_url import masked, parse_redis_url
 from runtime.paths import PathEscapeError, resolve_in_root
 
 log = logging.getLogger(__name__)
@@ -74,7 +77,7 @@ _SPIN_STORE_KEYS = frozenset({"type", "path"})
 _STATE_FILE_TABLES = {"key_value_store": "key-value store", "sqlite_database": "SQLite database"}
 #: Spin's remote backends, named in the refusal.
 _REMOTE_BACKENDS = {
-    "key_value_store": {"redis": "Redis", "azure_cosmos": "Azure Cosmos DB", "aws_dynamo": "AWS DynamoDB"},
+    "key_value_store": {"azure_cosmos": "Azure Cosmos DB", "aws_dynamo": "AWS DynamoDB"},
     "sqlite_database": {"libsql": "a remote libSQL / Turso database"},
 }
 #: ``EnvVariablesConfig`` is ``deny_unknown_fields`` in Spin: any other key is an error there too.
@@ -99,6 +102,8 @@ class StateFileSpec:
     label: str
     #: None = no ``path``: the service's own default (runtime.spin.key_value, runtime.spin.sqlite).
     db_path: Path | None = None
+    #: A key-value store of ``type = "redis"``: the server's URL (then ``db_path`` is None).
+    redis_url: str | None = None
 
 
 KeyValueStoreSpec = StateFileSpec
@@ -199,6 +204,9 @@ def _parse_state_files(raw: Any, table: str, path: Path, root_dir: Path) -> dict
         backend = spec.get("type")
         if backend is None:
             raise RuntimeConfigError(f"{where}: `type` is required (this shim supports type = \"spin\")")
+        if backend == "redis" and table == "key_value_store":
+            specs[label] = _redis_store(label, spec, where)
+            continue
         if backend != "spin":
             named = _REMOTE_BACKENDS[table].get(backend) if isinstance(backend, str) else None
             raise RuntimeConfigError(
@@ -222,6 +230,22 @@ def _parse_state_files(raw: Any, table: str, path: Path, root_dir: Path) -> dict
             raise RuntimeConfigError(f"{where}: path {db_path!r} is a directory; name the SQLite file")
         specs[label] = StateFileSpec(label, resolved)
     return specs
+
+
+def _redis_store(label: str, spec: dict[str, Any], where: str) -> StateFileSpec:
+    """``type = "redis"`` with its ``url`` (Spin's ``key-value-redis`` runtime config takes nothing else)."""
+    unknown = sorted(set(spec) - {"type", "url"})
+    if unknown:
+        raise RuntimeConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for type \"redis\" "
+                                 "(it takes url)")
+    url = spec.get("url")
+    if not isinstance(url, str) or not url:
+        raise RuntimeConfigError(f"{where}: type = \"redis\" needs `url`, e.g. url = \"redis://host:6379\"")
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise RuntimeConfigError(f"{where}: url {masked(url)!r}: {exc}") from None
+    return StateFileSpec(label, redis_url=url)
 
 
 def _parse_variables_providers(

@@ -66,8 +66,10 @@ class SpinServices:
             runtime_config = load_runtime_config(image_root if image_root is not None else work_dir)
         variables = VariableResolver.from_manifest(manifest, env, runtime_config.variables_providers)
         variables.check_required()
+        stores = runtime_config.key_value_stores
         key_value = KeyValueStores.for_app(
-            work_dir, {label: spec.db_path for label, spec in runtime_config.key_value_stores.items()},
+            work_dir, {label: spec.db_path for label, spec in stores.items() if spec.redis_url is None},
+            redis_urls={label: spec.redis_url for label, spec in stores.items() if spec.redis_url is not None},
             private_dir=private_dir,
         )
         sqlite = SqliteDatabases.for_app(

@@ -111,7 +111,7 @@ def test_load_reads_the_file_at_the_image_root(tmp_path: Path):
     assert set(config.key_value_stores) == {"cache"}
 
 
-@pytest.mark.parametrize("store_type", ["redis", "azure_cosmos", "aws_dynamo"])
+@pytest.mark.parametrize("store_type", ["azure_cosmos", "aws_dynamo"])
 def test_other_store_types_are_not_supported_by_this_shim(tmp_path: Path, store_type: str):
     message = rejected(f'[key_value_store.cache]\ntype = "{store_type}"\nurl = "redis://x"\n', tmp_path)
     assert f"[key_value_store.cache]: type = '{store_type}' (" in message
@@ -331,10 +331,21 @@ def test_spin_operator_render_is_accepted(tmp_path: Path):
     assert dict(config.key_value_stores) == {}
 
 
-def test_spin_operator_render_with_a_redis_store_is_refused_for_the_store_only(tmp_path: Path):
-    message = rejected(SPIN_OPERATOR_RENDER_WITH_REDIS, tmp_path)
-    assert "[key_value_store.default]: type = 'redis' (Redis) is not supported by this shim" in message
-    assert "provider" not in message
+def test_spin_operator_render_with_a_redis_store_is_accepted(tmp_path: Path):
+    (tmp_path / "runtime-config.toml").write_text(SPIN_OPERATOR_RENDER_WITH_REDIS)
+    config = load_runtime_config(tmp_path)
+    assert dict(config.key_value_stores) == {"default": StateFileSpec("default", redis_url="redis://localhost:9000")}
+
+
+@pytest.mark.parametrize(("table", "reason"), [
+    ('type = "redis"\n', "needs `url`"),
+    ('type = "redis"\nurl = "http://x"\n', "not a redis:// or rediss:// URL"),
+    ('type = "redis"\nurl = "redis://u:hunter2@h:99999"\n', "redis://u:***@h:99999"),
+    ('type = "redis"\nurl = "redis://h"\npath = "x"\n', "unknown key(s) 'path' for type \"redis\""),
+])
+def test_a_redis_store_needs_a_redis_url_and_never_shows_its_password(tmp_path: Path, table: str, reason: str):
+    message = rejected(f"[key_value_store.cache]\n{table}", tmp_path)
+    assert reason in message and "hunter2" not in message
 
 
 # ---------------------------------------------------------------------------------------------------- SpinServices
@@ -410,9 +421,33 @@ def test_store_label_from_runtime_config(tmp_path: Path):
 
 
 def test_unsupported_runtime_config_fails_the_load(tmp_path: Path):
-    (tmp_path / "runtime-config.toml").write_text('[key_value_store.default]\ntype = "redis"\nurl = "redis://x"\n')
+    (tmp_path / "runtime-config.toml").write_text('[key_value_store.default]\ntype = "aws_dynamo"\nregion = "x"\n')
     with pytest.raises(RuntimeConfigError, match="not supported by this shim"):
         build(tmp_path)
+
+
+def test_a_redis_default_store_needs_no_file_and_serves_from_the_server(tmp_path: Path):
+    from tests.redis_support import running_redis
+
+    with running_redis(tmp_path / "redis") as port:
+        (tmp_path / "runtime-config.toml").write_text(
+            f'[key_value_store.default]\ntype = "redis"\nurl = "redis://127.0.0.1:{port}/2"\n')
+        services = build(tmp_path)
+        assert not (tmp_path / ".spin" / "sqlite_key_value.db").exists()
+        store = services.open_store("py-spin", "default")
+        store.set("k", b"v")
+        assert store.get("k") == b"v" and store.exists("k") and store.get_keys() == ["k"]
+        assert store.increment("n", 5) == 5 and store.get("n") == b"5"
+        assert store.get_many(["k", "gone"]) == [("k", b"v"), ("gone", None)]
+        store.set_many([("a", b"1"), ("b", b"2")])
+        store.delete_many(["a"])
+        assert store.compare_and_swap("b", b"2", b"3") and not store.compare_and_swap("b", b"2", b"4")
+        assert store.get("b") == b"3"
+        store.delete("k")
+        assert store.get("k") is None
+    with pytest.raises(KeyValueError) as info:  # the server is gone now
+        store.get("k")
+    assert info.value.kind == "other" and f"redis://127.0.0.1:{port}/2" in info.value.message
 
 
 def test_bad_outbound_entry_fails_the_load(tmp_path: Path):
