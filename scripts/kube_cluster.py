@@ -250,8 +250,7 @@ class KubeCluster:
         for crd in sorted((dist / "crds").glob("*.yaml")):
             # Server-side: the SpinApp CRD is too big for client-side apply's last-applied annotation.
             self.kubectl("apply", "--server-side", "-f", str(crd))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/spinapps.core.spinkube.dev", "crd/spinappexecutors.core.spinkube.dev")
+        self._wait_established(["spinapps.core.spinkube.dev", "spinappexecutors.core.spinkube.dev"])
         self._state["ports"]["spin-operator-probes"] = probes = free_port()
         self._spawn("spin-operator", [
             str(dist / "spin-operator"), "--kubeconfig", str(self.kubeconfig), "--leader-elect=false",
@@ -423,6 +422,20 @@ class KubeCluster:
                 raise KubeClusterError(f"{name} not ready after {timeout:.0f} s; "
                                        f"{self.log_path(name)}:\n{_tail(self.log_path(name))}")
             time.sleep(0.5)
+
+    def _wait_established(self, crds: list[str], timeout: float = 60.0) -> None:
+        """Polls rather than `kubectl wait --for=condition=Established`: that fails at once, instead of waiting,
+        while a just-created CRD has no status.conditions yet (seen in CI)."""
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            pending = [crd for crd in pending if self.kubectl(
+                "get", "crd", crd, "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                check=False).stdout.strip() != "True"]
+            if pending and time.monotonic() > deadline:
+                raise KubeClusterError(f"CRDs not Established after {timeout:.0f} s: {', '.join(pending)}")
+            if pending:
+                time.sleep(0.5)
 
     def _node_ready(self) -> bool:
         result = self.kubectl("get", "node", self.node_name, "-o",
