@@ -135,6 +135,7 @@ def image_config(
     env: Sequence[str] | None,
     labels: Mapping[str, str] | None,
     workdir: str | None,
+    user: str | None = None,
 ) -> dict[str, object]:
     """The OCI image config. A Linux image without an explicit env gets the usual PATH, as docker build gives."""
     if env is None:
@@ -148,6 +149,8 @@ def image_config(
         runtime_config["Labels"] = dict(labels)
     if workdir:
         runtime_config["WorkingDir"] = workdir
+    if user:
+        runtime_config["User"] = user
     return {
         "architecture": arch,
         "os": os_,
@@ -200,6 +203,7 @@ def build_image_tar(
     env: Sequence[str] | None = None,
     labels: Mapping[str, str] | None = None,
     workdir: str | None = None,
+    user: str | None = None,
 ) -> str:
     """Write an OCI image-layout tar of `rootfs` named `ref` to `out`; return the manifest digest.
 
@@ -216,7 +220,7 @@ def build_image_tar(
         config = _canonical_json(
             image_config(
                 os_=os_, arch=arch, diff_id=diff_id, entrypoint=entrypoint, cmd=cmd, env=env, labels=labels,
-                workdir=workdir,
+                workdir=workdir, user=user,
             )
         )
         manifest = _canonical_json(
