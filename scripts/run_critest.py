@@ -77,14 +77,15 @@ class StandIn:
     predefined_group: bool = False
 
 
-def httpd(port: int, log_line: str | None = None) -> tuple[str, ...]:
-    serve = f"exec httpd -f -p {port} -h /www"
-    return ("sh", "-c", f"echo {log_line}; {serve}") if log_line else ("sh", "-c", serve)
+def httpd(port: int, log_line: str | None = None, pid_file: str | None = None) -> tuple[str, ...]:
+    """busybox httpd as the image's server; `pid_file` as nginx writes it (the NamespaceOption specs read it)."""
+    steps = ([f"echo {log_line}"] if log_line else []) + ([f"echo $$ > {pid_file}"] if pid_file else [])
+    return ("sh", "-c", "; ".join([*steps, f"exec httpd -f -p {port} -h /www"]))
 
 
 STAND_INS = (
     StandIn("e2e-test-images/busybox:1.29-2"),
-    StandIn("e2e-test-images/nginx:1.14-2", cmd=httpd(80)),
+    StandIn("e2e-test-images/nginx:1.14-2", cmd=httpd(80, pid_file="/var/run/nginx.pid")),
     # multi_container_linux.go waits for "httpd" in the container's log, which Apache prints at start.
     StandIn("e2e-test-images/httpd:2.4.39-4", cmd=httpd(80, "httpd")),
     StandIn("k8s-staging-cri-tools/hostnet-nginx-amd64:latest", cmd=httpd(12003)),
@@ -107,9 +108,20 @@ def applets() -> list[str]:
     return sorted(set(listed) - {"busybox"})
 
 
+def hardlink_applets(rootfs: Path) -> None:
+    """The busybox image's applets are hard links: the MaskedPaths spec masks /bin/ls, which through a symlink
+    would mask /bin/busybox and with it every command."""
+    busybox = rootfs / "bin" / "busybox"
+    for applet in (rootfs / "bin").iterdir():
+        if applet.is_symlink():
+            applet.unlink()
+            applet.hardlink_to(busybox)
+
+
 def build_stand_in(image: StandIn, ref: str, work: Path, names: list[str]) -> Path:
     directory = work / image.path.replace("/", "_").replace(":", "_")
-    rootfs = busybox_rootfs(directory / "rootfs", names, extra_dirs=["www", "var/www", "home"])
+    rootfs = busybox_rootfs(directory / "rootfs", names, extra_dirs=["www", "var/www", "var/run", "home"])
+    hardlink_applets(rootfs)
     (rootfs / "www" / "index.html").write_text("hello from a critest stand-in\n")
     passwd, group = PASSWD, GROUP
     if image.predefined_group:  # images/image-predefined-group: adduser -u 1000, addgroup -g 50000
