@@ -17,6 +17,12 @@ critest names by digest (test-image-digest@sha256:9700...): its tests fail for b
 
     .venv/bin/python scripts/run_critest.py [--handlers spin runc] [--version 2.1] [--focus REGEX] [--out DIR]
 
+What fails with both handlers on this machine, and why (none of it is the runtime's): the digest-pinned image;
+host-port mapping (the private containerd's CNI config has no portmap plugin); execSync with timeout (`pgrep`) and
+the HostIpc specs (`ipcs`), absent from Debian's busybox-static; ContainerPID/HostPID (they look for nginx's
+"master process"); MaskedPaths (this busybox's sh runs `ls` as an applet, so masking /bin/ls hides nothing);
+NoNewPrivs (its image is a purpose-built binary not stood in for).
+
 Prints, per handler, passed/failed/skipped counts, then every spec whose verdict differs between the handlers,
 then every spec that failed with both and the first line of why. JUnit reports and critest's output stay in --out.
 """
