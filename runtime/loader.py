@@ -30,7 +30,6 @@ from runtime.errors import AppError, AppNotFoundError, ManifestError, Unsupporte
 from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
-
     from runtime.files import StagedFiles
     from runtime.guest import ComponentCommand, CoreCommand, GuestSetup
     from runtime.http.trigger import HttpApp

@@ -428,14 +428,15 @@ class KubeCluster:
         while a just-created CRD has no status.conditions yet (seen in CI)."""
         deadline = time.monotonic() + timeout
         pending = list(crds)
-        while pending:
+        while True:
             pending = [crd for crd in pending if self.kubectl(
                 "get", "crd", crd, "-o", 'jsonpath={.status.conditions[?(@.type=="Established")].status}',
                 check=False).stdout.strip() != "True"]
-            if pending and time.monotonic() > deadline:
+            if not pending:
+                return
+            if time.monotonic() > deadline:
                 raise KubeClusterError(f"CRDs not Established after {timeout:.0f} s: {', '.join(pending)}")
-            if pending:
-                time.sleep(0.5)
+            time.sleep(0.5)
 
     def _node_ready(self) -> bool:
         result = self.kubectl("get", "node", self.node_name, "-o",

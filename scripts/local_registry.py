@@ -148,13 +148,23 @@ def trust_registry(ctrd, registry: Registry) -> Path:
     ``ctrd.certs_dir`` is the `config_path` of containerd's CRI registry config and of the 1.7+ transfer service;
     containerd reads `<config_path>/<host:port>/hosts.toml` at each pull, so no restart is needed.
     """
-    hosts_dir = Path(ctrd.certs_dir) / registry.host
+    return _write_hosts_toml(ctrd, registry.host, registry.url, registry, '"pull", "resolve", "push"')
+
+
+def mirror_to_registry(ctrd, upstream: str, registry: Registry) -> Path:
+    """Make ``ctrd`` resolve ``<upstream>/<path>`` at ``registry`` as ``<registry>/v2/<path>`` (a pull mirror, so
+    images pushed there under the upstream's repository paths are pulled by their upstream names)."""
+    return _write_hosts_toml(ctrd, upstream, f"https://{upstream}", registry, '"pull", "resolve"')
+
+
+def _write_hosts_toml(ctrd, host: str, server: str, registry: Registry, capabilities: str) -> Path:
+    hosts_dir = Path(ctrd.certs_dir) / host
     hosts_dir.mkdir(parents=True, exist_ok=True)
     hosts_toml = hosts_dir / "hosts.toml"
     hosts_toml.write_text(
-        f'server = "{registry.url}"\n'
+        f'server = "{server}"\n'
         "\n"
         f'[host."{registry.url}"]\n'
-        '  capabilities = ["pull", "resolve", "push"]\n'
+        f"  capabilities = [{capabilities}]\n"
     )
     return hosts_toml

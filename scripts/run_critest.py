@@ -44,13 +44,12 @@ REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO)]
 
 from busybox_image import BUSYBOX, busybox_rootfs  # noqa: E402
-from local_registry import Registry, trust_registry  # noqa: E402
+from kube_cluster import kube_bin_dir  # noqa: E402
+from local_registry import Registry, mirror_to_registry, trust_registry  # noqa: E402
 from mkoci import build_image_tar  # noqa: E402
 from private_containerd import SUPPORTED_VERSIONS, PrivateContainerd  # noqa: E402
 
 SHIM = Path(sys.executable).parent / "containerd-shim-spin-v2"
-KUBE_VERSION = "v1.34.4"  # scripts/build_kube.sh builds critest of cri-tools v1.34.0 beside kubelet
-CRITEST = Path("/var/cache/containerd-shim-spin-test/kube") / KUBE_VERSION / "bin" / "critest"
 IMAGE_NAMESPACE = "critest-images"  # where the stand-ins are imported before the push; not CRI's k8s.io
 CRITEST_TIMEOUT_S = 3600
 UPSTREAMS = ("registry.k8s.io", "gcr.io")  # where critest's images live (its framework and validate packages)
@@ -151,15 +150,6 @@ def push_stand_ins(ctrd: PrivateContainerd, registry: Registry, work: Path) -> N
     print(f"pushed {len(STAND_INS)} stand-in images to {registry.url}", flush=True)
 
 
-def mirror_upstreams(ctrd: PrivateContainerd, registry: Registry) -> None:
-    """containerd resolves `<upstream>/<path>` at the mirror as `<mirror>/v2/<path>`: the pushed stand-ins."""
-    for upstream in UPSTREAMS:
-        hosts_dir = Path(ctrd.certs_dir) / upstream
-        hosts_dir.mkdir(parents=True, exist_ok=True)
-        (hosts_dir / "hosts.toml").write_text(
-            f'server = "https://{upstream}"\n\n[host."{registry.url}"]\n  capabilities = ["pull", "resolve"]\n')
-
-
 @dataclass
 class Verdict:
     status: str  # passed, failed, skipped
@@ -183,12 +173,12 @@ def read_junit(report: Path) -> dict[str, Verdict]:
     return verdicts
 
 
-def run_critest(ctrd: PrivateContainerd, handler: str, out: Path,
+def run_critest(critest: Path, ctrd: PrivateContainerd, handler: str, out: Path,
                 focus: str | None) -> dict[str, Verdict]:
     report = out / f"junit-{handler}.xml"
     log = out / f"critest-{handler}.log"
     endpoint = f"unix://{ctrd.address}"
-    argv = [str(CRITEST), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}",
+    argv = [str(critest), f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}",
             f"--runtime-handler={handler}",
             f"--ginkgo.junit-report={report}", "--ginkgo.no-color", "--ginkgo.timeout=55m"]
     if focus:
@@ -241,9 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--focus", help="only the specs matching this regex (ginkgo.focus)")
     parser.add_argument("--out", type=Path, help="where the JUnit reports and logs go (default: a temp dir)")
     args = parser.parse_args(argv)
-    if not CRITEST.exists():
-        print(f"{CRITEST} missing: run scripts/build_kube.sh", file=sys.stderr)
-        return 2
+    critest = kube_bin_dir() / "critest"  # scripts/build_kube.sh builds it (cri-tools v1.34.0) if not cached
     out = (args.out or Path(tempfile.mkdtemp(prefix="critest-out-"))).absolute()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="critest-"))
@@ -260,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         ctrd.start()
         ctrd.import_pause_image()
         trust_registry(ctrd, registry)
-        mirror_upstreams(ctrd, registry)
+        for upstream in UPSTREAMS:
+            mirror_to_registry(ctrd, upstream, registry)
         print(f"containerd {ctrd.version_string}, critest of cri-tools v1.34.0", flush=True)
         push_stand_ins(ctrd, registry, work)
         for handler in args.handlers:
-            results[handler] = run_critest(ctrd, handler, out, args.focus)
+            results[handler] = run_critest(critest, ctrd, handler, out, args.focus)
         print_results(results)
         print(f"\nreports and logs: {out}")
     finally:

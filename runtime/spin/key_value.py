@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from runtime.errors import AppError
 from runtime.spin.key_value_errors import KeyValueError, KeyValueErrorKind
@@ -272,7 +272,7 @@ class KeyValueStores:
         self.redis_urls = dict(redis_urls or {})
         by_path: dict[Path, _Database] = {}
         self._databases = {label: by_path.setdefault(path, _Database(path)) for label, path in self.db_paths.items()}
-        self._redis: dict[str, Any] = {}
+        self._redis = {label: RedisBackend(url) for label, url in self.redis_urls.items()}  # no I/O until used
 
     @classmethod
     def for_app(cls, work_dir: Path, configured: Mapping[str, Path | None], *,
@@ -309,11 +309,8 @@ class KeyValueStores:
             raise KeyValueError(
                 "access-denied", f"the component may not open key-value store {label!r} (not in key_value_stores)"
             )
-        url = self.redis_urls.get(label)
-        if url is not None:
-            backend = self._redis.get(label)
-            if backend is None:
-                backend = self._redis[label] = RedisBackend(url)
+        backend = self._redis.get(label)
+        if backend is not None:
             return RedisStore(label, backend)
         database = self._databases.get(label)
         if database is None:

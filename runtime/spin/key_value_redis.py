@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
+
 from runtime.spin.key_value_errors import KeyValueError
 from runtime.spin.redis_url import masked
 

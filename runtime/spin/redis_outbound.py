@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from runtime.spin.redis_url import DEFAULT_PORT, parse_redis_url
-from runtime.spin.redis_url import masked as _shown
+from runtime.spin.redis_url import DEFAULT_PORT, masked, parse_redis_url
 
 if TYPE_CHECKING:
     from runtime.spin.outbound import OutboundPolicy
@@ -66,9 +65,9 @@ class RedisConnection:
                                                 socket_connect_timeout=timeout, decode_responses=False,
                                                 retry=Retry(NoBackoff(), 0))
         except ValueError as exc:
-            raise RedisError("invalid-address", f"{_shown(address)}: {exc}") from None
+            raise RedisError("invalid-address", f"{masked(address)}: {exc}") from None
         except redis.exceptions.RedisError as exc:
-            raise RedisError("other", f"{_shown(address)}: {exc}") from None
+            raise RedisError("other", f"{masked(address)}: {exc}") from None
         self._client.response_callbacks.clear()  # replies as the server sent them, for every command
 
     def execute(self, command: str, arguments: Sequence[RedisParameter]) -> list[RedisReply]:
@@ -111,7 +110,7 @@ class RedisConnection:
         except self._errors.ResponseError as exc:
             raise RedisError("other", f"{command}: {exc}") from None
         except (self._errors.ConnectionError, self._errors.TimeoutError) as exc:
-            raise RedisError("other", f"{_shown(self.address)}: {exc}") from None
+            raise RedisError("other", f"{masked(self.address)}: {exc}") from None
         except self._errors.RedisError as exc:
             raise RedisError("other", f"{command}: {exc}") from None
 
@@ -121,11 +120,11 @@ def check_address(address: str, policy: OutboundPolicy) -> None:
     try:
         parts = parse_redis_url(address)
     except ValueError as exc:
-        raise RedisError("invalid-address", f"{_shown(address)}: {exc}") from None
+        raise RedisError("invalid-address", f"{masked(address)}: {exc}") from None
     if not policy.allows(address, default_scheme=parts.scheme):
         raise RedisError(
             "invalid-address",
-            f"{_shown(address)} is not allowed by the component's allowed_outbound_hosts "
+            f"{masked(address)} is not allowed by the component's allowed_outbound_hosts "
             f"(add \"{parts.scheme}://{parts.hostname}:{parts.port or DEFAULT_PORT}\")",
         )
 

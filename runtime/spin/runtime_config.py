@@ -51,8 +51,8 @@ from typing import Any
 
 from runtime.capped_read import CappedReadError, read_capped
 from runtime.errors import AppError
-from runtime.spin.redis_url import masked, parse_redis_url
 from runtime.paths import PathEscapeError, resolve_in_root
+from runtime.spin.redis_url import masked, parse_redis_url
 
 log = logging.getLogger(__name__)
 
