@@ -32,8 +32,11 @@ ln -s "$REPO_ROOT/.venv/bin/containerd-shim-spin-v2" "$WORK/shim-bin/containerd-
 stop() {
     if [[ $KEEP -eq 0 ]]; then
         "$PY" "$REPO_ROOT/scripts/private_containerd.py" stop --workdir "$WORK/containerd" >/dev/null
+        # The shim's first start leaves a warm fork server for the node's next pod; the demo stops the one it made.
+        "$PY" "$REPO_ROOT/scripts/fork_servers.py" stop-new "$WORK/fork-servers-before"
     fi
 }
+"$PY" "$REPO_ROOT/scripts/fork_servers.py" list > "$WORK/fork-servers-before"
 SPIN_SHIM_CACHE_DIR="$WORK/cache" "$PY" "$REPO_ROOT/scripts/private_containerd.py" start \
     --version "$VERSION" --workdir "$WORK/containerd" --shim-dir "$WORK/shim-bin" > "$WORK/env.sh"
 trap stop EXIT

@@ -44,10 +44,13 @@ REPO = SCRIPTS.parent
 sys.path[:0] = [str(SCRIPTS), str(REPO)]
 
 from busybox_image import BUSYBOX, busybox_rootfs  # noqa: E402
+from fork_servers import new_fork_servers_stopped  # noqa: E402
 from kube_cluster import kube_bin_dir  # noqa: E402
 from local_registry import Registry, mirror_to_registry, trust_registry  # noqa: E402
 from mkoci import build_image_tar  # noqa: E402
 from private_containerd import SUPPORTED_VERSIONS, PrivateContainerd  # noqa: E402
+
+from shim.forkserver.build_key import build_key  # noqa: E402
 
 SHIM = Path(sys.executable).parent / "containerd-shim-spin-v2"
 IMAGE_NAMESPACE = "critest-images"  # where the stand-ins are imported before the push; not CRI's k8s.io
@@ -242,25 +245,27 @@ def main(argv: list[str] | None = None) -> int:
     ctrd = PrivateContainerd(args.version, work / "containerd", shim_dir,
                              extra_env={"SPIN_SHIM_CACHE_DIR": str(work / "shim-cache")})
     results: dict[str, dict[str, Verdict]] = {}
-    try:
-        registry.start()
-        ctrd.enable_cni()
-        ctrd.start()
-        ctrd.import_pause_image()
-        trust_registry(ctrd, registry)
-        for upstream in UPSTREAMS:
-            mirror_to_registry(ctrd, upstream, registry)
-        print(f"containerd {ctrd.version_string}, critest of cri-tools v1.34.0", flush=True)
-        push_stand_ins(ctrd, registry, work)
-        for handler in args.handlers:
-            results[handler] = run_critest(critest, ctrd, handler, out, args.focus)
-        print_results(results)
-        print(f"\nreports and logs: {out}")
-    finally:
-        with contextlib.suppress(Exception):
-            ctrd.stop()
-        registry.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    # The spin handler's first start leaves this build's fork server behind; the run stops what it started.
+    with new_fork_servers_stopped(build_key()):
+        try:
+            registry.start()
+            ctrd.enable_cni()
+            ctrd.start()
+            ctrd.import_pause_image()
+            trust_registry(ctrd, registry)
+            for upstream in UPSTREAMS:
+                mirror_to_registry(ctrd, upstream, registry)
+            print(f"containerd {ctrd.version_string}, critest of cri-tools v1.34.0", flush=True)
+            push_stand_ins(ctrd, registry, work)
+            for handler in args.handlers:
+                results[handler] = run_critest(critest, ctrd, handler, out, args.focus)
+            print_results(results)
+            print(f"\nreports and logs: {out}")
+        finally:
+            with contextlib.suppress(Exception):
+                ctrd.stop()
+            registry.stop()
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

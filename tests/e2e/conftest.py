@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from mkoci import build_image_tar  # noqa: E402
 from private_containerd import PrivateContainerd, bin_dir_for  # noqa: E402
 
-from tests.e2e.support import SHIM_NAME, DeviceNode, Symlink, fork_server_pids, wait_until  # noqa: E402
+from fork_servers import new_fork_servers_stopped  # noqa: E402
+from tests.e2e.support import SHIM_NAME, DeviceNode, Symlink  # noqa: E402
 
 GUESTS = REPO / "tests" / "guests"
 GUEST_BUILD = GUESTS / "build"
@@ -48,18 +49,10 @@ def _guest_index() -> dict:
 def fork_server_stopped_at_the_end() -> Iterator[None]:
     """This build's fork server (shim/forkserver), spawned by the first `start` of the run, outlives every
     containerd by design: stopped by pid when the session ends, unless it ran before the session did."""
-    import signal
-
     from shim.forkserver.build_key import build_key
 
-    key = build_key()
-    before = set(fork_server_pids(key))
-    yield
-    started = set(fork_server_pids(key)) - before
-    for pid in started:
-        os.kill(pid, signal.SIGTERM)
-    assert wait_until(lambda: not started & set(fork_server_pids(key)), timeout=10), \
-        f"fork servers did not stop: {started & set(fork_server_pids(key))}"
+    with new_fork_servers_stopped(build_key()):
+        yield
 
 
 @pytest.fixture(scope="session")

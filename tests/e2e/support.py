@@ -48,20 +48,6 @@ def shim_processes(daemon) -> list[int]:
     return pids
 
 
-def fork_server_pids(key: str) -> list[int]:
-    """Live fork servers (shim/forkserver) of the build with this key, by their command line."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmdline[1:3] == [b"fork-server", key.encode()]:
-                pids.append(int(entry))
-    return pids
-
-
 def task_cgroups(task_id: str, namespace: str = "default") -> list[Path]:
     return [p for p in Path("/sys/fs/cgroup").glob(f"*/{namespace}/{task_id}") if p.exists()]
 

@@ -20,7 +20,8 @@ import pytest
 from shim.forkserver import build_key, protocol
 from tests.e2e.conftest import Images, running_containerd
 from tests.e2e.http_support import HttpTask
-from tests.e2e.support import assert_no_leaks, fork_server_pids, shim_processes, task_cgroups, wait_until
+from fork_servers import fork_server_pids  # scripts/ is on sys.path (conftest)
+from tests.e2e.support import assert_no_leaks, shim_processes, task_cgroups, wait_until
 
 pytestmark = pytest.mark.e2e
 
