@@ -3,7 +3,8 @@
 The data layout is Spin's own (spin crates/key-value-spin): one table ``spin_key_value(store, key, value)`` with
 ``(store, key)`` as primary key, so a database written by ``spin up`` reads here and the other way round. The
 ``default`` store lives in ``<work_dir>/.spin/sqlite_key_value.db`` (the task's rootfs, so it outlives a restart
-of the task on the same container); other labels come from runtime-config.toml.
+of the task on the same container); other labels come from runtime-config.toml, a ``type = "spin"`` label
+without ``path`` being an in-memory store (runtime.spin.state_files).
 
 Concurrency: several worker processes (and several guest threads in each) use one file. Hence WAL journaling
 (readers never block the writer), a busy timeout instead of immediate SQLITE_BUSY, one-statement autocommit
@@ -30,7 +31,7 @@ from typing import TypeVar
 from runtime.errors import AppError
 from runtime.spin.key_value_errors import KeyValueError, KeyValueErrorKind
 from runtime.spin.key_value_redis import RedisBackend, RedisStore
-from runtime.spin.state_files import refuse_private_paths
+from runtime.spin.state_files import memory_file, refuse_private_paths, reset_memory_file
 
 __all__ = ["KeyValueError", "KeyValueErrorKind", "KeyValueSetupError", "KeyValueStores", "Store"]
 
@@ -265,9 +266,12 @@ class KeyValueStores:
     """An app's key-value stores: label -> SQLite file, or a Redis server (runtime.spin.key_value_redis). One per
     app per process; cheap until a store is used."""
 
-    def __init__(self, db_paths: Mapping[str, Path], redis_urls: Mapping[str, str] | None = None) -> None:
+    def __init__(self, db_paths: Mapping[str, Path], redis_urls: Mapping[str, str] | None = None,
+                 in_memory: Collection[str] = ()) -> None:
         #: label -> file. Several labels may share a file (rows are keyed by label).
         self.db_paths = dict(db_paths)
+        #: Labels kept "in memory" (a file of their own, emptied by prepare).
+        self.in_memory = frozenset(in_memory)
         #: label -> Redis URL (labels here are not in db_paths).
         self.redis_urls = dict(redis_urls or {})
         by_path: dict[Path, _Database] = {}
@@ -277,15 +281,20 @@ class KeyValueStores:
     @classmethod
     def for_app(cls, work_dir: Path, configured: Mapping[str, Path | None], *,
                 redis_urls: Mapping[str, str] | None = None, private_dir: Path | None = None) -> KeyValueStores:
-        """``default`` in ``<work_dir>/.spin/sqlite_key_value.db`` plus the runtime config's labels (None = that
-        same default file; ``redis_urls``: labels on a Redis server, ``default`` too if it is one of them). A store
-        whose file resolves into ``private_dir`` is refused (KeyValueSetupError)."""
-        default_path = work_dir / DEFAULT_DB_RELATIVE_PATH
+        """``default`` in ``<work_dir>/.spin/sqlite_key_value.db`` plus the runtime config's labels (None = an
+        in-memory store, as in Spin: runtime.spin.state_files; ``redis_urls``: labels on a Redis server,
+        ``default`` too if it is one of them). A store whose file resolves into ``private_dir`` is refused
+        (KeyValueSetupError)."""
         redis_urls = dict(redis_urls or {})
-        paths = {} if DEFAULT_STORE_LABEL in redis_urls else {DEFAULT_STORE_LABEL: default_path}
-        paths.update({label: path if path is not None else default_path for label, path in configured.items()})
+        paths = {} if DEFAULT_STORE_LABEL in redis_urls else {DEFAULT_STORE_LABEL: work_dir / DEFAULT_DB_RELATIVE_PATH}
+        in_memory = set()
+        for label, path in configured.items():
+            if path is None:
+                path = memory_file(work_dir, "key_value", label)
+                in_memory.add(label)
+            paths[label] = path
         refuse_private_paths(paths, private_dir, "key-value store", KeyValueSetupError)
-        return cls(paths, redis_urls)
+        return cls(paths, redis_urls, in_memory)
 
     @property
     def labels(self) -> frozenset[str]:
@@ -297,6 +306,8 @@ class KeyValueStores:
         for label in sorted(set(labels) & frozenset(self.db_paths)):
             database = self._databases[label]
             try:
+                if label in self.in_memory:
+                    reset_memory_file(database.path)
                 database.prepare()
             except (OSError, sqlite3.Error) as exc:
                 raise KeyValueSetupError(

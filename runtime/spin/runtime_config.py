@@ -13,11 +13,10 @@ Backed tables:
   directory, as in Spin (``crates/key-value-spin``: ``resolve_relative_path``); an absolute path is absolute in
   the container, i.e. inside the container's root, and may be on a volume mounted there (``/data/kv.db``):
   resolving walks names, not mounts, so a mount point on the way is just a directory. Without ``path`` a
-  ``spin`` store shares the default store's file (Spin would keep such a store in memory; several worker
-  processes serve an app here, and a per-process memory store would give each its own data).
+  ``spin`` store is in memory, as in Spin: empty at each start of the task, shared by its worker processes
+  (runtime.spin.state_files says how).
 * ``[sqlite_database.<label>]`` with ``type = "spin"``: the same keys and path rules (Spin's
-  ``crates/factor-sqlite`` runtime config); without ``path`` the database gets a file of its own in the task's
-  state instead of Spin's in-memory one, for the same reason (runtime.spin.sqlite).
+  ``crates/factor-sqlite`` runtime config); without ``path`` the database is in memory the same way.
 * ``[key_value_store.<label>]`` with ``type = "redis"`` and ``url`` (``redis://`` / ``rediss://``): a store on
   that Redis server (runtime.spin.key_value_redis), as spin-operator renders ``keyValueStores`` of type redis.
 * ``[[variables_provider]]`` (Spin's current name) or ``[[config_provider]]`` (the older one, which spin-operator

@@ -19,7 +19,6 @@ holding more than one statement is refused, as rusqlite's ``prepare`` refuses it
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from runtime.errors import AppError
-from runtime.spin.state_files import refuse_private_paths
+from runtime.spin.state_files import memory_file, refuse_private_paths, reset_memory_file
 
 #: The case names of ``fermyon:spin/sqlite@2.0.0``'s ``error`` variant (``spin:sqlite@3.0.0``'s are the same).
 SqliteErrorKind = Literal["no-such-database", "access-denied", "invalid-connection", "database-full", "io"]
@@ -110,22 +109,26 @@ class Connection:
 class SqliteDatabases:
     """An app's databases: label -> SQLite file. Holds no connection itself; safe to inherit through fork."""
 
-    def __init__(self, db_paths: Mapping[str, Path]) -> None:
+    def __init__(self, db_paths: Mapping[str, Path], in_memory: Collection[str] = ()) -> None:
         self.db_paths = dict(db_paths)
+        #: Labels kept "in memory" (emptied by prepare).
+        self.in_memory = frozenset(in_memory)
 
     @classmethod
     def for_app(cls, work_dir: Path, configured: Mapping[str, Path | None], *,
                 private_dir: Path | None = None) -> SqliteDatabases:
         """``default`` in ``<work_dir>/.spin/sqlite_db.db`` plus the runtime config's labels. A label configured
-        without ``path`` gets a file of its own beside the default one: Spin keeps such a database in memory, but
-        several worker processes serve an app here, and a per-process memory database would give each its own
-        data. A database whose file resolves into ``private_dir`` is refused (SqliteSetupError)."""
-        default_path = work_dir / DEFAULT_DB_RELATIVE_PATH
-        paths = {DEFAULT_DATABASE_LABEL: default_path}
+        without ``path`` is an in-memory database, as in Spin (runtime.spin.state_files: emptied at each load,
+        shared by the workers). A database whose file resolves into ``private_dir`` is refused (SqliteSetupError)."""
+        paths = {DEFAULT_DATABASE_LABEL: work_dir / DEFAULT_DB_RELATIVE_PATH}
+        in_memory = set()
         for label, path in configured.items():
-            paths[label] = path if path is not None else default_path.with_name(f"sqlite_db.{_file_safe(label)}.db")
+            if path is None:
+                path = memory_file(work_dir, "sqlite_db", label)
+                in_memory.add(label)
+            paths[label] = path
         refuse_private_paths(paths, private_dir, "sqlite database", SqliteSetupError)
-        return cls(paths)
+        return cls(paths, in_memory)
 
     @property
     def labels(self) -> frozenset[str]:
@@ -136,6 +139,8 @@ class SqliteDatabases:
         for label in sorted(set(labels) & self.labels):
             path = self.db_paths[label]
             try:
+                if label in self.in_memory:
+                    reset_memory_file(path)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
                 try:
@@ -157,12 +162,3 @@ class SqliteDatabases:
         if path is None:
             raise SqliteError("no-such-database", f"no sqlite database {label!r} is configured")
         return Connection(label, path)
-
-
-def _file_safe(label: str) -> str:
-    """A label as part of a file name. Labels are Spin identifiers, but the config is not trusted to say so: any
-    other character is replaced, and a hash of the label keeps two such labels from sharing a file."""
-    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in label)[:64]
-    if safe == label:
-        return label
-    return f"{safe}-{hashlib.sha256(label.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"

@@ -50,13 +50,30 @@ def test_set_get_delete_exists_get_keys(stores: KeyValueStores):
 
 
 def test_labels_are_separate_even_in_one_file(tmp_path: Path):
-    kv = KeyValueStores.for_app(tmp_path, {"other": None})
+    shared = tmp_path / "shared.db"
+    kv = KeyValueStores.for_app(tmp_path, {"default": shared, "other": shared})
     kv.prepare(["default", "other"])
-    assert kv.db_paths["other"] == kv.db_paths["default"]
+    assert kv.db_paths["other"] == kv.db_paths["default"] == shared
     kv.open("default", ["default", "other"]).set("k", b"d")
     kv.open("other", ["default", "other"]).set("k", b"o")
     assert kv.open("default", ["default"]).get("k") == b"d"
     assert kv.open("other", ["other"]).get("k") == b"o"
+
+
+def test_a_store_without_path_is_in_memory_emptied_at_each_load_shared_within_one(tmp_path: Path):
+    """Spin keeps a path-less ``spin`` store in memory: gone at the next start, while the default store keeps
+    its data. Within one load the store is one file, so every worker forked after it sees the same data."""
+    first = KeyValueStores.for_app(tmp_path, {"cache": None})
+    first.prepare(["default", "cache"])
+    assert first.db_paths["cache"] == tmp_path / ".spin" / "memory" / "key_value.cache.db"
+    first.open("default", ["default"]).set("k", b"kept")
+    first.open("cache", ["cache"]).set("k", b"in memory")
+    assert KeyValueStores(first.db_paths).open("cache", ["cache"]).get("k") == b"in memory"
+
+    again = KeyValueStores.for_app(tmp_path, {"cache": None})
+    again.prepare(["default", "cache"])
+    assert again.open("default", ["default"]).get("k") == b"kept"
+    assert again.open("cache", ["cache"]).get("k") is None
 
 
 def test_label_not_in_key_value_stores_is_access_denied(stores: KeyValueStores):

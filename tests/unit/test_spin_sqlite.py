@@ -29,7 +29,7 @@ def error_of(call) -> SqliteError:
 def test_default_database_lives_under_dot_spin_and_each_label_has_its_own_file(tmp_path: Path,
                                                                               databases: SqliteDatabases):
     assert databases.db_paths["default"] == tmp_path / DEFAULT_DB_RELATIVE_PATH == tmp_path / ".spin/sqlite_db.db"
-    assert databases.db_paths["scratch"] == tmp_path / ".spin" / "sqlite_db.scratch.db"
+    assert databases.db_paths["scratch"] == tmp_path / ".spin" / "memory" / "sqlite_db.scratch.db"
     assert all(path.is_file() for path in databases.db_paths.values())
     connection = databases.open("default", ["default"])
     connection.execute("CREATE TABLE t (x)", [])
@@ -40,7 +40,23 @@ def test_default_database_lives_under_dot_spin_and_each_label_has_its_own_file(t
 def test_labels_that_are_not_file_names_cannot_share_a_file(tmp_path: Path):
     dbs = SqliteDatabases.for_app(tmp_path, {"a/b": None, "a_b": None, "../up": None})
     paths = [dbs.db_paths[label] for label in ("a/b", "a_b", "../up")]
-    assert len(set(paths)) == 3 and all(path.parent == tmp_path / ".spin" for path in paths)
+    assert len(set(paths)) == 3 and all(path.parent == tmp_path / ".spin" / "memory" for path in paths)
+
+
+def test_a_database_without_path_is_in_memory_emptied_at_each_load_shared_within_one(tmp_path: Path):
+    """Spin keeps a path-less database in memory: its data is gone at the next start. Within one load, every
+    connection (every worker process after fork) sees the same data; the default database keeps its data."""
+    first = SqliteDatabases.for_app(tmp_path, {"scratch": None})
+    first.prepare(["default", "scratch"])
+    for label in ("default", "scratch"):
+        first.open(label, [label]).execute("CREATE TABLE t (x)", [])
+        first.open(label, [label]).execute("INSERT INTO t VALUES (?)", [label])
+    assert first.open("scratch", ["scratch"]).execute("SELECT x FROM t", []).rows == [["scratch"]]
+
+    again = SqliteDatabases.for_app(tmp_path, {"scratch": None})
+    again.prepare(["default", "scratch"])
+    assert again.open("default", ["default"]).execute("SELECT x FROM t", []).rows == [["default"]]
+    assert again.open("scratch", ["scratch"]).execute("SELECT name FROM sqlite_master", []).rows == []
 
 
 def test_access_rules_are_spins(databases: SqliteDatabases):
