@@ -7,6 +7,8 @@ version skew (componentize-py 0.25 imports wasi@0.2.9, StarlingMonkey wasi@0.2.1
 
 Apps (sources in tests/apps/src/<app>/, routes in tests/apps/README.md):
   py-spin   Spin Python SDK 3.4.1 + componentize-py 0.17.2, world spin-http (incoming-handler@0.2.0, Spin APIs)
+  py-spin5  Spin Python SDK 5.0.0 + componentize-py 0.25.1, its p2 world spin:up/http-trigger@3.4.0
+  py-spin5-p3  the same SDK's default world spin:up/http-trigger@4.1.0 (WASIp3: the shim refuses it at Create)
   py-proxy  componentize-py 0.25.1, plain wasi:http/proxy@0.2.0 (no Spin imports)
   js-echo   @spinframework/build-tools 1.0.7 `j2w` (StarlingMonkey), incoming-handler@0.2.3
   multi     five components on js-echo's wasm, for route matching (no build of its own)
@@ -91,6 +93,7 @@ class Toolchain:
 
 TOOLCHAINS: dict[str, Toolchain] = {
     "spin-py": Toolchain("spin-py", ("spin-py.txt",)),
+    "spin5-py": Toolchain("spin5-py", ("spin5-py.txt",)),
     "proxy-py": Toolchain("proxy-py", ("proxy-py.txt",)),
     "js": Toolchain("js", ("js/package.json", "js/package-lock.json")),
     "wasm-tools": Toolchain("wasm-tools", ("wasm-tools.txt",)),
@@ -124,6 +127,11 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("js-echo", ("js",), ("node", "{js}/node_modules/@spinframework/build-tools/dist/index.js",
                                 "-i", "app.js", "-o", "app.wasm")),
     Recipe("multi", (), reuses="js-echo"),
+    # spin-sdk 5's default world (README: `-w spin:up/http-trigger@4.1.0`) is WASIp3; its p2 world is 3.4.0.
+    Recipe("py-spin5", ("spin5-py",), ("{spin5-py}/bin/componentize-py", "-w", "spin:up/http-trigger@3.4.0",
+                                       "componentize", "app", "-o", "app.wasm"), venv="spin5-py"),
+    Recipe("py-spin5-p3", ("spin5-py",), ("{spin5-py}/bin/componentize-py", "-w", "spin:up/http-trigger@4.1.0",
+                                          "componentize", "app", "-o", "app.wasm"), venv="spin5-py"),
 )
 
 
@@ -446,7 +454,8 @@ def _serve_and_check(wasmtime: str, wasm: Path, requests: list[tuple[str, str, b
 
 
 def smoke(out_dir: Path = BUILD_DIR) -> int:
-    """Serve js-echo and py-proxy with the reference `wasmtime serve`; check py-spin's export. 0 when all pass."""
+    """Serve js-echo and py-proxy with the reference `wasmtime serve`; check the Spin SDK apps' exports. 0 when all
+    pass."""
     index = json.loads((out_dir / INDEX_NAME).read_text())["apps"]
     try:
         wasmtime = (TOOLCHAINS["wasmtime-cli"].require() / "WASMTIME").read_text().strip()
@@ -460,10 +469,15 @@ def smoke(out_dir: Path = BUILD_DIR) -> int:
         verdict = "ok" if not failures else "FAILED: " + "; ".join(failures)
         log(f"smoke {app} under wasmtime serve: {len(requests)} requests {verdict} ({time.monotonic() - started:.1f} s)")
         failed |= bool(failures)
-    exports = index["py-spin"]["exports"]
-    has_handler = "wasi:http/incoming-handler@0.2.0" in exports
-    log(f"smoke py-spin exports {exports}: {'ok' if has_handler else 'FAILED: no incoming-handler@0.2.0'}")
-    return 1 if failed or not has_handler else 0
+    # py-spin and py-spin5 import Spin APIs (no `wasmtime serve`), so only their export is checked; py-spin5-p3
+    # must stay WASIp3.
+    p2_handler = "wasi:http/incoming-handler@0.2.0"
+    for app, wanted in (("py-spin", p2_handler), ("py-spin5", p2_handler), ("py-spin5-p3", "wasi:http/handler@0.3.0")):
+        exports = index[app]["exports"]
+        has_handler = wanted in exports
+        log(f"smoke {app} exports {exports}: {'ok' if has_handler else f'FAILED: no {wanted}'}")
+        failed |= not has_handler
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@
 # Result under ${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}/toolchains/:
 #   spin-py/       venv: componentize-py 0.17.2 + spin-sdk 3.4.1 (the last SDK for wasi:http incoming-handler 0.2;
 #                  4.x/5.x build WASIp3 components: shared/reference/wasmtime-py-findings.md §2)
+#   spin5-py/      venv: componentize-py 0.25.1 + spin-sdk 5.0.0 (today's `pip install spin-sdk`). Its default world
+#                  spin:up/http-trigger@4.1.0 is WASIp3, which the shim refuses at Create; the py-spin5 app builds
+#                  the same SDK for its p2 world spin:up/http-trigger@3.4.0, py-spin5-p3 for the default one.
 #   proxy-py/      venv: componentize-py 0.25.1 only. It must not contain spin-sdk: componentize-py scans the
 #                  venv's site-packages for componentize-py.toml and the SDK's breaks the plain proxy world (§2).
 #   js/            npm: @spinframework/build-tools 1.0.7 (j2w), componentize-js 0.19.3, wasi-http-proxy 1.0.1
@@ -139,6 +142,7 @@ main() {
     install_apt_packages
     mkdir -p "$TOOLCHAINS"
     install_venv spin-py "$PINS_DIR/spin-py.txt"
+    install_venv spin5-py "$PINS_DIR/spin5-py.txt"
     install_venv proxy-py "$PINS_DIR/proxy-py.txt"
     if "$TOOLCHAINS/proxy-py/bin/python" -c 'import spin_sdk' 2>/dev/null; then
         die "proxy-py must not contain spin-sdk (it breaks the plain proxy-world build)"
