@@ -184,20 +184,30 @@ class _Budget:
 
 
 def _scan_top_level(file: BinaryIO) -> Wasip3Evidence:
+    """Each top-level section on its own: one the reader cannot follow (too big, unknown construct) is skipped,
+    so a nested component it cannot read never hides the import and export names that come after it."""
     evidence = Wasip3Evidence()
     if file.read(8) != _COMPONENT_HEADER:
         return evidence
     budget = _Budget()
     try:
         for section_id, size in _file_sections(file):
-            if section_id in (_SECTION_IMPORT, _SECTION_EXPORT, _SECTION_TYPE, _SECTION_COMPONENT):
-                budget.take(size)
-                payload = file.read(size)
-                if len(payload) != size:
-                    break
-                _section(section_id, _Reader(payload), evidence, depth=0, budget=budget)
-            else:
+            if section_id not in (_SECTION_IMPORT, _SECTION_EXPORT, _SECTION_TYPE, _SECTION_COMPONENT):
                 file.seek(size, os.SEEK_CUR)
+                continue
+            try:
+                budget.take(size)
+            except _Stop:
+                evidence.types_complete = False
+                file.seek(size, os.SEEK_CUR)
+                continue
+            payload = file.read(size)
+            if len(payload) != size:
+                raise _Stop("truncated section")
+            try:
+                _section(section_id, _Reader(payload), evidence, depth=0, budget=budget)
+            except _Stop:
+                evidence.types_complete = False
     except _Stop:
         evidence.types_complete = False
     return evidence

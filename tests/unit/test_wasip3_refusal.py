@@ -171,6 +171,14 @@ def test_nesting_past_the_limit_stops_the_scan_but_keeps_the_names():
     assert evidence.async_functions == 0 and not evidence.types_complete
 
 
+def test_an_unreadable_section_does_not_hide_the_names_after_it():
+    header = b"\0asm\x0d\x00\x01\x00"
+    unknown_type = b"\x07\x02\x01\x5a"  # one type of a form no draft has (0x5a)
+    names = _component('(component (import "wasi:cli/exit@0.3.0" (instance)))')[8:]
+    evidence = scan_bytes(header + unknown_type + names)
+    assert evidence.p3_imports == ["wasi:cli/exit@0.3.0"] and not evidence.types_complete
+
+
 def _leb(value: int) -> bytes:
     out = bytearray()
     while True:
