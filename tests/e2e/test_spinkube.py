@@ -25,6 +25,7 @@ from tests.e2e.conftest import http_apps, shim_cache_dir  # noqa: F401  (fixture
 from tests.e2e.kube_support import (DEPLOY, SAMPLE_IMAGE, Kube, container_id, eventually, http_get, namespace,
                                     running_kube)
 from tests.e2e.registry_support import Registry, push_app, registry  # noqa: F401  (registry is a fixture)
+from tests.redis_support import running_redis
 from kube_cluster import KubeClusterError, spin_operator_dist  # noqa: E402  (scripts/ is on sys.path)
 
 pytestmark = pytest.mark.e2e
@@ -192,6 +193,65 @@ def test_a_runtime_config_on_a_persistent_volume_keeps_the_apps_data_past_the_po
             assert (status, json.loads(body)[0]["rows"]) == (200, [["first pod"]])
     finally:
         kube.kubectl("delete", "pv", pv_name, "--wait=true", check=False)
+
+
+def test_a_redis_store_a_sqlite_database_on_a_volume_and_the_env_provider_serve_as_the_operator_renders_them(
+        spinkube: SpinKube, tmp_path: Path):
+    """Issue 14's SpinKube runtime config: a `redis` key-value store whose url comes from a Secret, a sqlite
+    database on a hostPath volume, and the `env` config provider the operator always renders (prefix
+    SPIN_VARIABLE_), in one pod. The store's data is on the Redis server (a real redis-server on the node's
+    address, which the pod reaches through its bridge), so the pod that replaces this one reads it back."""
+    import redis
+
+    kube = spinkube.kube
+    host_dir = tmp_path / "data"
+    host_dir.mkdir()
+    with running_redis(tmp_path / "redis", bind=kube.cluster.node_ip) as port:
+        url = f"redis://{kube.cluster.node_ip}:{port}/0"
+        url_secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kv-url"},
+                      "stringData": {"url": url}}
+        runtime_config = {
+            "keyValueStores": [{"name": "default", "type": "redis",
+                                "options": [{"name": "url",
+                                             "valueFrom": {"secretKeyRef": {"name": "kv-url", "key": "url"}}}]}],
+            "sqliteDatabases": [{"name": "default", "type": "spin",
+                                 "options": [{"name": "path", "value": "/mnt/data/app.db"}]}],
+        }
+        app = spinkube.spinapp(
+            "redis-kv-spinapp", "py-spin", variables=[{"name": "api_token", "value": "token-through-env"}],
+            runtimeConfig=runtime_config,
+            volumes=[{"name": "data", "hostPath": {"path": str(host_dir), "type": "Directory"}}],
+            volumeMounts=[{"name": "data", "mountPath": "/mnt/data"}])
+        with namespace(kube) as ns:
+            spinkube.deploy(ns, json.dumps(url_secret), app)
+            [pod] = spinkube.wait_ready(ns, "redis-kv-spinapp")
+            rendered = tomllib.loads((spinkube.task_root(pod, "redis-kv-spinapp") / "runtime-config.toml").read_text())
+            assert rendered["key_value_store"]["default"] == {"type": "redis", "url": url}
+            assert rendered["sqlite_database"]["default"] == {"type": "spin", "path": "/mnt/data/app.db"}
+            assert rendered["config_provider"] == [{"type": "env", "prefix": "SPIN_VARIABLE_"}]
+            ip = pod["status"]["podIP"]
+            status, body = http_get(ip, 80, "/vars?names=token")
+            assert (status, json.loads(body)) == (200, {"token": "token-through-env"})
+            assert _request(ip, "PUT", "/kv/answer", b"42")[0] == 200
+            assert http_get(ip, 80, "/counter") == (200, "1")
+            server = redis.Redis(host=kube.cluster.node_ip, port=port)
+            try:  # Spin's key-value-redis layout: the store is the database, keys unprefixed
+                assert server.get("answer") == b"42" and server.get("counter") == b"1"
+                server.set("from-outside", b"written by redis-cli's equal")
+            finally:
+                server.close()
+            statements = [["CREATE TABLE visits (who TEXT)", []], ["INSERT INTO visits VALUES (?)", ["first pod"]]]
+            assert _request(ip, "POST", "/sqlite", json.dumps(statements).encode())[0] == 200
+            assert (host_dir / "app.db").stat().st_size > 0, "the database's file is not on the volume"
+
+            kube.kubectl("delete", "pod", "-n", ns, pod["metadata"]["name"], "--wait=true")
+            [replacement] = spinkube.wait_ready(ns, "redis-kv-spinapp")
+            ip = replacement["status"]["podIP"]
+            assert http_get(ip, 80, "/kv/answer") == (200, "42")
+            assert http_get(ip, 80, "/kv/from-outside") == (200, "written by redis-cli's equal")
+            assert http_get(ip, 80, "/counter") == (200, "2")
+            status, _, body = _request(ip, "POST", "/sqlite", json.dumps([["SELECT who FROM visits", []]]).encode())
+            assert (status, json.loads(body)[0]["rows"]) == (200, [["first pod"]])
 
 
 def test_volumes_and_a_user_runtime_config_secret_reach_the_app(spinkube: SpinKube):
