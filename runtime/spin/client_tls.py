@@ -162,10 +162,11 @@ def _string_list(table: dict[str, Any], key: str, where: str) -> list[str]:
 
 def _check_host(host: str, where: str) -> None:
     """Spin's ``validate_host``: an authority (``http::uri::Authority``) without a port."""
+    bracketed = host.startswith("[")
+    if (not bracketed and host.count(":") == 1) or (bracketed and "]:" in host):
+        raise ClientTlsError(f"{where}: invalid TLS 'host' {host!r}; ports not currently supported")
     if not host or not _HOST.match(host):
         raise ClientTlsError(f"{where}: invalid TLS 'host' {host!r}")
-    if not host.startswith("[") and ":" in host or host.startswith("[") and not host.endswith("]"):
-        raise ClientTlsError(f"{where}: invalid TLS 'host' {host!r}; ports not currently supported")
 
 
 def _optional_bool(table: dict[str, Any], key: str, where: str) -> bool | None:
