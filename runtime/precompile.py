@@ -278,6 +278,12 @@ class PrecompileCache:
         import wasmtime
         from wasmtime import component as wasmtime_component
 
+        if kind is WasmKind.COMPONENT:
+            from runtime.wasip3 import refuse_wasip3
+
+            # Here, on a cache miss only: a WASIp3 component is never compiled, so never cached, and a warm
+            # start does not pay the scan (5-12 ms for a 20 MB component).
+            refuse_wasip3(wasm_path, name)
         wasm = wasm_path.read_bytes()
         try:
             if kind is WasmKind.COMPONENT:

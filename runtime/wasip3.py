@@ -1,9 +1,9 @@
 """Refuse a WASIp3 component at Create, before the compile, with a message that says how to rebuild it.
 
-Why before the compile: a componentize-py app is 18-40 MB and takes 5-15 s to compile on these machines, and a
-WASIp3 one can never run here (shared/reference/wasmtime-py-findings.md: stream and future values are `todo!()` in
-wasmtime 50's C API value conversion, a process abort, and `async func` imports need `func_new_concurrent`,
-which the C API lacks). Without this check the user waited for the compile and then read "not an HTTP
+Why before the compile (runtime.precompile calls this on a cache miss, so a warm start never pays for it): a
+componentize-py app is 18-40 MB and takes 5-15 s to compile on these machines, and a WASIp3 one can never run
+here (in wasmtime 50's C API, which wasmtime-py wraps, stream and future values are `todo!()` in the value
+conversion, a process abort, and `async func` imports need `func_new_concurrent`, which the C API lacks). Without this check the user waited for the compile and then read "not an HTTP
 component: it exports exports, ..." from the executor, which names neither the cause nor the fix.
 
 The decision comes from the component binary alone, read here without wasmtime:
@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from runtime.errors import WasmLoadError
-
-if TYPE_CHECKING:
-    from runtime.manifest import Manifest
 
 #: How a user fixes it, per toolchain. spin-sdk 5's own p2 world is spin:up/http-trigger@3.4.0 (in its
 #: spin_sdk/wit/deps/spin@3.4.0/world.wit); its default, spin:up/http-trigger@4.1.0, is the p3 one.
@@ -111,33 +108,6 @@ def refuse_wasip3(wasm_path: Path, what: str) -> None:
             f"{what}: is a WASIp3 (component-model async) component: {evidence.describe()}. This shim runs "
             f"WASIp2 components only (wasi:http/incoming-handler@0.2.x for HTTP); {REBUILD_HINT}"
         )
-
-
-def refuse_wasip3_http_components(manifest: Manifest, env: Mapping[str, str]) -> None:
-    """``refuse_wasip3`` for each component the app's ``[[trigger.http]]`` routes will load (after
-    SPIN_COMPONENTS_TO_RETAIN), before any of them is compiled.
-
-    A problem in finding them (a bad route, an unknown retained id, a source outside the app) is left to the HTTP
-    trigger, which reports it as before: this check only adds the WASIp3 refusal.
-    """
-    from runtime.errors import AppError
-    from runtime.http.trigger import parse_http_triggers, retained_routes
-    from runtime.manifest import LocalSource
-    from runtime.paths import resolve_in_root
-
-    try:
-        routes = retained_routes(parse_http_triggers(manifest), env, manifest)
-    except AppError:
-        return
-    for component_id in dict.fromkeys(route.component_id for route in routes):
-        component = manifest.components.get(component_id)
-        if component is None or not isinstance(component.source, LocalSource):
-            continue
-        try:
-            wasm_path = resolve_in_root(manifest.app_dir, component.source.path)
-        except (ValueError, OSError):
-            continue
-        refuse_wasip3(wasm_path, f"component {component_id!r} ({component.source.path})")
 
 
 def scan_file(wasm_path: Path) -> Wasip3Evidence:
@@ -499,5 +469,5 @@ def _defvaltype(form: int, r: _Reader, evidence: Wasip3Evidence) -> None:
         raise _Stop(f"unknown type form {form:#x}")
 
 
-__all__ = ["REBUILD_HINT", "Wasip3Evidence", "refuse_wasip3", "refuse_wasip3_http_components", "scan_bytes",
+__all__ = ["REBUILD_HINT", "Wasip3Evidence", "refuse_wasip3", "scan_bytes",
            "scan_file"]

@@ -18,7 +18,7 @@ import wasmtime
 from runtime.errors import WasmLoadError
 from runtime.loader import load_app
 from runtime.settings import RuntimeSettings
-from runtime.wasip3 import MAX_DEPTH, refuse_wasip3, refuse_wasip3_http_components, scan_bytes, scan_file
+from runtime.wasip3 import MAX_DEPTH, refuse_wasip3, scan_bytes, scan_file
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_DIR = REPO / "tests" / "apps" / "build"
@@ -83,7 +83,7 @@ def test_the_p3_app_is_refused_by_load_app_quickly_and_uncompiled(tmp_path: Path
     assert "This shim runs WASIp2 components only" in message
     assert "`componentize-py -w spin:up/http-trigger@3.4.0 componentize app -o app.wasm`" in message
     assert "other language" in message
-    assert not list(cache.glob("precompiled/*/*")), "compiled before it was refused"
+    assert not _compiled_entries(cache), "compiled before it was refused"
     assert seconds < 2.0, f"refusal took {seconds:.2f} s (a compile takes ~13 s)"
 
 
@@ -191,6 +191,11 @@ def _leb(value: int) -> bytes:
 # ---------------------------------------------------------------------------------------------- where it is called
 
 
+def _compiled_entries(cache: Path) -> list[Path]:
+    """runtime.precompile's blobs (<fingerprint>/<sha256>/); its locks/ dir holds the compile locks, taken first."""
+    return [path for path in cache.glob("precompiled/*/*") if path.parent.name != "locks"]
+
+
 def test_a_bare_p3_wasm_is_refused_before_its_compile(tmp_path: Path):
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
@@ -200,7 +205,7 @@ def test_a_bare_p3_wasm_is_refused_before_its_compile(tmp_path: Path):
         load_app(rootfs, ["/app.wasm"], {}, RuntimeSettings(cache_dir=cache))
     assert str(info.value).startswith("app.wasm: is a WASIp3 (component-model async) component: it imports 1 "
                                       "WASIp3 interface(s) (wasi:cli/run@0.3.0)"), info.value
-    assert not list(cache.glob("precompiled/*/*"))
+    assert not _compiled_entries(cache)
 
 
 def test_a_p2_component_passes_the_check(tmp_path: Path):
@@ -210,28 +215,18 @@ def test_a_p2_component_passes_the_check(tmp_path: Path):
     refuse_wasip3(tmp_path / "missing.wasm", "missing.wasm")  # left to the loader's own "no such file"
 
 
-def _two_component_app(tmp_path: Path):
-    from runtime.manifest import load_manifest
+def test_an_http_app_is_refused_at_its_p3_component_before_that_is_compiled(tmp_path: Path):
+    """The check runs on the precompile cache's miss path, for every loader (http, command, OCI artifacts)."""
+    from runtime.loader import load_app
+    from runtime.settings import RuntimeSettings
 
     (tmp_path / "p3.wasm").write_bytes(_component(P3_HTTP))
-    (tmp_path / "p2.wasm").write_bytes(_component(P2_COMMAND))
     (tmp_path / "spin.toml").write_text(
         'spin_manifest_version = 2\n[application]\nname = "two"\n'
         '[[trigger.http]]\nroute = "/new/..."\ncomponent = "new"\n'
-        '[[trigger.http]]\nroute = "/old/..."\ncomponent = "old"\n'
-        '[component.new]\nsource = "p3.wasm"\n[component.old]\nsource = "p2.wasm"\n'
+        '[component.new]\nsource = "p3.wasm"\n'
     )
-    return load_manifest(tmp_path / "spin.toml")
-
-
-def test_http_check_names_the_p3_component_of_an_app(tmp_path: Path):
+    cache = tmp_path / "cache"
     with pytest.raises(WasmLoadError, match=r"^component 'new' \(p3\.wasm\): is a WASIp3"):
-        refuse_wasip3_http_components(_two_component_app(tmp_path), {})
-
-
-def test_http_check_skips_components_not_retained(tmp_path: Path):
-    refuse_wasip3_http_components(_two_component_app(tmp_path), {"SPIN_COMPONENTS_TO_RETAIN": "old"})
-
-
-def test_http_check_leaves_a_bad_retain_list_to_the_trigger(tmp_path: Path):
-    refuse_wasip3_http_components(_two_component_app(tmp_path), {"SPIN_COMPONENTS_TO_RETAIN": "nope"})
+        load_app(tmp_path, ["/"], {}, RuntimeSettings(cache_dir=cache))
+    assert not _compiled_entries(cache)
