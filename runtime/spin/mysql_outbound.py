@@ -92,16 +92,18 @@ class MysqlAddress:
 
 
 def masked(address: str) -> str:
-    """``address`` without its password, for messages and logs."""
-    try:
-        parts = urlsplit(address)
-        password = parts.password
-    except ValueError:
-        return "the address"
-    if password is None:
+    """``address`` without its password, for messages and logs.
+
+    Everything between the user's ``:`` and the *last* ``@`` is hidden, not just what a URL parser calls the
+    password: a guest that forgets to percent-encode a ``/``, ``@`` or ``#`` in its password would otherwise see
+    the rest of it shown as the URL's path.
+    """
+    scheme, separator, rest = address.partition("://")
+    if not separator or "@" not in rest:
         return address
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def parse_mysql_url(address: str) -> MysqlAddress:
@@ -131,7 +133,9 @@ def check_address(address: str, policy: OutboundPolicy) -> None:
     hint = ""
     try:
         parts = urlsplit(address)
-        if parts.hostname:
+        # Only when the host is the one the masked address shows: with a password that was not percent-encoded
+        # the URL's "host" is a piece of the password.
+        if parts.hostname and urlsplit(masked(address)).hostname == parts.hostname:
             host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
             hint = (f" (add \"{parts.scheme or SCHEME}://{host}:{parts.port or DEFAULT_PORT}\" to the component's "
                     "allowed_outbound_hosts)")

@@ -211,12 +211,18 @@ def test_a_parameter_outside_its_case_is_bad_parameter_before_the_server_sees_it
 
 def test_disallowed_hosts_are_connection_failed_not_permitted_and_masked(services, server):
     for address in (server.url(host="localhost"), server.url(host="127.0.0.2"),
-                    f"postgres://spin:{server.password}@127.0.0.1:{server.port}/x", "not a url", "mysql://"):
+                    f"postgres://spin:{server.password}@127.0.0.1:{server.port}/x", "not a url", "mysql://",
+                    f"mysql://spin:{server.password}@127.0.0.1:notaport/x"):
         ctx = context(services)
         result = open_(ctx, address)
         assert isinstance(result, Err) and result.value.tag == "connection-failed", address
         assert "is not permitted" in result.value.payload
-        assert "s3cr" not in result.value.payload and all("s3cr" not in note for note in ctx.notes)
+        for fragment in ("s3cr", "p/ss", "w%rd", "w%25rd"):  # the raw password in some, encoded in others
+            assert fragment not in result.value.payload and all(fragment not in note for note in ctx.notes)
+    unencoded = open_(context(services), "mysql://spin:abc@secretpart/more@127.0.0.1:3306/db")
+    assert "secretpart" not in unencoded.value.payload and "is not permitted" in unencoded.value.payload
+    hinted = open_(context(services), server.url(host="localhost"))
+    assert f'add "mysql://localhost:{server.port}"' in hinted.value.payload
     other = open_(context(services, "other"), server.url())  # a component without allowed_outbound_hosts
     assert other.value.tag == "connection-failed" and "is not permitted" in other.value.payload
     assert "***" in other.value.payload and "s3cr" not in other.value.payload
@@ -337,6 +343,9 @@ def test_masked_hides_only_the_password():
     assert mysql_outbound.masked("mysql://u:p%40ss@h:1/db") == "mysql://u:***@h:1/db"
     assert mysql_outbound.masked("mysql://u@h/db") == "mysql://u@h/db"
     assert mysql_outbound.masked("mysql://u:p@[::1]:3306/db") == "mysql://u:***@[::1]:3306/db"
+    # a password its guest did not percent-encode is hidden whole, up to the last "@"
+    assert mysql_outbound.masked("mysql://u:a/b@c#d@h:1/db") == "mysql://u:***@h:1/db"
+    assert mysql_outbound.masked("mysql://h:1/db") == "mysql://h:1/db"
     parsed = mysql_outbound.parse_mysql_url("mysql://sp%20in:p%40ss%2Fw@db.example:3307/my%20db?sslmode=REQUIRED")
     assert (parsed.user, parsed.password, parsed.host, parsed.port, parsed.database, parsed.tls) == (
         "sp in", "p@ss/w", "db.example", 3307, "my db", True)
