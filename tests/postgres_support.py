@@ -34,6 +34,8 @@ class PostgresServer:
     database: str
     #: The superuser's password (role ``postgres``), for tests that need to look at server state.
     admin_password: str
+    #: With ``running_postgres(tls=True)``: the PEM file of the CA that signed the server's certificate.
+    ca_file: Path | None = None
 
     def url(self, *, user: str | None = None, password: str | None = None, database: str | None = None,
             port: int | None = None, query: str = "") -> str:
@@ -64,9 +66,30 @@ def _as_service_user(args: list[str], **kwargs) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, **kwargs)
 
 
+def _make_certificates(root: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl): (ca.pem, server.pem, server.key)."""
+    ca_key, ca, key, csr, cert = (root / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    openssl = ["openssl"]
+    subprocess.run(openssl + ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out",
+                              str(ca), "-days", "2", "-subj", "/CN=spin-shim test CA"], check=True, capture_output=True)
+    subprocess.run(openssl + ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+                              "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    extensions = root / "san.cnf"
+    extensions.write_text("subjectAltName = IP:127.0.0.1\n")
+    subprocess.run(openssl + ["x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                              "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extensions)],
+                   check=True, capture_output=True)
+    for path in (key, cert):
+        shutil.chown(path, SERVICE_USER, SERVICE_USER)
+    key.chmod(0o600)
+    return ca, cert, key
+
+
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
-    """initdb + postgres on a free loopback port; a role ``spin`` (password) owning database ``spindb``."""
+def running_postgres(*, tls: bool = False) -> Iterator[PostgresServer]:
+    """initdb + postgres on a free loopback port; a role ``spin`` (password) owning database ``spindb``. With
+    ``tls``, the server also offers TLS with a certificate for 127.0.0.1 from a CA of its own, whose PEM file is
+    the server's ``ca_file``."""
     if not (PG_BIN / "postgres").is_file():
         raise RuntimeError(f"PostgreSQL 15 is not installed ({PG_BIN}); run scripts/setup.sh")
     root = Path(tempfile.mkdtemp(prefix="spin-shim-pg-"))
@@ -84,11 +107,16 @@ def running_postgres() -> Iterator[PostgresServer]:
                          cwd=root)
         _as_service_user(["mkdir", "-m", "700", str(sockets)])
         port = _free_port()
+        tls_settings: list[str] = []
+        ca_file: Path | None = None
+        if tls:
+            ca_file, cert, key = _make_certificates(root)
+            tls_settings = ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
         log = (root / "postgres.log").open("wb")
         process = subprocess.Popen(
             [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
              "-c", f"unix_socket_directories={sockets}", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=120"],
+             "-c", "full_page_writes=off", "-c", "max_connections=120", *tls_settings],
             user=SERVICE_USER, group=SERVICE_USER, extra_groups=[], cwd=root, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         log.close()
@@ -101,7 +129,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         _as_service_user(["psql", "-h", str(sockets), "-p", str(port), "-U", "postgres", "-d", "postgres",
                           "-v", "ON_ERROR_STOP=1", "-q", "-c", f"CREATE ROLE spin LOGIN PASSWORD '{password}'",
                           "-c", "CREATE DATABASE spindb OWNER spin"], cwd=root)
-        yield PostgresServer("127.0.0.1", port, "spin", password, "spindb", admin_password)
+        yield PostgresServer("127.0.0.1", port, "spin", password, "spindb", admin_password, ca_file)
     finally:
         if process is not None:
             process.send_signal(signal.SIGINT)  # fast shutdown (SIGTERM's smart one waits for every client)

@@ -428,3 +428,26 @@ def _wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_tls_is_used_when_the_server_offers_it_and_its_certificate_is_verified(services: SpinServices,
+                                                                              monkeypatch):
+    with running_postgres(tls=True) as tls_server:
+        ctx = context(services)
+        untrusted = call(V4, "[static]connection.open", ctx, tls_server.url())  # prefer, and a CA nobody trusts
+        assert untrusted.value.tag == "connection-failed" and "certificate verify failed" in untrusted.value.payload
+        monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.ca_file))  # the trust store the shim points OpenSSL at
+        ssl_in_use = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        for mode, encrypted in (("prefer", True), ("require", True), ("disable", False)):
+            rep = _open(V4, ctx, tls_server.url(query=f"sslmode={mode}"))
+            assert _query(V4, ctx, rep, ssl_in_use).value["rows"] == [[Variant("boolean", encrypted)]], mode
+        _end(ctx)
+
+
+def test_importing_the_bindings_does_not_import_the_driver():
+    import subprocess
+    import sys
+
+    probe = ("import sys, runtime.spin.bindings, runtime.spin.postgres.client; "
+             "assert 'pg8000' not in sys.modules and 'scramp' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=Path(__file__).resolve().parents[2])

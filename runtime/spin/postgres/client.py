@@ -94,6 +94,10 @@ class PgConnection:
     def _connect(self, timeout: float) -> None:
         from runtime.spin.postgres.wire import wire_class  # noqa: PLC0415 - pg8000 only for apps that use it
 
+        try:
+            wire_type = wire_class()
+        except ImportError as exc:
+            raise PgError("other", f"the PostgreSQL client cannot be loaded: {exc}") from None
         deadline = time.monotonic() + _bounded(timeout)
         if self._options.connect_timeout is not None:
             deadline = min(deadline, time.monotonic() + self._options.connect_timeout)
@@ -106,7 +110,7 @@ class PgConnection:
                 errors.append(f"{host}:{port}: {exc}")
                 continue
             try:
-                self._wire = wire_class()(sock, self._options)
+                self._wire = wire_type(sock, self._options)
             except Exception as exc:  # noqa: BLE001 - pg8000's DatabaseError/InterfaceError, socket errors
                 sock.close()
                 errors.append(f"{host}:{port}: {_connect_reason(exc)}")
