@@ -217,6 +217,8 @@ def test_invalid_parameters_are_bad_parameter_in_query_and_conversion_failed_in_
         assert queried.value.tag == "bad-parameter" and message in queried.value.payload, param
         executed = _execute(V4, ctx, rep, "SELECT $1", [param])
         assert executed.value.tag == "value-conversion-failed" and message in executed.value.payload, param
+    nul = _query(V4, ctx, rep, "SELECT 1\x00; DROP TABLE everything")
+    assert nul == Err(Variant("query-failed", Variant("text", "the statement contains a NUL character")))
     # The connection is still usable after each refusal.
     assert _query(V4, ctx, rep, "SELECT 1").value["rows"] == [[Variant("int32", 1)]]
 
@@ -378,7 +380,8 @@ def test_a_query_past_the_deadline_is_cancelled_and_the_connection_closed(servic
     assert time.monotonic() - started < 3
     assert result.value.tag == "query-failed" and "timed out" in result.value.payload.payload
     again = _query(V4, ctx, rep, "SELECT 1")
-    assert again.value.tag == "connection-failed" and "closed" in again.value.payload
+    assert again == Err(Variant("query-failed", Variant("text", "connection closed (a previous call failed or "
+                                                                "timed out)")))
     ctx.deadline = time.monotonic() + 30
     _wait_for(lambda: _sleepers(server, services) == 0)  # the server stopped the query (CancelRequest)
     _end(ctx)
@@ -451,3 +454,32 @@ def test_importing_the_bindings_does_not_import_the_driver():
     probe = ("import sys, runtime.spin.bindings, runtime.spin.postgres.client; "
              "assert 'pg8000' not in sys.modules and 'scramp' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_a_connection_the_server_drops_is_query_failed_and_the_next_open_works(services: SpinServices,
+                                                                             server: PostgresServer):
+    ctx = context(services)
+    victim = _open(V4, ctx, server.url())
+    pid = _query(V4, ctx, victim, "SELECT pg_backend_pid()").value["rows"][0][0].payload
+    killer = _open(V4, ctx, server.url())
+    assert _query(V4, ctx, killer, "SELECT pg_terminate_backend($1)", [Variant("int32", pid)]).value["rows"] == [
+        [Variant("boolean", True)]]
+    lost = _query(V4, ctx, victim, "SELECT 1")
+    assert lost.value.tag == "query-failed" and lost.value.payload.tag in ("text", "db-error")
+    assert "hunter2" not in str(lost) and server.password not in str(lost)
+    assert _query(V4, ctx, victim, "SELECT 1").value.payload == Variant(
+        "text", "connection closed (a previous call failed or timed out)")
+    fresh = _open(V4, ctx, server.url())
+    assert _query(V4, ctx, fresh, "SELECT 5").value["rows"] == [[Variant("int32", 5)]]
+    _end(ctx)
+
+
+def test_a_host_name_that_cannot_be_encoded_is_connection_failed():
+    from runtime.spin.outbound import OutboundPolicy
+    from runtime.spin.postgres.client import PgConnection
+    from runtime.spin.postgres.errors import PgError
+
+    anywhere = OutboundPolicy.parse(["postgres://*:*"])
+    with pytest.raises(PgError) as caught:  # a DNS label IDNA refuses: fails before any lookup, never a trap
+        PgConnection(f"postgres://spin:hunter2@{'x' * 70}.example:5432/db", anywhere, 2.0)
+    assert caught.value.kind == "connection-failed" and "hunter2" not in caught.value.text

@@ -106,7 +106,7 @@ class PgConnection:
         for (host, port), target in zip(self._options.endpoints(), targets, strict=False):
             try:
                 sock = self._socket(host, target, port, deadline)
-            except (OSError, PgError) as exc:
+            except (OSError, ValueError, PgError) as exc:  # ValueError: a host name IDNA cannot encode
                 errors.append(f"{host}:{port}: {exc}")
                 continue
             try:
@@ -157,6 +157,8 @@ class PgConnection:
 
     def _run(self, statement: str, params: Sequence[Variant], timeout: float, purpose: str,
              *, rows_wanted: bool = True) -> Any:
+        if "\x00" in statement:  # the Parse message carries it as a C string, as tokio-postgres refuses it
+            raise PgError("query-failed", "the statement contains a NUL character")
         encoded = []
         for index, param in enumerate(params):
             try:
@@ -199,7 +201,8 @@ class PgConnection:
 
     def _open_wire(self) -> Any:
         if self._wire is None:
-            raise PgError("connection-failed", "the connection is closed (a previous call failed or timed out)")
+            # tokio-postgres's Closed error, which Spin reports as query-failed(text)
+            raise PgError("query-failed", "connection closed (a previous call failed or timed out)")
         return self._wire
 
     def _exchange(self, wire: Any, statement: str, encoded: list[Any], timeout: float) -> Any:
@@ -213,6 +216,8 @@ class PgConnection:
         except Exception as exc:  # noqa: BLE001 - classified below
             fields = getattr(wire, "error_fields", lambda _exc: None)(exc)
             if fields is not None:
+                if fields.get("V", fields.get("S")) in ("FATAL", "PANIC"):
+                    self.close()  # the server ends the session after these
                 raise PgError("query-failed", DbError.from_fields(fields)) from None
             self.close()
             raise PgError("query-failed", f"connection to {self.address} lost: {exc}") from None
