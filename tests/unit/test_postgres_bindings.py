@@ -219,6 +219,10 @@ def test_invalid_parameters_are_bad_parameter_in_query_and_conversion_failed_in_
         assert executed.value.tag == "value-conversion-failed" and message in executed.value.payload, param
     nul = _query(V4, ctx, rep, "SELECT 1\x00; DROP TABLE everything")
     assert nul == Err(Variant("query-failed", Variant("text", "the statement contains a NUL character")))
+    many = _query(V4, ctx, rep, "SELECT 1", [Variant("int32", 1)] * 65536)
+    assert many.value.tag == "query-failed" and "too many parameters" in many.value.payload.payload
+    wide = _query(V4, ctx, rep, "SELECT $1, $40000", [Variant("int32", i) for i in range(40000)])
+    assert wide.value["rows"] == [[Variant("int32", 0), Variant("int32", 39999)]]  # a count above 32767 is unsigned
     # The connection is still usable after each refusal.
     assert _query(V4, ctx, rep, "SELECT 1").value["rows"] == [[Variant("int32", 1)]]
 

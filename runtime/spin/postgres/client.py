@@ -60,6 +60,8 @@ PER_VALUE_BYTES = 32
 #: Spin's bound on a guest's connections: its pool's size per address (CONNECTION_POOL_SIZE), beyond which Spin
 #: would wait for a free one; here the next ``open`` fails with Spin's "too many connections".
 MAX_OPEN_CONNECTIONS_PER_INSTANCE = 64
+#: The protocol's bound on a statement's parameters (a 16-bit count in Parse and Bind).
+MAX_PARAMETERS = 65535
 _SSL_REQUEST = struct.pack(">ii", 8, 80877103)
 _CANCEL_REQUEST_CODE = 80877102
 
@@ -159,6 +161,9 @@ class PgConnection:
              *, rows_wanted: bool = True) -> Any:
         if "\x00" in statement:  # the Parse message carries it as a C string, as tokio-postgres refuses it
             raise PgError("query-failed", "the statement contains a NUL character")
+        if len(params) > MAX_PARAMETERS:
+            raise PgError("query-failed", f"too many parameters: {len(params)} (the protocol allows "
+                                          f"{MAX_PARAMETERS})")
         encoded = []
         for index, param in enumerate(params):
             try:

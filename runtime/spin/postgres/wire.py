@@ -94,8 +94,8 @@ def _build() -> type:  # noqa: C901 - one class, its overrides side by side
             context.per_value = per_value
             context.result_error = None
             bind = bytearray(core.NULL_BYTE + core.NULL_BYTE)  # unnamed portal, unnamed statement
-            bind += struct.pack(f"!h{len(encoded)}h", len(encoded), *(fmt for _, fmt, _ in encoded))
-            bind += struct.pack("!h", len(encoded))
+            bind += struct.pack(f"!H{len(encoded)}h", len(encoded), *(fmt for _, fmt, _ in encoded))
+            bind += struct.pack("!H", len(encoded))
             for _, _, value in encoded:
                 bind += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
             bind += struct.pack("!hh", 1, 1)  # every result column in binary
