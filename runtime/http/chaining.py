@@ -318,6 +318,7 @@ class LocalApp:
             component_id = target.component_id
             match = RouteMatch(component_id=component_id, info=RouteInfo(
                 raw_route="/...", component_route="", matched_route="/...", path_info=path))
+            scheme = "http"  # Spin's interceptor hands chained requests to the trigger as Scheme::HTTP
             host: str | None = None
             client_addr = CHAINED_CLIENT_ADDR
             kept = [(n, v) for n, v in headers if n != b"host"]
@@ -330,18 +331,19 @@ class LocalApp:
                 return None, None, (404, [(b"content-length", b"0")], b"")
             match = found
             component_id = match.component_id
+            scheme = self.scheme  # the self-request origin's: the scheme the app is served with
             host = self.authority
             client_addr = f"{self.authority.rpartition(':')[0] or '127.0.0.1'}:0"
             kept = [(n, v) for n, v in headers if n != b"host"] + [(b"host", host.encode())]
         executor = self.executors.get(component_id)
         if executor is None:
             raise ChainingRefused("destination-not-found", f"the app has no component {component_id!r} here")
-        spin_headers = spin_request_headers(scheme="http", host=host, target=target_path, match=match,
+        spin_headers = spin_request_headers(scheme=scheme, host=host, target=target_path, match=match,
                                             client_addr=client_addr)
         head = RequestHead(
-            method=method, target=target_path, headers=with_spin_headers(kept, spin_headers), scheme="http",
+            method=method, target=target_path, headers=with_spin_headers(kept, spin_headers), scheme=scheme,
             authority=host or "localhost", client_addr=client_addr, component_id=component_id,
-            route=match.info, full_url=full_url("http", host, target_path), deadline=deadline,
+            route=match.info, full_url=full_url(scheme, host, target_path), deadline=deadline,
             content_length=declared,
         )
         return head, executor, None

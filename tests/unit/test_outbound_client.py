@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -291,3 +292,65 @@ def test_client_tls_roots_and_client_certificate_reach_a_server_that_requires_on
         assert Guest(other).error_of(server.port, "/whoami", scheme="https", host="localhost").tag == \
             "TLS-protocol-error"
         end_request(other)
+
+
+class ScriptedServer:
+    """A raw TCP server that answers each connection with the replies given, one per request read, then closes:
+    for what a well-behaved server never does (closing a kept-alive connection as a request arrives, garbage)."""
+
+    def __init__(self, replies_per_connection: list[list[bytes]]) -> None:
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.scripts = list(replies_per_connection)
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.scripts:
+            conn, _ = self.listener.accept()
+            self.accepted += 1
+            replies = self.scripts.pop(0)
+            with conn:
+                for reply in replies:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        piece = conn.recv(65536)
+                        if not piece:
+                            return
+                        data += piece
+                    conn.sendall(reply)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+PONG = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npong"
+
+
+def test_a_pooled_connection_closed_as_the_next_request_arrives_is_retried_on_a_new_one() -> None:
+    # First connection: one answer, then the server closes it when the second request arrives (no reply).
+    server = ScriptedServer([[PONG, b""], [PONG]])
+    try:
+        ctx = make_ctx()
+        guest = Guest(ctx)
+        assert guest.get(server.port) == (200, b"pong")
+        assert POOL.idle_count() == 1
+        assert guest.get(server.port) == (200, b"pong")
+        assert server.accepted == 2
+        end_request(ctx)
+    finally:
+        server.close()
+
+
+def test_a_connection_that_failed_is_never_pooled() -> None:
+    server = ScriptedServer([[b"HTTP/1.1 200 OK\r\ncontent-length: nonsense\r\n\r\n"]])
+    try:
+        ctx = make_ctx()
+        assert Guest(ctx).error_of(server.port).tag == "HTTP-protocol-error"
+        end_request(ctx)
+        assert POOL.idle_count() == 0
+    finally:
+        server.close()

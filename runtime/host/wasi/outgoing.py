@@ -82,14 +82,17 @@ def outbound_policy(ctx: RequestContext) -> OutboundPolicy:
     return ctx.component.memo("outbound-policy", parse)
 
 
+#: Spin's connect, first-byte and between-bytes timeout when the guest sets none (wasi.rs DEFAULT_TIMEOUT).
+DEFAULT_TIMEOUT = 600.0
+
+
 def _seconds(nanoseconds: int | None, ctx: RequestContext) -> float:
-    """A socket timeout: the guest's option, never past the request's deadline."""
+    """A socket timeout: the guest's option (Spin's default without one), never past the request's deadline."""
     remaining = ctx.remaining()
     if remaining <= 0:
         raise DeadlineExceeded("request deadline passed during an outbound request")
-    if nanoseconds is None:
-        return remaining
-    return max(0.001, min(remaining, nanoseconds / 1e9))
+    wanted = DEFAULT_TIMEOUT if nanoseconds is None else nanoseconds / 1e9
+    return max(0.001, min(remaining, wanted))
 
 
 def split_authority(authority: str, default_port: int) -> tuple[str, int]:
@@ -356,6 +359,8 @@ class NetworkExchange:
     def _read_head(self, ctx: RequestContext) -> Any:
         import h11
 
+        from runtime.host.wasi.outgoing_conn import ExchangeError
+
         assert self.conn is not None
         while True:
             event = self.conn.next_event(_seconds(self.options.first_byte_timeout, ctx))
@@ -363,7 +368,7 @@ class NetworkExchange:
                 continue
             if isinstance(event, h11.Response):
                 return event
-            raise ExchangeError_(event)
+            raise ExchangeError(Variant("HTTP-protocol-error"), f"unexpected {type(event).__name__} before the response")
 
     def _can_resend(self, exc: Any) -> bool:
         conn = self.conn
@@ -402,12 +407,6 @@ class NetworkExchange:
         else:
             conn.close()
         self.conn = None
-
-
-def ExchangeError_(event: Any) -> Exception:  # noqa: N802 - builds the module's exception for an odd event
-    from runtime.host.wasi.outgoing_conn import ExchangeError
-
-    return ExchangeError(Variant("HTTP-protocol-error"), f"unexpected {type(event).__name__} before the response")
 
 
 class NetworkBodyTarget:
