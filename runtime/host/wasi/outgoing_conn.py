@@ -155,6 +155,10 @@ class ClientConnection:
     def _receive(self, timeout: float) -> None:
         try:
             self.sock.settimeout(timeout)
+            # Acknowledge at once (Linux resets this after each receive): a server that writes its head and its
+            # body in two segments without TCP_NODELAY (Python's http.server does) otherwise holds the body until
+            # our delayed ACK, 40 ms per request on a kept-alive connection (measured: 44.8 ms vs 1.5 ms).
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             data = self.sock.recv(READ_SIZE)
         except TimeoutError:
             self.broken = True
