@@ -187,12 +187,16 @@ def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensio
         import proto  # ours too, never imported before the pivot
         import runtime.executors.spin1  # ours, from the editable install's source tree
 
+        from importlib import metadata  # a dependency reading its own version at import (pg8000, scramp)
+
         refused = ""
         try:
             __import__(lazy)
         except native_libs.NativeImportRefused as exc:
             refused = str(exc)
-        return {"stdlib": colorsys.__file__, "ours": runtime.executors.spin1.__file__, "proto": proto.__file__,
+        h11_dist = metadata.distribution("h11")
+        return {"h11_version": h11_dist.version, "h11_dist": str(h11_dist.locate_file("")),
+                "stdlib": colorsys.__file__, "ours": runtime.executors.spin1.__file__, "proto": proto.__file__,
                 "ssl": ssl.OPENSSL_VERSION, "sqlite": sqlite3.connect(":memory:").execute("select 7").fetchone()[0],
                 "node_gone": not os.path.exists(plan.module_dirs[0] + "/os.py"),
                 "lazy": lazy, "lazy_lib": lazy_lib, "refused": refused,
@@ -203,6 +207,9 @@ def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensio
     assert seen["ours"].startswith("/.spin-shim/python/") and seen["proto"].startswith("/.spin-shim/python/")
     assert seen["ssl"].startswith("OpenSSL") and seen["sqlite"] == 7
     assert seen["node_gone"]
+    import h11
+
+    assert seen["h11_version"] == h11.__version__ and seen["h11_dist"].startswith("/.spin-shim/python/")
     assert seen["refused"] == (f"sandbox: module {seen['lazy']} needs {seen['lazy_lib']}, which the shim did not load "
                                f"before it entered the container (inside, the dynamic loader would search the image)")
     assert seen["openssl_modules"] == native_libs.NO_OPENSSL_MODULES

@@ -45,25 +45,10 @@ def wire_class() -> type:
 
 
 def _import_pg8000() -> tuple[Any, Any]:
-    """pg8000.core and pg8000.exceptions. pg8000 and scramp read their own version from their dist-info at import
-    (``importlib.metadata.version``, for display only), which the task sandbox's import system does not serve
-    (shim.wasm.sandbox.python_paths keeps one finder, without ``find_distributions``): while they import, a
-    missing distribution reads as version "0" instead of failing the import."""
-    import importlib.metadata as metadata  # noqa: PLC0415
+    """pg8000.core and pg8000.exceptions (pg8000 and scramp read their own version from their dist-info at import,
+    which the task sandbox's finder serves: shim.wasm.sandbox.python_paths)."""
+    from pg8000 import core, exceptions  # noqa: PLC0415 - see the module docstring
 
-    real_version = metadata.version
-
-    def version(name: str) -> str:
-        try:
-            return real_version(name)
-        except metadata.PackageNotFoundError:
-            return "0"
-
-    metadata.version = version
-    try:
-        from pg8000 import core, exceptions  # noqa: PLC0415 - see the module docstring
-    finally:
-        metadata.version = real_version
     return core, exceptions
 
 

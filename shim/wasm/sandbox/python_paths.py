@@ -29,7 +29,8 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from shim.wasm.sandbox import native_libs
 
@@ -156,6 +157,12 @@ class SandboxFinder:
     @staticmethod
     def invalidate_caches() -> None:
         importlib.machinery.PathFinder.invalidate_caches()
+
+    @staticmethod
+    def find_distributions(*args: Any, **kwargs: Any) -> Iterable[Any]:
+        """importlib.metadata's hook: a dependency that reads its own version at import (pg8000, scramp) finds
+        its dist-info. PathFinder searches the remapped sys.path, so only distributions inside the binds."""
+        return importlib.machinery.PathFinder.find_distributions(*args, **kwargs)
 
 
 def remap_imports(binds: Mapping[str, str]) -> None:
