@@ -340,10 +340,6 @@ def test_every_spin_import_of_the_sdk_is_served(sdk_imports):
 
 
 @pytest.mark.parametrize(("import_name", "case", "has_message"), [
-    ("fermyon:spin/postgres@2.0.0", "connection-failed", True),
-    ("fermyon:spin/mysql@2.0.0", "connection-failed", True),
-    ("spin:postgres/postgres@3.0.0", "connection-failed", True),
-    ("spin:postgres/postgres@4.0.0", "connection-failed", True),
     ("fermyon:spin/mqtt@2.0.0", "connection-failed", True),
 ])
 def test_denied_open_returns_the_interfaces_own_error(sdk_imports, import_name, case, has_message):
