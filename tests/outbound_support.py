@@ -55,8 +55,8 @@ def make_pki(directory: Path) -> Pki:
 class CountingServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.tls = tls
         self.lock = threading.Lock()
         self.accepted = 0
@@ -168,7 +168,7 @@ def server_tls(pki: Pki, require_client_cert: bool = False) -> ssl.SSLContext:
 
 @contextlib.contextmanager
 def counting_server(tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> Iterator[CountingServer]:
-    server = CountingServer(tls)
+    server = CountingServer(tls, host)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -4,7 +4,8 @@ The image is py-spin's build with a manifest of its own: component `caller` (rou
 `http(s)://127.0.0.1:*`, `https://localhost:*`, itself (`http://self`) and the app's components
 (`http://*.spin.internal`); component `locked` (a private route, the same wasm) may reach nothing. Image
 `outbound-ca` also carries a CA made by openssl as the container's bundle (`/etc/ssl/certs/ca-certificates.crt`) and
-a `/runtime-config.toml` whose `[[client_tls]]` gives `caller` a client certificate for `localhost`; image
+a `/runtime-config.toml` whose `[[client_tls]]` gives `caller` a client certificate for `localhost` (resolved through
+the node's /etc/hosts, which `ctr run --net-host` mounts) and only the webpki roots for `127.0.0.2`; image
 `outbound-no-ca` (run by containerd 1.6, the other by 2.1) has neither. The upstream servers (tests/outbound_support.py) count the connections they accept.
 """
 
@@ -37,8 +38,8 @@ component = "locked"
 
 [component.caller]
 source = "app.wasm"
-allowed_outbound_hosts = ["http://127.0.0.1:*", "https://127.0.0.1:*", "https://localhost:*", "http://self",
-                          "http://*.spin.internal"]
+allowed_outbound_hosts = ["http://127.0.0.1:*", "https://127.0.0.1:*", "https://localhost:*", "https://127.0.0.2:*",
+                          "http://self", "http://*.spin.internal"]
 
 [component.locked]
 source = "app.wasm"
@@ -50,6 +51,11 @@ hosts = ["localhost"]
 ca_roots_file = "certs/ca.crt"
 client_cert_file = "certs/client.crt"
 client_private_key_file = "/certs/client.key"
+
+[[client_tls]]
+component_ids = ["caller"]
+hosts = ["127.0.0.2"]
+ca_use_webpki_roots = true
 """
 
 WORKERS = {"SPIN_SHIM_HTTP_WORKERS": "2"}
@@ -73,7 +79,6 @@ def app(containerd_21, images_21, http_apps, pki: Pki) -> Iterator[HttpTask]:
     image = images_21.wasm_image("outbound-ca", {
         "/": http_apps["py-spin"],
         "/spin.toml": MANIFEST,
-        "/etc/hosts": b"127.0.0.1 localhost\n",
         "/etc/ssl/certs/ca-certificates.crt": pki.ca_crt.read_bytes(),
         "/runtime-config.toml": RUNTIME_CONFIG,
         "/certs/ca.crt": pki.ca_crt.read_bytes(),
@@ -162,6 +167,16 @@ def test_client_tls_presents_the_configured_client_certificate(app: HttpTask, pk
         # The same server by IP: no [[client_tls]] table matches, so no certificate, and the server refuses.
         refused = app.get(f"/outbound?url=https://127.0.0.1:{upstream.port}/whoami")
         assert refused.status == 502, refused.text
+
+
+def test_webpki_roots_are_mozillas_and_do_not_include_a_private_ca(app: HttpTask, pki: Pki) -> None:
+    # [[client_tls]] for 127.0.0.2 trusts only the webpki roots (certifi's bundle, read inside the sandbox): the
+    # handshake runs and fails on verification, which shows the bundle was loaded and the container's was not used.
+    with counting_server(server_tls(pki), host="127.0.0.2") as upstream:
+        response = app.get(f"/outbound?url=https://127.0.0.2:{upstream.port}/ping")
+        assert (response.status, response.text) == (502, "ErrorCode_TlsProtocolError()")
+        log = app.log()
+        assert f"127.0.0.2:{upstream.port}" in log and "certificate verify failed" in log.lower(), log
 
 
 # ---------------------------------------------------------------------------------------------------- chaining

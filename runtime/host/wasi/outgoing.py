@@ -593,7 +593,11 @@ def _network_request(ctx: RequestContext, request: OutgoingRequest, options: Req
         services = ctx.component.services
         specs = getattr(getattr(services, "runtime_config", None), "client_tls", ()) or ()
         profile = profile_for(tuple(specs), ctx.config.id, host)
-        tls, profile_key = profile.context(), profile.key
+        try:
+            tls, profile_key = profile.context(), profile.key
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; certifi's bundle unreadable
+            return _settle(ctx, request, Variant("TLS-protocol-error"),
+                           note=f"outbound request to https://{request.authority}: no TLS settings: {exc}")
     exchange = NetworkExchange(ctx, request, options, scheme, host, port, (scheme, host.lower(), port, profile_key),
                                tls)
     chunks, finished, trailers, aborted = _pending_chunks(request)
