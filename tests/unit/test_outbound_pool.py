@@ -124,3 +124,11 @@ def test_many_returns_of_one_connection_keep_one(count: int) -> None:
         assert pool.take(KEY, now=tick) is conn
     assert pool.idle_count() == 0 and not conn.closed
     conn.close()
+
+
+def test_expired_connections_of_other_keys_are_closed_when_the_pool_is_next_used() -> None:
+    pool = ConnectionPool(idle_timeout=30)
+    old = Conn()
+    pool.give(OTHER, old, now=0)
+    assert pool.take(KEY, now=40) is None  # a different key, yet the expired one is gone
+    assert old.closed and pool.idle_count() == 0

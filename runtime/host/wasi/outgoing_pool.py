@@ -10,7 +10,7 @@ TCP (and TLS) handshakes. This pool does the same, bounded:
 - At most ``max_per_key`` idle connections per key and ``max_total`` in all; past either, the oldest idle one is
   closed. Connections in use are not counted: each belongs to one exchange, which closes it at request end if it
   was not handed back.
-- An idle connection is dropped after ``idle_timeout`` seconds, or sooner when the server said
+- An idle connection is dropped after ``idle_timeout`` seconds (checked whenever the pool is used), or sooner when the server said
   ``Keep-Alive: timeout=N`` (less one second, so we close before it does), and when it turns readable while idle
   (the server closed it, or sent bytes nobody asked for): ``take`` checks that before handing one out.
 - Only a connection whose exchange finished cleanly (whole request sent, whole response read, both sides willing
@@ -73,10 +73,12 @@ class ConnectionPool:
         self._order: OrderedDict[int, Hashable] = OrderedDict()
         #: Connections handed out again (for tests and measurements).
         self.reused = 0
+        self._last_prune = -1e9
 
     def take(self, key: Hashable, now: float | None = None) -> PooledConnection | None:
         """The most recently returned live idle connection for ``key``, or None; stale ones are closed."""
         now = time.monotonic() if now is None else now
+        self._prune_now_and_then(now)
         doomed: list[PooledConnection] = []
         found: PooledConnection | None = None
         with self._lock:
@@ -100,6 +102,7 @@ class ConnectionPool:
              now: float | None = None) -> None:
         """Keep ``conn`` idle for at most ``keep_for`` seconds (default and upper bound: ``idle_timeout``)."""
         now = time.monotonic() if now is None else now
+        self._prune_now_and_then(now)
         seconds = self.idle_timeout if keep_for is None else min(keep_for, self.idle_timeout)
         if seconds <= 0:
             _close_quietly(conn)
@@ -124,6 +127,13 @@ class ConnectionPool:
                     self._idle.pop(old_key, None)
         for old in doomed:
             _close_quietly(old)
+
+    def _prune_now_and_then(self, now: float) -> None:
+        """Expired connections of every key are closed on the pool's next use, at most once a second: there is no
+        timer thread, so a worker that stops making requests keeps at most ``max_total`` idle sockets open."""
+        if now - self._last_prune >= 1.0:
+            self._last_prune = now
+            self.prune(now)
 
     def prune(self, now: float | None = None) -> None:
         """Close every idle connection past its time."""
