@@ -1,7 +1,8 @@
 """Real upstream servers for outbound HTTP tests: a threaded HTTP/1.1 server on loopback (optionally TLS, optionally
 requiring a client certificate) that counts the connections it accepts, and a throwaway PKI made with openssl.
 
-Routes: ``GET /ping`` -> 200 ``pong`` (Content-Length); ``GET /close`` -> 200 with ``Connection: close``;
+Routes: ``GET /ping`` -> 200 ``pong`` (Content-Length); ``GET /close`` -> 200 with ``Connection: close``; ``GET /big?bytes=N`` -> N bytes of
+``0123456789abcdef`` repeated;
 ``POST /upload`` reads the body as it arrives (Content-Length or chunked) and answers JSON ``{"bytes", "sha256"}``;
 ``GET /seen`` waits (up to 10 s) until an upload has delivered its first bytes and answers how many bytes of
 uploads have arrived so far (so a guest can ask mid-upload what the server already has); ``GET /whoami`` -> the
@@ -110,6 +111,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with self.server.lock:
                 seen = self.server.uploaded
             self._answer(200, str(seen).encode())
+        elif self.path.startswith("/big?bytes="):
+            size = int(self.path.partition("=")[2])
+            self.send_response(200)
+            self.send_header("content-length", str(size))
+            self.end_headers()
+            block = b"0123456789abcdef" * 4096
+            while size:
+                piece = block[:min(size, len(block))]
+                self.wfile.write(piece)
+                size -= len(piece)
         elif self.path == "/whoami":
             peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
             name = next((v for rdn in (peer or {}).get("subject", ()) for k, v in rdn if k == "commonName"),

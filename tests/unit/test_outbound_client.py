@@ -354,3 +354,21 @@ def test_a_connection_that_failed_is_never_pooled() -> None:
         assert POOL.idle_count() == 0
     finally:
         server.close()
+
+
+def test_a_large_response_is_read_as_the_guest_reads_it_and_the_connection_kept() -> None:
+    with counting_server() as server:
+        ctx = make_ctx()
+        guest = Guest(ctx)
+        request, _ = guest.request("GET", "http", f"127.0.0.1:{server.port}", f"/big?bytes={8 << 20}")
+        response = guest.response(guest.handle(request).value.rep).value.value.rep
+        body = impl(HTTP, "[method]incoming-response.consume")(ctx, response).value.rep
+        stream = impl(HTTP, "[method]incoming-body.stream")(ctx, body).value.rep
+        sizes = []
+        while isinstance(result := impl(STREAMS, "[method]input-stream.blocking-read")(ctx, stream, 65536), Ok):
+            sizes.append(len(result.value))
+        assert sum(sizes) == 8 << 20 and max(sizes) <= 65536
+        assert POOL.idle_count() == 1  # read to the end: back in the pool
+        assert guest.get(server.port) == (200, b"pong")
+        end_request(ctx)
+        assert server.accepted == 1
