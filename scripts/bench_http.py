@@ -81,9 +81,9 @@ _RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
 _ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*?(\d+)")
 
 
-def run_wrk(url: str, connections: int, duration: int) -> WrkResult:
+def run_wrk(url: str, connections: int, duration: int, path: str = WRK_PATH) -> WrkResult:
     result = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-                             url + WRK_PATH], capture_output=True, text=True)
+                             url + path], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"wrk against {url} failed: {result.stdout.strip()} {result.stderr.strip()}")
     out = result.stdout
@@ -99,7 +99,8 @@ def run_wrk(url: str, connections: int, duration: int) -> WrkResult:
 class ShimServer:
     """The app served by this shim through a private containerd."""
 
-    def __init__(self, daemon: PrivateContainerd, app_dir: Path, name: str, workdir: Path) -> None:
+    def __init__(self, daemon: PrivateContainerd, app_dir: Path, name: str, workdir: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._daemon = daemon
@@ -113,6 +114,7 @@ class ShimServer:
         # may use, and without a limit ctr's default cpu.shares (1024) reads as one CPU.
         daemon.ctr("run", "-d", "--net-host", "--runtime", RUNTIME, "--log-uri", f"file://{self.log_path}",
                    "--cpus", str(os.cpu_count() or 1),
+                   *(f"--env={name}={value}" for name, value in (env or {}).items()),
                    "--env", f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{self.port}", ref, self._id, "/")
         wait_http(self.url)
 
