@@ -122,3 +122,8 @@ def test_the_streamed_body_route_reaches_the_upstream_while_it_writes(app: Local
         result = json.loads(sink.body)
         assert result["sent"] == 4 << 20 and result["upstream"]["bytes"] == 4 << 20
         assert result["probe_seen"] > 0
+
+
+def test_http_self_is_a_host_name_as_in_spin_and_the_note_says_what_to_write(app: LocalApp, capfd) -> None:
+    assert _outbound(app, "caller", "http://self/hello") == (502, "ErrorCode_HttpRequestDenied()")
+    assert "use a path" in capfd.readouterr().err

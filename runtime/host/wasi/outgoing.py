@@ -662,5 +662,8 @@ def _handle(ctx: RequestContext, request_rep: int, options_rep: int | None) -> A
     try:
         policy.check(url)
     except OutboundDenied as denied:
-        return _denied(ctx, request, str(denied))
+        hint = ""
+        if host.lower() == "self":  # as in Spin, "self" is a host name here, not the app
+            hint = "; a request to the app itself has no host: use a path (\"/x\") or http://self.alt/x"
+        return _denied(ctx, request, str(denied) + hint)
     return _network_request(ctx, request, options, scheme, host, port)
