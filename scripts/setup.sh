@@ -20,7 +20,7 @@ VENV_DIR="$REPO_ROOT/.venv"
 APT_PACKAGES=(
     containerd runc busybox-static wabt gcc libc6-dev iproute2 curl wrk docker-registry
     containernetworking-plugins python3-venv debian-archive-keyring ca-certificates libseccomp2
-    iptables conntrack openssl redis-server postgresql mariadb-server
+    iptables conntrack openssl redis-server postgresql mariadb-server mosquitto
 )
 
 log() { printf '[setup] %s\n' "$*"; }
