@@ -252,10 +252,16 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
 
     def make_server() -> Any:
         """Runs in each worker after fork (the executors start their epoch tickers there on first use)."""
+        from runtime.http.chaining import LocalApp, install
+        from runtime.http.headers import format_addr
         from runtime.http.server import HttpServer, ServerOptions
         from runtime.http.wellknown import AppInfo
 
         info = AppInfo(name=manifest.application.name, version=manifest.application.version)
+        bound = listener.getsockname()
+        authority = format_addr(bound[0], bound[1]) if isinstance(bound, tuple) else "localhost"
+        # Self requests and *.spin.internal calls of the guests in this worker (runtime.http.chaining).
+        install(LocalApp(router, executors, authority=authority, request_timeout=timeout, app_info=info))
         return HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_info=info))
 
     names = ", ".join(repr(c) for c in executors)

@@ -30,8 +30,12 @@ Backed tables:
   container's cwd, ``/`` for Spin apps, which is also the directory of ``/runtime-config.toml``: it is resolved
   relative to the config file's directory here, the same place, without depending on a cwd.
 
+* ``[[client_tls]]`` (Spin's keys: component_ids, hosts, ca_use_platform_roots, ca_use_webpki_roots, ca_roots_file,
+  client_cert_file, client_private_key_file): TLS settings of outbound HTTPS (runtime.spin.client_tls); its files
+  are relative to the config file's directory as in Spin and resolved inside the root, read and checked at load.
+
 Every other store, database or provider type (``azure_cosmos``, ``libsql``, ``vault``, ...), and every other table that
-changes what an app can reach (LLMs, client TLS), fails the load with a message naming the file and what it asked
+changes what an app can reach (LLMs), fails the load with a message naming the file and what it asked
 for, because silently ignoring it would run the app against something it did not ask for.
 
 ``parse_runtime_config`` parses text already read; ``load_runtime_config`` reads the file (opened once, at most
@@ -65,7 +69,6 @@ MAX_DOTENV_BYTES = 1 << 20
 #: Spin's other runtime-config tables: recognised so the message can say "not supported" instead of "unknown".
 _UNSUPPORTED_TABLES = {
     "llm_compute": "LLM inferencing (ai_models) is not provided by this shim",
-    "client_tls": "client TLS settings for outbound connections are not supported by this shim",
 }
 #: Tables that only tune performance in Spin (connection pooling, telemetry): accepted and ignored.
 _IGNORED_TABLES = frozenset({"outbound_http", "otel"})
@@ -138,6 +141,9 @@ class RuntimeConfig:
     #: The configured env providers in the order Spin tries them (empty = none configured; Spin's default env
     #: provider is tried after these either way, see runtime.spin.variables).
     variables_providers: tuple[EnvVariablesProviderSpec, ...] = ()
+    #: ``[[client_tls]]`` tables in file order (runtime.spin.client_tls; typed loosely so that module, which
+    #: imports ssl, is imported only when a config has one).
+    client_tls: tuple[Any, ...] = ()
 
 
 def load_runtime_config(root_dir: Path) -> RuntimeConfig:
@@ -169,15 +175,19 @@ def parse_runtime_config(text: str, path: Path, root_dir: Path) -> RuntimeConfig
     except tomllib.TOMLDecodeError as exc:
         raise RuntimeConfigError(f"{path}: invalid TOML: {exc}") from None
     state_files: dict[str, dict[str, StateFileSpec]] = {}
+    client_tls: tuple[Any, ...] = ()
     for table, value in doc.items():
         if table in _STATE_FILE_TABLES:
             state_files[table] = _parse_state_files(value, table, path, root_dir)
+        elif table == "client_tls":
+            client_tls = _parse_client_tls(value, path, root_dir)
         elif table in _PROVIDER_TABLES:
             continue  # below, once it is known whether both names are present
         elif table in _UNSUPPORTED_TABLES:
             raise RuntimeConfigError(f"{path}: [{table}]: {_UNSUPPORTED_TABLES[table]}; remove the table")
         elif table not in _IGNORED_TABLES:
-            known = ", ".join(sorted({*_STATE_FILE_TABLES, *_PROVIDER_TABLES, *_UNSUPPORTED_TABLES, *_IGNORED_TABLES}))
+            known = ", ".join(sorted({*_STATE_FILE_TABLES, *_PROVIDER_TABLES, *_UNSUPPORTED_TABLES, *_IGNORED_TABLES,
+                                      "client_tls"}))
             raise RuntimeConfigError(f"{path}: unknown table or key {table!r} (Spin runtime config tables: {known})")
     providers: tuple[EnvVariablesProviderSpec, ...] = ()
     used = next((name for name in _PROVIDER_TABLES if name in doc), None)
@@ -188,7 +198,17 @@ def parse_runtime_config(text: str, path: Path, root_dir: Path) -> RuntimeConfig
         providers = _parse_variables_providers(doc[used], used, path, root_dir)
     return RuntimeConfig(path=path, key_value_stores=MappingProxyType(state_files.get("key_value_store", {})),
                          sqlite_databases=MappingProxyType(state_files.get("sqlite_database", {})),
-                         variables_providers=providers)
+                         variables_providers=providers, client_tls=client_tls)
+
+
+def _parse_client_tls(raw: Any, path: Path, root_dir: Path) -> tuple[Any, ...]:
+    """``[[client_tls]]`` (runtime.spin.client_tls): its files resolved inside the root, like every path here."""
+    from runtime.spin.client_tls import ClientTlsError, parse_client_tls
+
+    try:
+        return parse_client_tls(raw, str(path), lambda written: _resolve_named_path(root_dir, path, written))
+    except ClientTlsError as exc:
+        raise RuntimeConfigError(str(exc)) from None
 
 
 def _parse_state_files(raw: Any, table: str, path: Path, root_dir: Path) -> dict[str, StateFileSpec]:

@@ -612,18 +612,28 @@ class IncomingResponse:
         self.consumed = False
 
 
+#: Bytes of an outgoing request body a guest may write before ``outgoing-handler.handle`` (they wait here; after
+#: ``handle`` the body streams to the connection and nothing accumulates).
+MAX_PENDING_REQUEST_BODY = 1 << 20
+
+
 class RequestBodyBuffer:
-    """The body of an outgoing request: collected until ``finish``, then sent with the request (by
-    runtime.host.wasi.outgoing, which imports this module, never the reverse)."""
+    """The body of an outgoing request until ``outgoing-handler.handle`` takes it over (runtime.host.wasi.outgoing,
+    which imports this module, never the reverse, replaces the body's target then): bounded."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
+        self.buffered = 0
         self.finished = False
         self.aborted: str | None = None
         self.trailers: Fields | None = None
 
     def write(self, ctx: RequestContext, data: bytes) -> None:
+        if self.buffered + len(data) > MAX_PENDING_REQUEST_BODY:
+            raise StreamFailure(f"more than {MAX_PENDING_REQUEST_BODY} bytes of request body written before the "
+                                "request was sent (outgoing-handler.handle)")
         self.chunks.append(bytes(data))
+        self.buffered += len(data)
 
     def finish(self, ctx: RequestContext, trailers: Fields | None) -> Variant | None:
         self.finished = True
