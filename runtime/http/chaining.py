@@ -265,7 +265,10 @@ class LocalApp:
 
     @property
     def component_ids(self) -> frozenset[str]:
-        return frozenset(self.executors)
+        """The components ``*.spin.internal`` may name (not the static routes' responders)."""
+        from runtime.http.static_response import is_static_destination
+
+        return frozenset(key for key in self.executors if not is_static_destination(key))
 
     def start(self, target: LocalTarget, method: str, path_with_query: str, headers: Headers,
               caller_deadline: float) -> ChainedExchange:

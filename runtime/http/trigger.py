@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from runtime.files import StagedFiles
     from runtime.http.routing import Router
     from runtime.compiled import ComponentLoad
+    from runtime.http.static_response import StaticResponse
     from runtime.manifest import Manifest, Trigger
     from runtime.settings import RuntimeSettings
 
@@ -55,7 +56,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 DRAIN_GRACE = 25.0
 
 #: ``[[trigger.http]]`` keys this runtime understands.
-_TRIGGER_KEYS = frozenset({"route", "executor"})
+_TRIGGER_KEYS = frozenset({"route", "executor", "static_response"})
 _EXECUTOR_KEYS = {"http": frozenset({"type"}), "spin": frozenset({"type"}),
                   "wagi": frozenset({"type", "entrypoint", "argv"})}
 
@@ -66,10 +67,13 @@ class HttpRoute:
 
     trigger_id: str
     route: str | None
+    #: The component that serves the route; for a ``static_response`` route its destination key
+    #: (runtime.http.static_response), which names no component.
     component_id: str
     executor: ExecutorKind | None  # None: decided by the wasm's kind (component, or Spin 1 core module)
     wagi_entrypoint: str = "_start"
     wagi_argv: str = "${SCRIPT_NAME} ${ARGS}"
+    static_response: StaticResponse | None = None
 
 
 def parse_http_triggers(manifest: Manifest) -> list[HttpRoute]:
@@ -80,13 +84,15 @@ def parse_http_triggers(manifest: Manifest) -> list[HttpRoute]:
 def _parse_http_trigger(manifest: Manifest, trigger: Trigger) -> HttpRoute:
     where = f"{manifest.path}: [[trigger.http]] {trigger.id!r}"
     config = dict(trigger.config)
-    if "static_response" in config:
-        raise ManifestError(f"{where}: `static_response` is not supported by this shim; serve it from a component")
     unknown = sorted(set(config) - _TRIGGER_KEYS)
     if unknown:
-        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: route, component, executor)")
-    if trigger.component is None:
-        raise ManifestError(f"{where}: names no `component`")
+        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+                            "(known: route, component, static_response, executor)")
+    static = config.get("static_response")
+    if trigger.component is None and static is None:
+        raise ManifestError(f"{where}: names no `component` (a trigger names a component or a static_response)")
+    if trigger.component is not None and static is not None:
+        raise ManifestError(f"{where}: names both `component` and `static_response`; a trigger has one of them")
     route = config.get("route")
     if isinstance(route, dict):
         if route != {"private": True}:
@@ -113,6 +119,12 @@ def _parse_http_trigger(manifest: Manifest, trigger: Trigger) -> HttpRoute:
             argv = raw_executor.get("argv", argv)
             if not isinstance(entrypoint, str) or not isinstance(argv, str):
                 raise ManifestError(f"{where}: wagi `entrypoint` and `argv` must be strings")
+    if static is not None:
+        from runtime.http.static_response import parse_static_response, static_destination
+
+        return HttpRoute(trigger.id, route, static_destination(trigger.id), None,
+                         static_response=parse_static_response(static, where))
+    assert trigger.component is not None
     return HttpRoute(trigger.id, route, trigger.component, executor, entrypoint, argv)
 
 
@@ -227,7 +239,8 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
     workers = worker_count(env, settings.cpus)
     timeout = request_timeout(env)
     services = SpinServices.build(manifest, env, work_dir=work_dir,
-                                  component_ids=sorted({route.component_id for route in routes}),
+                                  component_ids=sorted({route.component_id for route in routes
+                                                        if route.static_response is None}),
                                   private_dir=settings.cache_dir)
 
     sweep_stale_staging(settings.cache_dir)
@@ -243,6 +256,7 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
             executor, load = _load_executor(manifest, route, files, env, settings, services)
             executors[component_id] = executor
             loads.append(load)
+        executors.update(_static_responders(routes))
         listen_addr = env.get(LISTEN_ADDR_ENV, "").strip() or DEFAULT_LISTEN_ADDR
         listener = bind_listener(listen_addr)
     except BaseException:
@@ -264,9 +278,11 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
         install(LocalApp(router, executors, authority=authority, request_timeout=timeout, app_info=info))
         return HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_info=info))
 
-    names = ", ".join(repr(c) for c in executors)
+    names = ", ".join(repr(c) for c in _components_in_route_order(routes)) or "none"
+    statics = sum(route.static_response is not None for route in routes)
     description = (f"Spin app {manifest.application.name!r} (http trigger on {listen_addr}, "
-                   f"component(s) {names}, {workers} worker(s))")
+                   f"component(s) {names}{f', {statics} static response(s)' if statics else ''}, "
+                   f"{workers} worker(s))")
     return HttpApp(description=description, loads=tuple(loads), staged=staged, make_server=make_server,
                    listener=listener, workers=workers)
 
@@ -284,11 +300,20 @@ def _build_router(manifest: Manifest, routes: list[HttpRoute]) -> Router:
     return router
 
 
+def _static_responders(routes: list[HttpRoute]) -> dict[str, Executor]:
+    """The static routes' responders, under their destination keys (runtime.http.static_response)."""
+    from runtime.http.static_response import StaticResponder
+
+    return {route.component_id: StaticResponder(route.component_id, route.static_response)
+            for route in routes if route.static_response is not None}
+
+
 def _components_in_route_order(routes: list[HttpRoute]) -> dict[str, HttpRoute]:
-    """Each component once, with the first route that names it (its executor settings)."""
+    """Each component once, with the first route that names it (its executor settings); static routes have none."""
     first: dict[str, HttpRoute] = {}
     for route in routes:
-        first.setdefault(route.component_id, route)
+        if route.static_response is None:
+            first.setdefault(route.component_id, route)
     return first
 
 

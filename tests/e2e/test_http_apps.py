@@ -187,6 +187,13 @@ def test_multi_component_routing_precedence(serve):
     assert headers["spin-path-info"] == "/headers"
     # a private component is reachable by no route
     assert "internal" not in {task.get(p).text.strip() for p in ("/internal/whoami", "/whoami")}
+    # static_response routes: answered by the host, no component; the more specific route beats "/..."
+    static = task.get("/static/anything")
+    assert (static.status, static.text, static.headers["x-static"]) == (201, "a static answer\n", "yes")
+    assert static.headers["content-type"] == "text/plain" and static.headers["content-length"] == "16"
+    assert "x-who" not in static.headers
+    moved = task.get("/moved")
+    assert (moved.status, moved.headers["location"], moved.body) == (308, "/api/whoami", b"")
 
 
 # ------------------------------------------------------------------------------------------------ WAGI
@@ -218,6 +225,7 @@ def test_components_to_retain_serves_only_those_components(serve):
     assert task.get("/api/v1/whoami").text.strip() == "deep"
     assert task.get("/whoami").status == 404  # "fallback" was not retained: its route is gone
     assert task.get("/api/exact").headers.get("x-who") == "api"  # so is "exact"'s; "/api/..." takes it
+    assert task.get("/static/x").status == 404  # static routes have no component to retain: gone, as in Spin
 
 
 def test_spin1_core_module(serve, guests):

@@ -150,7 +150,8 @@ def test_py_spin_is_pushed_in_spins_layout(py_spin: Pushed, http_apps: dict[str,
                                    "trigger_config": {"component": "py-spin", "route": "/..."}}]
     [component] = locked["components"]
     assert component["id"] == "py-spin"
-    assert component["metadata"] == {"allowed_outbound_hosts": ["http://127.0.0.1:*", "redis://127.0.0.1:*"],
+    assert component["metadata"] == {"allowed_outbound_hosts": ["http://127.0.0.1:*", "redis://127.0.0.1:*",
+                                                                "mysql://127.0.0.1:*", "postgres://127.0.0.1:*"],
                                      "key_value_stores": ["default"], "databases": ["default"], "ai_models": []}
     assert component["env"] == {"APP_MODE": "test"}
     assert component["config"] == {"greeting": "{{ greeting }}", "token": "{{ api_token }}", "literal": "fixed-value"}
@@ -173,6 +174,9 @@ def test_multi_shares_one_wasm_layer_between_five_components(multi: Pushed, http
         {"component": "exact", "route": "/api/exact"},
         {"component": "deep", "route": "/api/v1/..."},
         {"component": "internal", "route": {"private": True}},
+        {"route": "/static/...", "static_response": {"status_code": 201, "body": "a static answer\n",
+                                                     "headers": {"content-type": "text/plain", "x-static": "yes"}}},
+        {"route": "/moved", "static_response": {"status_code": 308, "headers": {"location": "/api/whoami"}}},
     ]
 
 

@@ -966,3 +966,21 @@ def test_no_reuseport_socket_can_join_the_app_port_while_it_serves(addr, host):
         asyncio.run_coroutine_threadsafe(server.shutdown(0.5), loop).result(5)
         thread.join(5)
         listener.close()
+
+
+def test_a_static_response_route_is_answered_without_a_guest_get_and_head(running):
+    from runtime.http.static_response import StaticResponder, StaticResponse
+
+    responder = StaticResponder("static-response:t", StaticResponse(201, ((b"x-static", b"yes"),), b"fixed\n"))
+    srv = running([("/...", "echo"), ("/s/...", "static-response:t")], {"echo": Echo(), "static-response:t": responder})
+    client = srv.connect()
+    client.request(b"POST", b"/s/x", body=b"ignored body")
+    status, headers, body, _ = client.response()
+    assert (status, headers[b"x-static"], headers[b"content-length"], body) == (201, b"yes", b"6", b"fixed\n")
+    client.next_cycle()
+    client.request(b"HEAD", b"/s/y")
+    status, headers, body, _ = client.response()
+    assert (status, headers[b"content-length"], body) == (201, b"6", b"")
+    client.next_cycle()
+    client.request(b"POST", b"/elsewhere", body=b"to the guest")  # the connection is still good
+    assert client.response()[0] == 200

@@ -12,6 +12,7 @@ from runtime.http.trigger import (
     retained_routes,
     worker_count,
 )
+from runtime.http.static_response import MAX_STATIC_BODY_BYTES, StaticResponse
 from runtime.manifest import parse_manifest
 
 HEAD = """spin_manifest_version = 2
@@ -53,7 +54,15 @@ executor = { type = "wagi", entrypoint = "main", argv = "${SCRIPT_NAME}" }
     ('route = "/"\ncomponent = "a"\nexecutor = { type = "fast" }', "`executor` must be"),
     ('route = "/"\ncomponent = "a"\nexecutor = { type = "spin", argv = "x" }', "has no option"),
     ('route = "/"\ncomponent = "a"\nbase = "/x"', "unknown key"),
-    ('route = "/"\nstatic_response = { status_code = 200 }', "static_response"),
+    ('route = "/"', "names no `component` (a trigger names a component or a static_response)"),
+    ('route = "/"\ncomponent = "a"\nstatic_response = { body = "x" }', "both `component` and `static_response`"),
+    ('route = "/"\nstatic_response = "hello"', "`static_response` must be a table"),
+    ('route = "/"\nstatic_response = { status_code = 99 }', "status_code must be an HTTP status"),
+    ('route = "/"\nstatic_response = { status_code = "200" }', "status_code must be an HTTP status"),
+    ('route = "/"\nstatic_response = { headers = { "bad name" = "v" } }', "not a valid HTTP header name"),
+    ('route = "/"\nstatic_response = { headers = { x-a = "one\\r\\nx-injected: two" } }', "control character"),
+    ('route = "/"\nstatic_response = { headers = { x-a = 1 } }', "the value must be a string"),
+    ('route = "/"\nstatic_response = { body = 42 }', "body must be a string"),
 ])
 def test_bad_trigger_tables_name_the_problem(table, message):
     with pytest.raises(ManifestError, match="/spin.toml") as error:
@@ -92,3 +101,44 @@ def test_a_route_spin_rejects_names_the_manifest(tmp_path):
     manifest = parse_manifest(HEAD + '[[trigger.http]]\nroute = "/a/:/b"\ncomponent = "a"\n', "/spin.toml")
     with pytest.raises(ManifestError, match=r"^/spin.toml: \[\[trigger.http\]\]: .*route /a/:/b.*component a"):
         _build_router(manifest, parse_http_triggers(manifest))
+
+
+def test_static_response_routes_are_parsed_as_spin_reads_them(caplog):
+    routes = routes_of("""
+[[trigger.http]]
+route = "/..."
+component = "a"
+[[trigger.http]]
+id = "moved"
+route = "/old/..."
+static_response = { status_code = 301, headers = { location = "/new", content-length = "999" }, note = "x" }
+[[trigger.http]]
+route = "/hi"
+static_response = { body = "h\u00e9llo" }
+""")
+    assert [r.static_response is None for r in routes] == [True, False, False]
+    moved, hello = routes[1], routes[2]
+    assert moved.component_id == "static-response:moved" and moved.route == "/old/..."
+    # Framing headers are the server's (the body's real length goes out); the rest as written.
+    assert moved.static_response == StaticResponse(301, ((b"location", b"/new"),), b"")
+    assert hello.static_response == StaticResponse(200, (), "h\u00e9llo".encode())
+    assert "ignoring unknown key(s) 'note'" in caplog.text  # Spin ignores it too (no deny_unknown_fields)
+
+
+def test_a_static_response_body_is_bounded():
+    big = "x" * (MAX_STATIC_BODY_BYTES + 1)
+    with pytest.raises(ManifestError, match="static_response.body is"):
+        routes_of(f'[[trigger.http]]\nroute = "/"\nstatic_response = {{ body = "{big}" }}\n')
+
+
+def test_retaining_components_drops_static_routes_as_spin_does():
+    manifest = parse_manifest(HEAD + """
+[[trigger.http]]
+route = "/a/..."
+component = "a"
+[[trigger.http]]
+route = "/s"
+static_response = { body = "s" }
+""", "/spin.toml")
+    kept = retained_routes(parse_http_triggers(manifest), {"SPIN_COMPONENTS_TO_RETAIN": "a"}, manifest)
+    assert [r.component_id for r in kept] == ["a"]
