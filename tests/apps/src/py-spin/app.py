@@ -1,7 +1,7 @@
 """py-spin: one Spin Python SDK 3.4.1 component that exercises what a Spin host must provide.
 
 Built with componentize-py 0.17.2 (`-w spin-http`), so it exports wasi:http/incoming-handler@0.2.0 and imports
-the Spin 2 APIs (variables, key-value, SQLite, Redis, outbound HTTP). Each path probes one host behaviour; tests/apps/README.md
+the Spin 2 APIs (variables, key-value, SQLite, Redis, MySQL, PostgreSQL, outbound HTTP). Each path probes one host behaviour; tests/apps/README.md
 lists them. The guest is kept deliberately plain: a test failure should point at the host, never at this file.
 """
 
@@ -16,6 +16,10 @@ from spin_sdk.http import Request, Response
 from spin_sdk.wit.imports import fermyon_spin_sqlite, spin_sqlite_sqlite
 from spin_sdk.wit.types import Err
 from spin_sdk.wit.imports.types import IncomingRequest, ResponseOutparam
+
+import mysql_routes
+import outbound_routes
+import pg_routes
 
 #: The repeating pattern /big returns (tests compare against it).
 BIG_PATTERN = b"0123456789abcdef"
@@ -159,6 +163,19 @@ def _redis(address: str, body: bytes) -> Response:
     return _json(results)
 
 
+def _data_bench(address: str) -> Response:
+    """One Redis GET of key `bench` and one SQLite query of the default database's `bench` table per request:
+    what scripts/bench_data.py loads, so the host's cost per data call is measured against a plain client."""
+    try:
+        with redis.open(address) as connection:
+            cached = connection.get("bench")
+        with spin_sqlite_sqlite.Connection.open("default") as database:
+            rows = database.execute("SELECT v FROM bench WHERE k = ?", [spin_sqlite_sqlite.Value_Integer(1)]).rows
+    except Err as exc:
+        return _text(500, f"ERROR: {exc.value!r}")
+    return _text(200, f"{(cached or b'').decode('latin-1')} {rows[0].values[0].value if rows else ''}")
+
+
 def _alloc() -> Response:
     hoard = []
     while True:  # until the host's memory limit stops us
@@ -190,10 +207,18 @@ def route(request: Request) -> Response:
         return _counter()
     if path == "/redis":
         return _redis(arg("address", [""])[0], request.body or b"[]")
+    if path == "/data-bench":
+        return _data_bench(arg("address", [""])[0])
+    if path == "/mysql":
+        return mysql_routes.route(arg("address", [""])[0], request.body or b"[]")
+    if path == "/pg":
+        return pg_routes.route(arg("v", ["4"])[0], arg("address", [""])[0], request.body or b"[]")
     if path == "/sqlite":
         return _sqlite(arg("db", ["default"])[0], arg("v", ["3"])[0], request.body or b"[]")
     if path == "/outbound":
         return _outbound(arg("url", [""])[0])
+    if path.startswith("/outbound-"):
+        return outbound_routes.route(path, query) or _text(404, "not found")
     if path == "/env":
         value = os.environ.get(arg("name", [""])[0])
         return _text(404, "unset") if value is None else _text(200, value)
