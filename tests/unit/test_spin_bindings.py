@@ -339,20 +339,19 @@ def test_every_spin_import_of_the_sdk_is_served(sdk_imports):
     assert {p.import_name for p in plan.interfaces} >= set(SPIN_IMPORTS)
 
 
-@pytest.mark.parametrize(("import_name", "case", "has_message"), [
-    ("fermyon:spin/mqtt@2.0.0", "connection-failed", True),
-])
-def test_denied_open_returns_the_interfaces_own_error(sdk_imports, import_name, case, has_message):
+def test_mqtt_is_served_and_its_errors_fit_the_real_types(sdk_imports, services: SpinServices):
+    """fermyon:spin/mqtt is no longer denied: open is runtime.spin.bindings.mqtt's, and its error values (a
+    message-carrying case and a bare one) lower into the SDK's real result type."""
+    from runtime.spin.bindings import mqtt
+
     engine, component = sdk_imports
-    func_type = _func_types(engine, component, import_name)["[static]connection.open"]
-    impl = REGISTRY.find(import_name).function_for_link("[static]connection.open", func_type)
-    ctx = context(None)
-    result = impl(ctx, "address")
-    assert isinstance(result, Err) and result.value.tag == case
-    if has_message:
-        assert "not provided by this shim" in result.value.payload
-    assert ctx.notes and "not provided by this shim" in ctx.notes[0]
-    _lowers(engine, func_type, result)
+    func_type = _func_types(engine, component, "fermyon:spin/mqtt@2.0.0")["[static]connection.open"]
+    impl = REGISTRY.find("fermyon:spin/mqtt@2.0.0").function_for_link("[static]connection.open", func_type)
+    assert impl is mqtt.open_connection
+    denied = impl(context(services), "mqtt://mqtt.test:1883?client_id=a", "user", "pw", 30)
+    assert denied == Err(Variant("connection-failed", "address mqtt://mqtt.test:1883?client_id=a is not permitted"))
+    _lowers(engine, func_type, denied)
+    _lowers(engine, func_type, Err(Variant("invalid-address", None)))
 
 
 def test_denied_llm_calls_return_runtime_error(sdk_imports):

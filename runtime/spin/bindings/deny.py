@@ -1,15 +1,15 @@
 """The Spin interfaces an SDK imports but this shim does not back: every call answers the interface's own error.
 
-The Spin Python SDK 3.4.1 imports all of Spin's APIs whatever the app uses (LLM, MQTT; Redis, SQLite, MySQL and
-PostgreSQL too, which runtime.spin.bindings.redis, .sqlite, .mysql and .postgres back), so refusing to link them
-would refuse every Python app. Instead they link, and a call gets an error value the guest can handle (never a
+The Spin Python SDK 3.4.1 imports all of Spin's APIs whatever the app uses (LLM; Redis, SQLite, MySQL, PostgreSQL
+and MQTT too, which runtime.spin.bindings.redis, .sqlite, .mysql, .postgres and .mqtt back), so refusing to link
+them would refuse every Python app. Instead they link, and a call gets an error value the guest can handle (never a
 trap): the one a Spin host without that service configured would give.
 
 One type-driven stub serves them all (runtime.host.registry's ``stub`` hook): at link time it reads the
 function's result type and, for ``result<_, E>``, picks E's case by ``DENIAL_CASES`` order (``access-denied``,
 ``connection-failed``, ``other``, ...; a case with a string payload carries ``DENIAL_MESSAGE``), so a new
 interface version with another error shape needs no code here. A function without an error result (a method of
-a resource ``open`` never handed out, e.g. mqtt's ``connection`` methods) cannot be reached and traps if it is.
+a resource ``open`` never handed out) cannot be reached and traps if it is.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 #: Interface name -> version patterns this shim answers with errors.
 DENIED_INTERFACES: dict[str, tuple[str, ...]] = {
     "fermyon:spin/llm": ("2.0.0",),
-    "fermyon:spin/mqtt": ("2.0.0",),
     "fermyon:spin/rdbms-types": ("2.0.0",),
     # 2.0.0, 3.0.0 and 4.0.0 are runtime.spin.bindings.postgres's; 4.1+ adds connection-builder (not served).
     "spin:postgres/postgres": ("4.[1-9]*",),
