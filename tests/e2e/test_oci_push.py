@@ -151,7 +151,8 @@ def test_py_spin_is_pushed_in_spins_layout(py_spin: Pushed, http_apps: dict[str,
     [component] = locked["components"]
     assert component["id"] == "py-spin"
     assert component["metadata"] == {"allowed_outbound_hosts": ["http://127.0.0.1:*", "redis://127.0.0.1:*",
-                                                                "mysql://127.0.0.1:*", "postgres://127.0.0.1:*"],
+                                                                "mysql://127.0.0.1:*", "postgres://127.0.0.1:*",
+                                                                "mqtt://127.0.0.1:*"],
                                      "key_value_stores": ["default"], "databases": ["default"], "ai_models": []}
     assert component["env"] == {"APP_MODE": "test"}
     assert component["config"] == {"greeting": "{{ greeting }}", "token": "{{ api_token }}", "literal": "fixed-value"}

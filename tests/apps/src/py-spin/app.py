@@ -17,6 +17,7 @@ from spin_sdk.wit.imports import fermyon_spin_sqlite, spin_sqlite_sqlite
 from spin_sdk.wit.types import Err
 from spin_sdk.wit.imports.types import IncomingRequest, ResponseOutparam
 
+import mqtt_routes
 import mysql_routes
 import outbound_routes
 import pg_routes
@@ -209,6 +210,8 @@ def route(request: Request) -> Response:
         return _redis(arg("address", [""])[0], request.body or b"[]")
     if path == "/data-bench":
         return _data_bench(arg("address", [""])[0])
+    if path == "/mqtt":
+        return mqtt_routes.route(query, request.body or b"")
     if path == "/mysql":
         return mysql_routes.route(arg("address", [""])[0], request.body or b"[]")
     if path == "/pg":
