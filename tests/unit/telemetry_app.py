@@ -1,0 +1,124 @@
+"""py-spin (the Spin Python SDK test app) loaded and served in this process, as the instance process serves it with
+one worker (InlineServer), for the telemetry unit tests; and a plain upstream that records the headers it got."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.unit.test_host_marshal import app_wasm
+
+#: Precompiled blobs survive between runs here (compiling py-spin takes ~13 s).
+CACHE_DIR = Path("/var/cache/containerd-shim-spin-test/unit-telemetry")
+
+
+def copy_py_spin(tmp_path: Path) -> Path:
+    """py-spin's build in a directory of its own (its key-value store and SQLite file land there)."""
+    build = app_wasm("py-spin").parent
+    root = tmp_path / "py-spin"
+    root.mkdir()
+    try:  # a hard link where it can be (a symlink would point outside the app's root, which the loader refuses)
+        os.link(build / "app.wasm", root / "app.wasm")
+    except OSError:
+        shutil.copy(build / "app.wasm", root / "app.wasm")
+    shutil.copy(build / "spin.toml", root / "spin.toml")
+    shutil.copytree(build / "static", root / "static")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServedApp:
+    port: int
+
+    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+            body: bytes | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
+                                         headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+
+@contextlib.contextmanager
+def served_py_spin(tmp_path: Path, env: dict[str, str]) -> Iterator[ServedApp]:
+    """Load py-spin with ``env`` as the task env and serve it on a thread until the block ends, then drain it as
+    SIGTERM does (HttpApp.interrupt)."""
+    from runtime.loader import load_app
+    from runtime.settings import RuntimeSettings
+
+    port = free_port()
+    task_env = {"SPIN_HTTP_LISTEN_ADDR": f"127.0.0.1:{port}", "SPIN_SHIM_HTTP_WORKERS": "1",
+                "SPIN_VARIABLE_API_TOKEN": "t", **env}
+    app = load_app(copy_py_spin(tmp_path), ["/"], task_env, RuntimeSettings(cache_dir=CACHE_DIR))
+    outcome: list[int] = []
+    thread = threading.Thread(target=lambda: outcome.append(app.run()), daemon=True)  # type: ignore[union-attr]
+    thread.start()
+    served = ServedApp(port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if served.get("/.well-known/spin/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("py-spin never became healthy")
+        time.sleep(0.05)
+    try:
+        yield served
+    finally:
+        app.interrupt()  # type: ignore[union-attr]
+        thread.join(30)
+        assert not thread.is_alive(), "the app did not drain"
+        assert outcome == [0]
+
+
+@dataclass
+class Upstream:
+    port: int = 0
+    headers: list[dict[str, str]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def recording_upstream() -> Iterator[Upstream]:
+    upstream = Upstream()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            upstream.headers.append({k.lower(): v for k, v in self.headers.items()})
+            body = b"upstream says hi"
+            self.send_response(203)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    upstream.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield upstream
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,119 @@
+"""Spans and metrics of a real Spin SDK app (py-spin) served in this process, exported by the real OTLP/HTTP
+exporters to a real receiver (tests/otlp_support.py) that decodes the protobuf payloads.
+
+Pins Spin's shape: the server span ``GET /...`` (kind server) whose parent is the request's traceparent, its child
+``execute_wasm_component py-spin``, and under that the client spans of the host calls (key-value, outbound HTTP
+with the traceparent it carried to the upstream); ``spin.request_count`` with Spin's attributes; everything
+flushed at the drain (SIGTERM's path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import runtime.telemetry as state
+from runtime.host import registry
+from tests.otlp_support import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, running_receiver
+from tests.unit.telemetry_app import recording_upstream, served_py_spin
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+
+
+@pytest.fixture
+def receiver() -> Iterator:
+    with running_receiver() as receiver:
+        yield receiver
+    # this process keeps serving other tests: telemetry must not outlive the app that started it
+    assert state.active is None
+    registry.LINK_HOOKS.clear()
+
+
+def _otel_env(receiver, **more: str) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "py-spin-test",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=unit", **more}
+
+
+def test_request_trace_has_spins_spans_with_the_incoming_parent(tmp_path, receiver):
+    with recording_upstream() as upstream, served_py_spin(tmp_path, _otel_env(receiver)) as app:
+        traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
+        assert app.get("/kv/colour", method="PUT", body=b"blue", headers={"traceparent": traceparent})[0] == 200
+        status, body = app.get(f"/outbound?url=http://127.0.0.1:{upstream.port}/x",
+                               headers={"traceparent": traceparent, "x-forwarded-for": "203.0.113.9"})
+        assert status == 200 and body.startswith(b"203\n")
+    # the drain flushed everything: no waiting for the batch delay
+    spans = receiver.trace(TRACE_ID)
+    servers = [span for span in spans if span.kind == SPAN_KIND_SERVER]
+    assert [span.name for span in servers] == ["PUT /...", "GET /..."]
+    kv_server, http_server = servers
+    for server in servers:
+        assert server.parent_span_id == PARENT_ID
+        assert server.attributes["http.route"] == "/..."
+        assert server.attributes["network.protocol.name"] == "http"
+        assert server.attributes["network.peer.address"] == "127.0.0.1"
+        assert server.resource["service.name"] == "py-spin-test"
+        assert server.resource["deployment.environment"] == "unit"
+        assert server.scope == "spin"
+    assert kv_server.attributes["http.response.status_code"] == 200
+    assert kv_server.attributes["url.path"] == "/kv/colour" and kv_server.attributes["url.query"] == ""
+    assert http_server.attributes["url.query"] == f"url=http://127.0.0.1:{upstream.port}/x"
+    assert http_server.attributes["client.address"] == "203.0.113.9"
+    assert "client.address" not in kv_server.attributes
+
+    by_parent: dict[str, list] = {}
+    for span in spans:
+        by_parent.setdefault(span.parent_span_id, []).append(span)
+    kv_execute, = by_parent[kv_server.span_id]
+    assert kv_execute.name == "execute_wasm_component py-spin"
+    kv_names = [span.name for span in by_parent[kv_execute.span_id]]
+    assert "spin_key_value.open" in kv_names and "spin_key_value.set" in kv_names
+    assert all(span.kind == SPAN_KIND_CLIENT for span in by_parent[kv_execute.span_id])
+
+    http_execute, = by_parent[http_server.span_id]
+    outbound, = [span for span in by_parent[http_execute.span_id] if span.name == "GET"]
+    assert outbound.kind == SPAN_KIND_CLIENT
+    assert outbound.attributes["url.full"] == f"http://127.0.0.1:{upstream.port}/x"
+    assert outbound.attributes["server.address"] == "127.0.0.1"
+    assert outbound.attributes["server.port"] == upstream.port
+    assert outbound.attributes["http.request.method"] == "GET"
+    assert outbound.attributes["http.response.status_code"] == 203
+    # the upstream saw the outbound span as its parent, in the same trace
+    assert upstream.headers[-1]["traceparent"] == f"00-{TRACE_ID}-{outbound.span_id}-01"
+
+
+def test_request_without_traceparent_starts_a_new_trace(tmp_path, receiver):
+    with served_py_spin(tmp_path, _otel_env(receiver)) as app:
+        assert app.get("/hello")[0] == 200
+    server, = [span for span in receiver.spans if span.kind == SPAN_KIND_SERVER]
+    assert server.name == "GET /..." and server.parent_span_id == ""
+    assert len(receiver.trace(server.trace_id)) == 2  # server and execute_wasm_component: no host call traced
+
+
+def test_failed_kv_lookup_and_denied_outbound_are_error_spans(tmp_path, receiver):
+    with served_py_spin(tmp_path, _otel_env(receiver)) as app:
+        assert app.get("/outbound?url=http://192.0.2.1/")[0] == 502  # not in allowed_outbound_hosts
+    denied, = [span for span in receiver.spans if span.name == "GET" and span.kind == SPAN_KIND_CLIENT]
+    assert denied.status_code == STATUS_ERROR
+    assert denied.attributes["error.type"] == "HTTP-request-denied"
+
+
+def test_request_count_metric_as_spin_records_it(tmp_path, receiver):
+    with served_py_spin(tmp_path, _otel_env(receiver)) as app:
+        for _ in range(3):
+            assert app.get("/hello")[0] == 200
+        assert app.get("/.well-known/spin/health")[0] == 200  # Spin's own answer: not a routed request
+    counts = [point for point in receiver.points if point.name == "spin.request_count"]
+    assert counts, f"no spin.request_count among {[p.name for p in receiver.points]}"
+    last = counts[-1]
+    assert last.value == 3
+    assert last.attributes == {"trigger_type": "http", "app_id": "py-spin", "component_id": "py-spin"}
+    assert last.resource["service.name"] == "py-spin-test"
+
+
+def test_traces_only_endpoint_sends_no_metrics(tmp_path, receiver):
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint + "/v1/traces"}
+    with served_py_spin(tmp_path, env) as app:
+        assert app.get("/hello")[0] == 200
+    assert receiver.spans
+    assert {request.path for request in receiver.requests} == {"/v1/traces"}
