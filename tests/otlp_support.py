@@ -174,3 +174,40 @@ def running_receiver() -> Iterator[OtlpReceiver]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextlib.contextmanager
+def running_grpc_receiver() -> Iterator[OtlpReceiver]:
+    """The same receiver over OTLP/gRPC (the collector's TraceService and MetricsService, served by grpcio);
+    ``endpoint`` is ``http://127.0.0.1:<port>`` as OTEL_EXPORTER_OTLP_ENDPOINT names a plaintext gRPC collector.
+    Requests are recorded under the HTTP paths of their signal, so tests read both receivers alike."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    receiver = OtlpReceiver()
+
+    def metadata(context: Any) -> dict[str, str]:
+        return {key: value for key, value in context.invocation_metadata() if isinstance(value, str)}
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the service's name
+            receiver.record("/v1/traces", metadata(context), request.SerializeToString())
+            return ExportTraceServiceResponse()
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the service's name
+            receiver.record("/v1/metrics", metadata(context), request.SerializeToString())
+            return ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    receiver.port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield receiver
+    finally:
+        server.stop(grace=None).wait(5)

@@ -57,3 +57,17 @@ def serving(config: TelemetryConfig | None, server: Any, app_name: str) -> Any:
     from runtime.telemetry.sdk import start
 
     return start(config, server, app_name)
+
+
+def needs_grpc(env: Mapping[str, str]) -> bool:
+    """Whether the task env asks for OTLP over gRPC for a signal that is on (cheap: no import). grpcio's core
+    links libstdc++ and librt, which a task sandbox can only use when they were loaded before the pivot."""
+    if env.get("OTEL_SDK_DISABLED") or not any(env.get(name) for name in _ENDPOINTS):
+        return False
+    general = env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+    for signal in ("TRACES", "METRICS"):
+        if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"):
+            specific = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
+            if (specific.strip() if specific is not None else general) == "grpc":
+                return True
+    return False

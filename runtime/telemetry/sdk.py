@@ -25,6 +25,7 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import NoOpTracer, Tracer
 
 import runtime.telemetry as state
+from runtime.errors import InvalidSettingError
 from runtime.telemetry.config import GRPC, SignalExport, TelemetryConfig
 from runtime.telemetry.request import RequestTrace
 
@@ -49,11 +50,22 @@ def prepare(config: TelemetryConfig) -> None:
     from runtime.host import registry
     from runtime.telemetry.spans import wrap
 
+    for signal, kind in ((config.traces, "traces"), (config.metrics, "metrics")):
+        if signal is None:
+            continue
+        try:
+            _exporter_classes(signal, kind)
+        except ImportError as exc:
+            if signal.protocol != GRPC:
+                raise
+            # grpcio's core links libstdc++ and librt, which the task sandbox serves only when the shim loaded
+            # them before entering it (shim/wasm/sandbox/native_libs.py): a Create error that says so.
+            raise InvalidSettingError(
+                f"OTEL_EXPORTER_OTLP_{kind.upper()}_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the OTLP/gRPC "
+                f"exporter cannot be loaded in the task's sandbox ({exc}); use http/protobuf (Spin's default)"
+            ) from None
     if config.traces is not None and wrap not in registry.LINK_HOOKS:
         registry.LINK_HOOKS.append(wrap)
-        _exporter_classes(config.traces, "traces")
-    if config.metrics is not None:
-        _exporter_classes(config.metrics, "metrics")
 
 
 def _exporter_classes(signal: SignalExport, kind: str) -> Any:

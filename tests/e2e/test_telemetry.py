@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.http_support import HttpTask, serving
-from tests.otlp_support import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, OtlpReceiver, running_receiver
+from tests.otlp_support import (SPAN_KIND_CLIENT, SPAN_KIND_SERVER, OtlpReceiver, running_grpc_receiver,
+                                 running_receiver)
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +65,7 @@ def _otel_env(receiver: OtlpReceiver, **more: str) -> dict[str, str]:
             "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=e2e", **more}
 
 
-# These two start tasks of their own: they run before the module's `app` task exists (serving's leak check
+# These start tasks of their own: they run before the module's `app` task exists (serving's leak check
 # wants no other shim running).
 
 
@@ -95,6 +96,38 @@ def test_sdk_disabled_sends_nothing(containerd_21, images_21, http_apps, receive
     time.sleep(0.5)
     assert not [s for s in receiver.spans if s.resource.get("service.name") == "py-spin-disabled"]
     assert not [p for p in receiver.points if p.resource.get("service.name") == "py-spin-disabled"]
+
+
+@pytest.mark.xfail(strict=True, reason="grpcio's core links librt/libstdc++, which the sandbox serves only when "
+                   "preloaded before the pivot: shim/wasm/sandbox/python_paths.import_before_pivot must preload "
+                   "grpc._cython.cygrpc when runtime.telemetry.needs_grpc(task env); until then Create fails with "
+                   "a clear InvalidSettingError (see the next test)")
+def test_grpc_protocol_exports_from_inside_the_sandbox(containerd_21, images_21, http_apps):
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: grpcio's exporter, in a worker inside the task's sandbox."""
+    image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
+    with running_grpc_receiver() as grpc_receiver:
+        env = {"SPIN_VARIABLE_API_TOKEN": "t", "OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "SPIN_SHIM_HTTP_WORKERS": "2",
+               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        with serving(containerd_21, image, "otel-grpc", env) as task:
+            assert task.get("/hello", "-H", f"traceparent: {TRACEPARENT}").status == 200
+            spans = grpc_receiver.wait_for(lambda r: [s for s in r.trace(TRACE_ID) if s.kind == SPAN_KIND_SERVER])
+            assert spans[0].name == "GET /..." and spans[0].parent_span_id == PARENT_ID
+
+
+def test_grpc_that_cannot_load_in_the_sandbox_is_a_clear_create_error(containerd_21, images_21, http_apps):
+    image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
+    env = {"SPIN_VARIABLE_API_TOKEN": "t", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    task = HttpTask(containerd_21, image, "otel-grpc-refused", env=env)
+    try:
+        result = task.run(wait_ready=False)
+        if result.returncode == 0:  # the shim preloads grpc now: the xfail above should pass, and this goes
+            pytest.skip("grpc loads in the sandbox")
+        assert "OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the OTLP/gRPC exporter cannot be loaded" in result.stderr
+        assert "use http/protobuf" in result.stderr
+    finally:
+        task.remove()
 
 
 @pytest.fixture(scope="module")

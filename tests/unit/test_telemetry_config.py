@@ -130,3 +130,27 @@ def test_intervals_and_timeouts_are_milliseconds():
 def test_bad_interval_is_an_error(value):
     with pytest.raises(InvalidSettingError, match="OTEL_METRIC_EXPORT_INTERVAL"):
         from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_METRIC_EXPORT_INTERVAL": value})
+
+
+@pytest.mark.parametrize(("env", "wanted"), [
+    ({}, False),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, False),  # no endpoint: off
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+      "OTEL_SDK_DISABLED": "true"}, False),
+    ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc"}, True),
+    # grpc asked only for traces, whose endpoint is not set: metrics over http/protobuf need no grpc
+    ({"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "grpc"}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+      "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf"},
+     False),
+])
+def test_needs_grpc_agrees_with_the_config(env, wanted):
+    from runtime.telemetry import needs_grpc
+
+    assert needs_grpc(env) is wanted
+    config = from_env(env)
+    from_config = config is not None and any(
+        signal is not None and signal.protocol == "grpc" for signal in (config.traces, config.metrics))
+    assert from_config is wanted

@@ -117,3 +117,81 @@ def test_traces_only_endpoint_sends_no_metrics(tmp_path, receiver):
         assert app.get("/hello")[0] == 200
     assert receiver.spans
     assert {request.path for request in receiver.requests} == {"/v1/traces"}
+
+
+def _host_call_spans(receiver, path: str) -> list:
+    """The client spans under the execute_wasm_component span of the one request to ``path``."""
+    server, = [span for span in receiver.spans
+               if span.kind == SPAN_KIND_SERVER and span.attributes["url.path"] == path]
+    execute, = [span for span in receiver.spans if span.parent_span_id == server.span_id]
+    return [span for span in receiver.spans if span.parent_span_id == execute.span_id]
+
+
+def test_redis_and_sqlite_calls_are_client_spans_as_spin_names_them(tmp_path, receiver):
+    import json
+    from urllib.parse import quote
+
+    from tests.redis_support import running_redis
+
+    with running_redis(tmp_path / "redis") as redis_port, served_py_spin(tmp_path, _otel_env(receiver)) as app:
+        address = quote(f"redis://127.0.0.1:{redis_port}/0", safe="")
+        status, body = app.get(f"/redis?address={address}", method="POST",
+                               body=json.dumps([["set", "k", "v"], ["get", "k"], ["incr", "n"]]).encode())
+        assert status == 200, body
+        status, body = app.get("/sqlite?db=default", method="POST",
+                               body=json.dumps([["CREATE TABLE t (x)", []], ["SELECT 1", []]]).encode())
+        assert status == 200, body
+    redis_spans = _host_call_spans(receiver, "/redis")
+    assert {span.name for span in redis_spans} == {"spin_outbound_redis.open_connection", "SET", "GET", "INCRBY"}
+    opened, = [span for span in redis_spans if span.name == "spin_outbound_redis.open_connection"]
+    assert opened.attributes == {"db.system.name": "redis", "server.address": "127.0.0.1",
+                                 "server.port": redis_port, "db.namespace": "0"}
+    assert all(span.attributes["db.system.name"] == "redis" for span in redis_spans)
+    sqlite = _host_call_spans(receiver, "/sqlite")
+    assert [s.name for s in sqlite].count("spin_sqlite.execute") == 2
+    assert "spin_sqlite.open" in [s.name for s in sqlite]
+    assert all(s.attributes == {"db.system.name": "sqlite"} for s in sqlite)
+
+
+def test_postgres_and_mysql_calls_record_the_address_but_never_the_password(tmp_path, receiver):
+    import json
+    from urllib.parse import quote
+
+    from tests.mysql_support import running_mariadb
+    from tests.postgres_support import running_postgres
+
+    with running_postgres() as pg, running_mariadb(tmp_path / "mariadb") as maria, \
+            served_py_spin(tmp_path, _otel_env(receiver)) as app:
+        status, body = app.get(f"/pg?v=4&address={quote(pg.url(), safe='')}", method="POST",
+                               body=json.dumps([["query", "SELECT 1", []]]).encode())
+        assert status == 200, body
+        status, body = app.get(f"/mysql?address={quote(maria.url(), safe='')}", method="POST",
+                               body=json.dumps([["query", "SELECT 1", []]]).encode())
+        assert status == 200, body
+    spans = {span.name: span for span in receiver.spans if span.kind == SPAN_KIND_CLIENT}
+    for prefix, system, server in (("spin_outbound_pg", "postgresql", pg), ("spin_outbound_mysql", "mysql", maria)):
+        opened, query = spans[f"{prefix}.open"], spans[f"{prefix}.query"]
+        assert opened.attributes["db.system.name"] == query.attributes["db.system.name"] == system
+        assert opened.attributes["server.address"] == "127.0.0.1"
+        assert opened.attributes["server.port"] == server.port
+        assert opened.attributes["db.namespace"]
+        # (the server spans' url.query has it: this test passes the address in the query string)
+        assert not any(server.password in str(value) for span in receiver.spans if span.kind == SPAN_KIND_CLIENT
+                       for value in span.attributes.values())
+
+
+def test_grpc_protocol_exports_to_an_otlp_grpc_collector(tmp_path):
+    from tests.otlp_support import running_grpc_receiver
+
+    with running_grpc_receiver() as grpc_receiver:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": grpc_receiver.endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+               "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=grpc"}
+        try:
+            with served_py_spin(tmp_path, env) as app:
+                assert app.get("/hello", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})[0] == 200
+        finally:
+            registry.LINK_HOOKS.clear()
+        server, = [span for span in grpc_receiver.trace(TRACE_ID) if span.kind == SPAN_KIND_SERVER]
+        assert server.name == "GET /..." and server.parent_span_id == PARENT_ID
+        assert any(point.name == "spin.request_count" for point in grpc_receiver.points)
+        assert {request.headers.get("x-tenant") for request in grpc_receiver.requests} == {"grpc"}
