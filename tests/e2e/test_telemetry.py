@@ -69,20 +69,24 @@ def _otel_env(receiver: OtlpReceiver, **more: str) -> dict[str, str]:
 # wants no other shim running).
 
 
-def test_spans_are_flushed_at_sigterm_drain(containerd_21, images_21, http_apps, receiver):
+@pytest.mark.parametrize("workers", ["1", "2"])  # the instance process serving itself; forked workers
+def test_spans_are_flushed_at_sigterm_drain(containerd_21, images_21, http_apps, receiver, workers):
     """A batch delay longer than the test: the spans can only arrive through the drain's flush."""
     image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
-    env = _otel_env(receiver, SPIN_SHIM_HTTP_WORKERS="1", OTEL_BSP_SCHEDULE_DELAY="600000",
-                    OTEL_METRIC_EXPORT_INTERVAL="600000", OTEL_SERVICE_NAME="py-spin-drain")
-    with serving(containerd_21, image, "otel-drain", env) as task:
-        assert task.get("/hello").status == 200
+    service = f"py-spin-drain-{workers}"
+    env = _otel_env(receiver, SPIN_SHIM_HTTP_WORKERS=workers, OTEL_BSP_SCHEDULE_DELAY="600000",
+                    OTEL_METRIC_EXPORT_INTERVAL="600000", OTEL_SERVICE_NAME=service)
+    with serving(containerd_21, image, f"otel-drain-{workers}", env) as task:
+        for _ in range(4):
+            assert task.get("/hello").status == 200
         time.sleep(0.5)
-        assert not [s for s in receiver.spans if s.resource.get("service.name") == "py-spin-drain"]
+        assert not [s for s in receiver.spans if s.resource.get("service.name") == service]
         assert task.stop_task(), "SIGTERM was not enough"
-        drained = [s for s in receiver.spans if s.resource.get("service.name") == "py-spin-drain"]
-        assert {s.name for s in drained} >= {"GET /...", "execute_wasm_component py-spin"}
-        assert any(p.name == "spin.request_count" and p.resource.get("service.name") == "py-spin-drain"
-                   for p in receiver.points)
+        drained = [s for s in receiver.spans if s.resource.get("service.name") == service]
+        assert [s.name for s in drained].count("GET /...") == 4
+        counted = sum(p.value for p in receiver.points
+                      if p.name == "spin.request_count" and p.resource.get("service.name") == service)
+        assert counted == 4  # each worker's one final export of its cumulative count
 
 
 def test_sdk_disabled_sends_nothing(containerd_21, images_21, http_apps, receiver):

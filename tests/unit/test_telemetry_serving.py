@@ -195,3 +195,18 @@ def test_grpc_protocol_exports_to_an_otlp_grpc_collector(tmp_path):
         assert server.name == "GET /..." and server.parent_span_id == PARENT_ID
         assert any(point.name == "spin.request_count" for point in grpc_receiver.points)
         assert {request.headers.get("x-tenant") for request in grpc_receiver.requests} == {"grpc"}
+
+
+def test_guest_errors_mark_the_server_span(tmp_path, receiver):
+    with served_py_spin(tmp_path, _otel_env(receiver)) as app:
+        assert app.get("/sdk-error")[0] == 500  # the SDK answers 500
+        assert app.get("/raise")[0] == 500  # the guest traps before any response: the host answers 500
+        assert app.get("/nothing-here")[0] == 404
+    by_path = {span.attributes["url.path"]: span for span in receiver.spans if span.kind == SPAN_KIND_SERVER}
+    for path in ("/sdk-error", "/raise"):
+        assert by_path[path].attributes["http.response.status_code"] == 500
+        assert by_path[path].attributes["error.type"] == "500"
+        assert by_path[path].status_code == STATUS_ERROR
+    not_found = by_path["/nothing-here"]  # a 404 of the guest is an answer, not a server error
+    assert not_found.attributes["http.response.status_code"] == 404
+    assert not_found.status_code != STATUS_ERROR and "error.type" not in not_found.attributes
