@@ -95,34 +95,6 @@ def test_sqlite_default_database_serves_queries_and_survives_a_task_restart(app)
                                         "rows": [["first", 0.5, {"blob": "cafe"}]]}])
 
 
-IN_MEMORY_RUNTIME_CONFIG = b"""
-[key_value_store.default]
-type = "spin"
-
-[sqlite_database.default]
-type = "spin"
-"""
-
-
-def test_stores_without_a_path_are_in_memory_shared_by_the_workers_and_empty_after_a_restart(
-        containerd_21, images_21, http_apps):
-    """Spin keeps a `type = "spin"` store or database configured without `path` in memory: it serves (every
-    worker of the task sees the same data) and is empty at the next start, unlike the default files."""
-    image = images_21.wasm_image("py-spin-in-memory", {"/": http_apps["py-spin"],
-                                                       "/runtime-config.toml": IN_MEMORY_RUNTIME_CONFIG}, ["/"])
-    with serving(containerd_21, image, "spin-in-memory", {"SPIN_VARIABLE_API_TOKEN": "t",
-                                                          "SPIN_SHIM_HTTP_WORKERS": "2"}) as task:
-        assert task.get("/kv/colour", "-X", "PUT", data=b"blue").status == 200
-        assert {task.get("/kv/colour").body for _ in range(8)} == {b"blue"}  # whichever worker answers
-        assert _sql(task, [["CREATE TABLE t (x)", []], ["INSERT INTO t VALUES (?)", [7]]])[0] == 200
-        assert _sql(task, [["SELECT x FROM t", []]])[1][0]["rows"] == [[7]]
-        task.stop_task()
-        task.start_again()
-        assert task.get("/kv/colour").status == 404
-        status, text = _sql(task, [["SELECT x FROM t", []]])
-        assert status == 500 and "no such table" in text
-
-
 def test_sqlite_errors_reach_the_guest_and_the_app_keeps_serving(app):
     assert _sql(app, [], "?db=analytics") == (500, "ERROR: Error_AccessDenied()")  # not in sqlite_databases
     status, text = _sql(app, [["INSERT INTO no_such_table VALUES (1)", []]])
