@@ -80,6 +80,10 @@ DropHook = Callable[["RequestContext", Any], None]
 
 PROVIDER_PACKAGES: tuple[str, ...] = ("runtime.host.wasi", "runtime.spin.bindings")
 
+#: ``hook(interface, wit_name, impl) -> impl`` applied to every function as it is linked: runtime.telemetry adds
+#: one (Spin's client spans) at load when the task env turns telemetry on; empty otherwise, so calls pay nothing.
+LINK_HOOKS: list[Callable[[str, str, HostFunc], HostFunc]] = []
+
 # Host resource type ids, process-wide: ResourceType.host(id) at link time and ResourceHost.own(rep, id) at run
 # time must agree, and two interfaces' resources must never share one.
 _type_ids = itertools.count(1)
@@ -148,6 +152,9 @@ class Interface:
         impl = self.functions.get(name)
         if impl is None and self.stub is not None:
             impl = self.stub(name, func_type)
+        if impl is not None:
+            for hook in LINK_HOOKS:
+                impl = hook(self.name, name, impl)
         return impl
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 import h11
 
+from runtime import telemetry
 from runtime.http import streams
 from runtime.http.contract import ClientGone, Executor, GuestFailure, Headers, RequestHead
 from runtime.http.dispatch import DispatchPolicy, Dispatcher, Ticket, make_dispatcher
@@ -589,35 +590,40 @@ def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
     if channel.gone is not None:  # the client left while the request waited for a thread: nobody to answer
         channel.done()
         return
+    # OpenTelemetry on (runtime.telemetry): the request's spans, and a sink that notes the status it answers.
+    request_trace = None if telemetry.active is None else telemetry.active.begin_request(head, channel)
+    sink = channel if request_trace is None else request_trace.sink
     try:
-        exchange.executor.handle(head, exchange.body, channel)
+        exchange.executor.handle(head, exchange.body, sink)
     except GuestFailure as failure:
         if failure.log_line:
             log_line(log_fd, failure.log_line)
-        if channel.started:
-            channel.abort()
+        if sink.started:
+            sink.abort()
         else:
-            channel.fail(failure.status, failure.public_message)
+            sink.fail(failure.status, failure.public_message)
     except ClientGone:
-        channel.abort()
+        sink.abort()
     except Exception as exc:  # noqa: BLE001 - an executor bug must cost one request, not the worker
         log_line(log_fd, f"spin: {head.component_id}: internal error handling {head.method} {head.target}: "
                          f"{type(exc).__name__}: {exc}")
-        if channel.started:
-            channel.abort()
+        if sink.started:
+            sink.abort()
         else:
-            channel.fail(500, "")
+            sink.fail(500, "")
     else:
-        if not channel.started:
+        if not sink.started:
             log_line(log_fd, f"spin: {head.component_id}: the guest returned without a response")
-            channel.fail(500, "")
-        elif not channel.finished:
+            sink.fail(500, "")
+        elif not sink.finished:
             try:
-                channel.finish()
+                sink.finish()
             except ClientGone:
                 pass
     finally:
         channel.done()
+        if request_trace is not None:
+            request_trace.end()
 
 
 #: accept(2) errors about the one pending connection (accept(2): "treat them like EAGAIN by retrying"). Every

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runtime import telemetry
 from runtime.errors import InvalidSettingError, ManifestError, WasmLoadError
 from runtime.http.contract import ComponentConfig, Executor, ExecutorKind
 
@@ -238,6 +239,8 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
     router = _build_router(manifest, routes)
     workers = worker_count(env, settings.cpus)
     timeout = request_timeout(env)
+    # OpenTelemetry (runtime.telemetry): read and prepared before the components are linked; None when off.
+    telemetry_config = telemetry.at_load(env)
     services = SpinServices.build(manifest, env, work_dir=work_dir,
                                   component_ids=sorted({route.component_id for route in routes
                                                         if route.static_response is None}),
@@ -276,7 +279,8 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
         authority = format_addr(bound[0], bound[1]) if isinstance(bound, tuple) else "localhost"
         # Self requests and *.spin.internal calls of the guests in this worker (runtime.http.chaining).
         install(LocalApp(router, executors, authority=authority, request_timeout=timeout, app_info=info))
-        return HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_info=info))
+        server = HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_info=info))
+        return telemetry.serving(telemetry_config, server, manifest.application.name)
 
     names = ", ".join(repr(c) for c in _components_in_route_order(routes)) or "none"
     statics = sum(route.static_response is not None for route in routes)
