@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runtime.compiled import ComponentLoad, compile_wasm
-from runtime.errors import AppError, AppNotFoundError, ManifestError, UnsupportedTriggerError
+from runtime.errors import AppError, AppNotFoundError, InvalidSettingError, ManifestError, UnsupportedTriggerError
 from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
@@ -43,9 +43,14 @@ MANIFEST_FILE_NAME = "spin.toml"  # == runtime.manifest.MANIFEST_FILE_NAME (kept
 
 COMMAND_TRIGGER = "command"
 HTTP_TRIGGER = "http"  # == runtime.http.trigger.HTTP_TRIGGER
+REDIS_TRIGGER = "redis"  # == runtime.redis_trigger.config.REDIS_TRIGGER
+COMPONENTS_TO_RETAIN_ENV = "SPIN_COMPONENTS_TO_RETAIN"  # == runtime.http.trigger.COMPONENTS_TO_RETAIN_ENV
+#: The trigger types that serve until stopped (``_load_served`` loads each). An app may mix them
+#: (runtime.multi_trigger runs one process per type), so adding a trigger type is an entry here and a branch in
+#: ``_load_served`` calling a loader of ``load_http_app``'s shape.
+_SERVED_TRIGGERS = (HTTP_TRIGGER, REDIS_TRIGGER)
 #: Spin trigger types this runtime knows of but does not run; anything else is "unknown".
 _UNSUPPORTED_TRIGGERS = {
-    "redis": "the redis trigger is not supported by this shim",
     "mqtt": "the mqtt trigger is not supported by this shim",
     "sqs": "the sqs trigger is not supported by this shim",
     "cron": "the cron trigger is not supported by this shim",
@@ -185,11 +190,69 @@ def _load_spin_app(
 
 def _load_manifest_app(manifest: Manifest, manifest_path: Path, args: list[str], env: dict[str, str],
                        settings: RuntimeSettings, work_dir: Path) -> LoadedApp | HttpApp:
-    if _trigger_type(manifest) == HTTP_TRIGGER:
+    manifest = _retain_components(manifest, env)
+    types = _trigger_types(manifest)
+    if types == (COMMAND_TRIGGER,):
+        return _load_command_app(manifest, manifest_path, args, env, settings)
+    from runtime.host.registry import REGISTRY
+
+    # The unversioned inbound-redis types: imported by every component of an SDK's spin-redis / spin-all world,
+    # HTTP ones included; registered by name, so the module is imported only by the registry's first lookup.
+    REGISTRY.add_provider_package("runtime.redis_trigger.bindings")
+    parts: list[tuple[str, Any]] = []
+    try:
+        for trigger_type in types:
+            parts.append((trigger_type, _load_served(trigger_type, manifest, args, env, settings, work_dir)))
+    except BaseException:
+        for _, part in parts:
+            part.close()
+        raise
+    if len(parts) == 1:
+        return parts[0][1]  # type: ignore[no-any-return]
+    from runtime.multi_trigger import MultiTriggerApp
+
+    return MultiTriggerApp(parts)  # type: ignore[return-value]
+
+
+def _load_served(trigger_type: str, manifest: Manifest, args: list[str], env: dict[str, str],
+                 settings: RuntimeSettings, work_dir: Path) -> Any:
+    """Load the part of the app one served trigger type runs.
+
+    Every loader has the signature ``(manifest, args, env, settings, *, work_dir)``, validates everything at
+    Create (AppError), and returns an object with ``run() -> int`` (serves until stopped; the task's exit code), a
+    signal-safe ``interrupt()`` (SIGTERM: drain, then run returns), ``close()``, ``loads``, ``description`` and
+    ``serves_in_main_thread = True``. Each is imported only by apps with that trigger.
+    """
+    if trigger_type == HTTP_TRIGGER:
         from runtime.http.trigger import load_http_app
 
         return load_http_app(manifest, args, env, settings, work_dir=work_dir)
-    return _load_command_app(manifest, manifest_path, args, env, settings)
+    if trigger_type == REDIS_TRIGGER:
+        from runtime.redis_trigger.app import load_redis_app
+
+        return load_redis_app(manifest, args, env, settings, work_dir=work_dir)
+    raise AssertionError(f"no loader for served trigger type {trigger_type!r}")  # _SERVED_TRIGGERS lists it
+
+
+def _retain_components(manifest: Manifest, env: dict[str, str]) -> Manifest:
+    """The app with only the triggers of the components SPIN_COMPONENTS_TO_RETAIN names (Spin's
+    ``retain_components``: it applies to every trigger type, and a type left without triggers is not run)."""
+    raw = env.get(COMPONENTS_TO_RETAIN_ENV, "").strip()
+    if not raw:
+        return manifest
+    from dataclasses import replace
+
+    keep = {item.strip() for item in raw.split(",") if item.strip()}
+    unknown = sorted(keep - set(manifest.components))
+    if unknown:
+        raise InvalidSettingError(
+            f"{COMPONENTS_TO_RETAIN_ENV}={raw!r}: the app has no component(s) {', '.join(map(repr, unknown))} "
+            f"(its components: {', '.join(sorted(manifest.components))})"
+        )
+    triggers = tuple(t for t in manifest.triggers if t.component in keep)
+    if not triggers:
+        raise InvalidSettingError(f"{COMPONENTS_TO_RETAIN_ENV}={raw!r}: none of these components has a trigger")
+    return replace(manifest, triggers=triggers)
 
 
 def _load_command_app(
@@ -221,32 +284,39 @@ def _load_command_app(
         raise
 
 
-def _trigger_type(manifest: Manifest) -> str:
-    """The app's one trigger type (http or command); UnsupportedTriggerError for anything else or a mix."""
+def _trigger_types(manifest: Manifest) -> tuple[str, ...]:
+    """The app's trigger types, in manifest order: one command, or any mix of served types (http, redis).
+
+    UnsupportedTriggerError for a type this shim does not run, and for a command beside another type: a command
+    runs to its end and its exit code is the task's, which a listener beside it cannot share (containerd-shim-spin
+    would start both and end the task when the command ends, stopping the listener mid-request).
+    """
     for trigger_type in manifest.trigger_types:
-        if trigger_type in (COMMAND_TRIGGER, HTTP_TRIGGER):
+        if trigger_type == COMMAND_TRIGGER or trigger_type in _SERVED_TRIGGERS:
             continue
         reason = _UNSUPPORTED_TRIGGERS.get(
             trigger_type,
             f"unknown trigger type {trigger_type!r} (Spin trigger types are http, redis, mqtt, sqs, cron and command)",
         )
         raise UnsupportedTriggerError(
-            f"{manifest.path}: [[trigger.{trigger_type}]]: {reason}; this shim runs [[trigger.http]] and "
-            "[[trigger.command]] apps"
+            f"{manifest.path}: [[trigger.{trigger_type}]]: {reason}; this shim runs [[trigger.http]], "
+            "[[trigger.redis]] and [[trigger.command]] apps"
         )
     types = manifest.trigger_types
     if not types:
         raise ManifestError(f"{manifest.path}: the app declares no triggers; add [[trigger.http]] tables")
-    if len(types) > 1:
+    if COMMAND_TRIGGER in types and len(types) > 1:
+        others = ", ".join(f"[[trigger.{t}]]" for t in types if t != COMMAND_TRIGGER)
         raise UnsupportedTriggerError(
-            f"{manifest.path}: the app mixes [[trigger.http]] and [[trigger.command]]; a task runs one trigger "
-            "type, so split it into two apps (or retain one kind with SPIN_COMPONENTS_TO_RETAIN)"
+            f"{manifest.path}: the app mixes [[trigger.command]] with {others}; a command runs to its end and its "
+            "exit code is the task's, so it cannot share a task with a trigger that serves until stopped: split it "
+            f"into two apps (or retain one kind with {COMPONENTS_TO_RETAIN_ENV})"
         )
-    return types[0]
+    return types
 
 
 def _command_component(manifest: Manifest) -> str:
-    """The component the app's command trigger runs (``_trigger_type`` made sure there is one)."""
+    """The component the app's command trigger runs (``_trigger_types`` made sure there is one)."""
     commands = manifest.triggers_of_type(COMMAND_TRIGGER)
     if len(commands) > 1:
         ids = ", ".join(repr(t.id) for t in commands)

@@ -12,6 +12,8 @@ Apps (sources in tests/apps/src/<app>/, routes in tests/apps/README.md):
   py-proxy  componentize-py 0.25.1, plain wasi:http/proxy@0.2.0 (no Spin imports)
   js-echo   @spinframework/build-tools 1.0.7 `j2w` (StarlingMonkey), incoming-handler@0.2.3
   multi     five components on js-echo's wasm, for route matching (no build of its own)
+  py-redis  Spin Python SDK 3.4.1 + componentize-py 0.17.2, world spin-redis (fermyon:spin/inbound-redis)
+  py-mixed  the same, world spin-all: one wasm serving an http and a redis component of one app
 
 Each app is keyed by a hash of its sources, the pins of the toolchains it uses (tests/apps/toolchains/) and its
 build command; a finished build lives in ${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}/apps/<key>/ and
@@ -132,6 +134,12 @@ RECIPES: tuple[Recipe, ...] = (
                                        "componentize", "app", "-o", "app.wasm"), venv="spin5-py"),
     Recipe("py-spin5-p3", ("spin5-py",), ("{spin5-py}/bin/componentize-py", "-w", "spin:up/http-trigger@4.1.0",
                                           "componentize", "app", "-o", "app.wasm"), venv="spin5-py"),
+    # The Redis trigger's apps (tests/e2e/test_redis_trigger.py): spin-sdk 3.4.1's `spin-redis` world exports
+    # fermyon:spin/inbound-redis; `spin-all` exports it beside wasi:http/incoming-handler@0.2.0.
+    Recipe("py-redis", ("spin-py",), ("{spin-py}/bin/componentize-py", "-w", "spin-redis", "componentize", "app",
+                                      "-o", "app.wasm"), venv="spin-py"),
+    Recipe("py-mixed", ("spin-py",), ("{spin-py}/bin/componentize-py", "-w", "spin-all", "componentize", "app",
+                                      "-o", "app.wasm"), venv="spin-py"),
 )
 
 
