@@ -1,8 +1,10 @@
 """Which shim build a fork server holds: a daemon is never forked from a server of another build.
 
 The key hashes what the server has imported and a daemon would run: every file of this project's packages
-(path, size, mtime), the interpreter, and the wasmtime package (its version and its native library), since
-the precompile cache and every compiled component depend on it. `start` computes it on every call, so it
+(path, size, mtime), the interpreter, the installed distributions (the names of sys.path's ``*.dist-info``
+directories, i.e. each dependency's version: a server that imported h11 or protobuf before an upgrade must not
+fork daemons that run the new one's callers over the old one's code), and the wasmtime package (its native
+library too), since the precompile cache and every compiled component depend on it. `start` computes it on every call, so it
 stats files rather than reading them: ~1 ms for the few hundred files of the tree.
 """
 
@@ -28,8 +30,21 @@ def build_key() -> str:
     digest.update(f"{sys.executable}\0{sys.version}\0{os.environ.get(SALT_ENV, '')}\0".encode())
     for package in PACKAGES:
         _add_tree(digest, os.path.join(PACKAGES_ROOT, package))
+    _add_distributions(digest)
     _add_wasmtime(digest)
     return digest.hexdigest()[:24]
+
+
+def _add_distributions(digest: Any) -> None:
+    """The dist-info names (name-version) found on sys.path, one listdir per entry. Only the names: `start` and
+    the server have the same site-packages but not always the same other entries (a script's own directory)."""
+    names: set[str] = set()
+    for entry in sys.path:
+        try:
+            names.update(name for name in os.listdir(entry or ".") if name.endswith(".dist-info"))
+        except OSError:
+            continue
+    digest.update(" ".join(sorted(names)).encode())
 
 
 def _add_tree(digest: Any, directory: str | os.PathLike[str]) -> None:

@@ -23,6 +23,17 @@ from tests.unit.forked import in_child
 SHIM = Path(sys.executable).parent / "containerd-shim-spin-v2"
 
 
+def test_the_build_key_changes_when_a_dependency_is_installed_or_upgraded(monkeypatch, tmp_path):
+    first = build_key.build_key()
+    site = tmp_path / "site-packages"
+    (site / "spin_shim_test_dep-1.0.dist-info").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(site))
+    installed = build_key.build_key()
+    assert installed != first
+    (site / "spin_shim_test_dep-1.0.dist-info").rename(site / "spin_shim_test_dep-1.1.dist-info")
+    assert build_key.build_key() not in (first, installed)
+
+
 def test_the_build_key_is_stable_and_changes_with_the_salt(monkeypatch):
     first = build_key.build_key()
     assert build_key.build_key() == first
