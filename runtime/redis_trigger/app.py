@@ -96,7 +96,7 @@ class RedisApp:
                     thread.join(max(0.0, deadline - time.monotonic()))
             stuck = [t.name for t in threads if t.is_alive()]
             if stuck:
-                write_stderr_line(f"spin: redis trigger: a message handler was still running {self._drain_grace:.0f} s"
+                write_stderr_line(f"spin: redis trigger: a message handler was still running {self._drain_grace:g} s"
                                   " after SIGTERM; exiting without it")
                 return EXIT_NOT_DRAINED
             return 0

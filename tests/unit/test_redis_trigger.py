@@ -207,3 +207,41 @@ def test_an_unreachable_server_is_retried_until_stopped():
     assert not thread.is_alive()
     assert lines[0].startswith(f"spin: redis trigger: cannot subscribe on redis://127.0.0.1:{port}: ")
     assert "retrying in 0.5 s" in lines[0] and "retrying in 1.0 s" in lines[1]
+
+
+class SlowHandler:
+    """Stands in for a RedisExecutor whose guest takes ``seconds`` per message."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = threading.Event()
+
+    def handle_message(self, payload: bytes) -> MessageOutcome:
+        self.started.set()
+        time.sleep(self.seconds)
+        return MessageOutcome("slow")
+
+
+def test_a_handler_still_running_after_the_drain_grace_ends_the_run_with_143(redis_port, capfd):
+    handler = SlowHandler(5.0)
+    subscription = Subscription(f"redis://127.0.0.1:{redis_port}", {"unit-grace": ("slow",)})
+    app = RedisApp(description="slow", loads=(), staged=[], subscriptions=[subscription],
+                   executors={"slow": handler}, drain_grace=0.5)  # type: ignore[dict-item]
+    running = Running(app)
+    client = redis.Redis(port=redis_port)
+    wait_for(lambda: app.subscribers and app.subscribers[0].subscriptions == 1, what="the confirmed subscription")
+    client.publish("unit-grace", b"x")
+    assert handler.started.wait(10)
+    started = time.monotonic()
+    assert running.stop() == 143
+    assert time.monotonic() - started < 3.0  # the grace, not the handler's 5 s
+    assert "spin: redis trigger: a message handler was still running 0.5 s after SIGTERM" in capfd.readouterr().err
+
+
+def test_interrupt_before_run_returns_0_without_subscribing(redis_port):
+    subscription = Subscription(f"redis://127.0.0.1:{redis_port}", {"unit-never": ("slow",)})
+    app = RedisApp(description="never", loads=(), staged=[], subscriptions=[subscription],
+                   executors={"slow": SlowHandler(0)})  # type: ignore[dict-item]
+    app.interrupt()
+    assert app.run() == 0
+    assert redis.Redis(port=redis_port).pubsub_numsub("unit-never")[0][1] == 0
