@@ -44,14 +44,14 @@ MANIFEST_FILE_NAME = "spin.toml"  # == runtime.manifest.MANIFEST_FILE_NAME (kept
 COMMAND_TRIGGER = "command"
 HTTP_TRIGGER = "http"  # == runtime.http.trigger.HTTP_TRIGGER
 REDIS_TRIGGER = "redis"  # == runtime.redis_trigger.config.REDIS_TRIGGER
+MQTT_TRIGGER = "mqtt"  # == runtime.mqtt.trigger_config.MQTT_TRIGGER
 COMPONENTS_TO_RETAIN_ENV = "SPIN_COMPONENTS_TO_RETAIN"  # == runtime.http.trigger.COMPONENTS_TO_RETAIN_ENV
 #: The trigger types that serve until stopped (``_load_served`` loads each). An app may mix them
 #: (runtime.multi_trigger runs one process per type), so adding a trigger type is an entry here and a branch in
 #: ``_load_served`` calling a loader of ``load_http_app``'s shape.
-_SERVED_TRIGGERS = (HTTP_TRIGGER, REDIS_TRIGGER)
+_SERVED_TRIGGERS = (HTTP_TRIGGER, REDIS_TRIGGER, MQTT_TRIGGER)
 #: Spin trigger types this runtime knows of but does not run; anything else is "unknown".
 _UNSUPPORTED_TRIGGERS = {
-    "mqtt": "the mqtt trigger is not supported by this shim",
     "sqs": "the sqs trigger is not supported by this shim",
     "cron": "the cron trigger is not supported by this shim",
 }
@@ -194,13 +194,6 @@ def _load_manifest_app(manifest: Manifest, manifest_path: Path, args: list[str],
     types = _trigger_types(manifest)
     if types == (COMMAND_TRIGGER,):
         return _load_command_app(manifest, manifest_path, args, env, settings)
-    if REDIS_TRIGGER in types:
-        from runtime.host.registry import REGISTRY
-
-        # fermyon:spin/redis-types, which every component of an SDK's spin-redis / spin-all world imports (the
-        # HTTP component of a mixed app too). Only for apps with a Redis trigger: a pure http app imports nothing
-        # new (an http-only app built for spin-all still lacks it; see runtime.redis_trigger.bindings).
-        REGISTRY.add_provider_package("runtime.redis_trigger.bindings")
     parts: list[tuple[str, Any]] = []
     try:
         for trigger_type in types:
@@ -233,6 +226,10 @@ def _load_served(trigger_type: str, manifest: Manifest, args: list[str], env: di
         from runtime.redis_trigger.app import load_redis_app
 
         return load_redis_app(manifest, args, env, settings, work_dir=work_dir)
+    if trigger_type == MQTT_TRIGGER:
+        from runtime.mqtt.app import load_mqtt_app
+
+        return load_mqtt_app(manifest, args, env, settings, work_dir=work_dir)
     raise AssertionError(f"no loader for served trigger type {trigger_type!r}")  # _SERVED_TRIGGERS lists it
 
 
@@ -302,7 +299,7 @@ def _trigger_types(manifest: Manifest) -> tuple[str, ...]:
         )
         raise UnsupportedTriggerError(
             f"{manifest.path}: [[trigger.{trigger_type}]]: {reason}; this shim runs [[trigger.http]], "
-            "[[trigger.redis]] and [[trigger.command]] apps"
+            "[[trigger.redis]], [[trigger.mqtt]] and [[trigger.command]] apps"
         )
     types = manifest.trigger_types
     if not types:

@@ -14,6 +14,7 @@ Apps (sources in tests/apps/src/<app>/, routes in tests/apps/README.md):
   multi     five components on js-echo's wasm, for route matching (no build of its own)
   py-redis  Spin Python SDK 3.4.1 + componentize-py 0.17.2, world spin-redis (fermyon:spin/inbound-redis)
   py-mixed  the same, world spin-all: one wasm serving an http and a redis component of one app
+  py-mqtt   componentize-py 0.17.2 (spin-py), its own world: spin-trigger-mqtt's p2 `spin-mqtt` + Spin's outbound MQTT
 
 Each app is keyed by a hash of its sources, the pins of the toolchains it uses (tests/apps/toolchains/) and its
 build command; a finished build lives in ${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}/apps/<key>/ and
@@ -119,6 +120,10 @@ class Recipe:
 #: than vendoring a copy. wasi:http is the root package, so `-w proxy` names wasi:http/proxy@0.2.0.
 PROXY_WIT_DEPS = ("cli", "clocks", "io", "random", "filesystem", "sockets")
 
+#: componentize-py's entry point with sys.path = stdlib + .componentize/ (a link to componentize_py alone).
+MQTT_COMPONENTIZE = ("import sys; sys.path.insert(0, '.componentize'); sys.argv[0] = 'componentize-py'; "
+                     "from componentize_py import script; sys.exit(script())")
+
 RECIPES: tuple[Recipe, ...] = (
     Recipe("py-spin", ("spin-py",), ("{spin-py}/bin/componentize-py", "-w", "spin-http", "componentize", "app",
                                      "-o", "app.wasm"), venv="spin-py"),
@@ -140,6 +145,13 @@ RECIPES: tuple[Recipe, ...] = (
                                       "-o", "app.wasm"), venv="spin-py"),
     Recipe("py-mixed", ("spin-py",), ("{spin-py}/bin/componentize-py", "-w", "spin-all", "componentize", "app",
                                       "-o", "app.wasm"), venv="spin-py"),
+    # The MQTT trigger's app (tests/e2e/test_mqtt_trigger.py): spin-sdk 3.4.1 has no MQTT world, so the app's own
+    # wit/world.wit includes spin-trigger-mqtt's p2 world (vendored in its wit/deps) and _prepare_py_mqtt adds
+    # the SDK's fermyon:spin@2.0.0 WIT and its deps beside it. componentize-py runs with `python -S` and only
+    # itself on sys.path: found in site-packages, spin_sdk's componentize-py.toml replaces the `-d wit` package
+    # ("no world named `py-mqtt` in package").
+    Recipe("py-mqtt", ("spin-py",), ("{spin-py}/bin/python", "-S", "-c", MQTT_COMPONENTIZE, "-d", "wit", "-w",
+                                     "py-mqtt", "componentize", "app", "-o", "app.wasm")),
 )
 
 
@@ -226,6 +238,22 @@ def _prepare_py_proxy(work: Path) -> None:
         shutil.copytree(deps / name, work / "wit" / "deps" / name)
 
 
+def _prepare_py_mqtt(work: Path) -> None:
+    """spin-sdk 3.4.1's WIT root (package fermyon:spin@2.0.0) as wit/deps/fermyon-spin, and its deps beside it."""
+    sdk_lib = TOOLCHAINS["spin-py"].dir / "lib"
+    sdk_wit = next(sdk_lib.glob("python3*/site-packages/spin_sdk/wit"), None)
+    if sdk_wit is None:
+        raise ToolchainMissing(f"spin_sdk/wit not found under {sdk_lib}; {INSTALL_HINT}")
+    deps = work / "wit" / "deps"
+    (deps / "fermyon-spin").mkdir(parents=True)
+    for wit in sorted(sdk_wit.glob("*.wit")):
+        shutil.copyfile(wit, deps / "fermyon-spin" / wit.name)
+    for dep in sorted(p for p in (sdk_wit / "deps").iterdir() if p.is_dir()):
+        shutil.copytree(dep, deps / dep.name)
+    (work / ".componentize").mkdir()
+    (work / ".componentize" / "componentize_py").symlink_to(sdk_wit.parent.parent / "componentize_py")
+
+
 def _run_recipe(recipe: Recipe, work: Path, built: dict[str, Path]) -> None:
     """Turn the copied sources in `work` into the app's wasm, in place."""
     if recipe.reuses:
@@ -241,6 +269,8 @@ def _run_recipe(recipe: Recipe, work: Path, built: dict[str, Path]) -> None:
         env["PATH"] = f"{dirs[recipe.venv]}/bin:{env.get('PATH', '/usr/bin:/bin')}"
     if recipe.app == "py-proxy":
         _prepare_py_proxy(work)
+    if recipe.app == "py-mqtt":
+        _prepare_py_mqtt(work)
     if "js" in recipe.toolchains:
         (work / "node_modules").symlink_to(Path(dirs["js"]) / "node_modules")
     result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS)
