@@ -194,13 +194,6 @@ def _load_manifest_app(manifest: Manifest, manifest_path: Path, args: list[str],
     types = _trigger_types(manifest)
     if types == (COMMAND_TRIGGER,):
         return _load_command_app(manifest, manifest_path, args, env, settings)
-    if REDIS_TRIGGER in types:
-        from runtime.host.registry import REGISTRY
-
-        # fermyon:spin/redis-types, which every component of an SDK's spin-redis / spin-all world imports (the
-        # HTTP component of a mixed app too). Only for apps with a Redis trigger: a pure http app imports nothing
-        # new (an http-only app built for spin-all still lacks it; see runtime.redis_trigger.bindings).
-        REGISTRY.add_provider_package("runtime.redis_trigger.bindings")
     parts: list[tuple[str, Any]] = []
     try:
         for trigger_type in types:

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from runtime.errors import WasmLoadError
 from runtime.host.executor import ComponentExecutor
-from runtime.host.registry import REGISTRY
 from runtime.message_trigger import MessageExecutor, MessageOutcome
 
 if TYPE_CHECKING:
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 #: The export Spin's Python, Rust (spin-sdk 3) and Go SDKs give a Redis component (Spin's ``v1`` handler type).
 INBOUND_REDIS = "fermyon:spin/inbound-redis"
 INBOUND_REDIS_P3 = "spin:redis/inbound-redis@3.0.0"
-REGISTRY.add_provider_package("runtime.redis_trigger.bindings")  # fermyon:spin/redis-types, for RedisExecutor users
 
 
 class RedisExecutor(MessageExecutor, ComponentExecutor):

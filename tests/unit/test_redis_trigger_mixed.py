@@ -122,3 +122,17 @@ def test_retaining_only_the_redis_component_serves_no_http(tmp_path, redis_port)
         assert app.process.wait(30) == 0
     finally:
         app.kill()
+
+
+def test_retaining_only_the_http_component_of_a_spin_all_build_serves_http(tmp_path, redis_port):
+    """An http-only app from spin-sdk's spin-all world imports fermyon:spin/redis-types too: served for every app
+    (runtime.spin.bindings.types_only), so it loads like any http app."""
+    app = MixedApp(tmp_path, redis_port, SPIN_COMPONENTS_TO_RETAIN="web")
+    try:
+        wait_for(app.serving_http, timeout=60, what=f"the HTTP listener; {app.stderr()}")
+        assert "loaded: HttpApp" in app.stderr()
+        assert "subscribed on" not in app.stderr()
+        app.process.send_signal(signal.SIGTERM)
+        assert app.process.wait(30) == 0
+    finally:
+        app.kill()

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 #: Interface name -> version patterns this shim answers with errors.
 DENIED_INTERFACES: dict[str, tuple[str, ...]] = {
     "fermyon:spin/llm": ("2.0.0",),
-    "fermyon:spin/rdbms-types": ("2.0.0",),
     # 2.0.0, 3.0.0 and 4.0.0 are runtime.spin.bindings.postgres's; 4.1+ adds connection-builder (not served).
     "spin:postgres/postgres": ("4.[1-9]*",),
 }
