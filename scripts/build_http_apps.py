@@ -15,6 +15,7 @@ Apps (sources in tests/apps/src/<app>/, routes in tests/apps/README.md):
   py-redis  Spin Python SDK 3.4.1 + componentize-py 0.17.2, world spin-redis (fermyon:spin/inbound-redis)
   py-mixed  the same, world spin-all: one wasm serving an http and a redis component of one app
   py-mqtt   componentize-py 0.17.2 (spin-py), its own world: spin-trigger-mqtt's p2 `spin-mqtt` + Spin's outbound MQTT
+  py-mqtt-p3  componentize-py 0.25.1 (spin5-py), spin:mqtt-trigger@3.0.0's async `spin-mqtt` (refused at Create)
 
 Each app is keyed by a hash of its sources, the pins of the toolchains it uses (tests/apps/toolchains/) and its
 build command; a finished build lives in ${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}/apps/<key>/ and
@@ -120,7 +121,8 @@ class Recipe:
 #: than vendoring a copy. wasi:http is the root package, so `-w proxy` names wasi:http/proxy@0.2.0.
 PROXY_WIT_DEPS = ("cli", "clocks", "io", "random", "filesystem", "sockets")
 
-#: componentize-py's entry point with sys.path = stdlib + .componentize/ (a link to componentize_py alone).
+#: componentize-py's entry point with sys.path = stdlib + .componentize/ (links to the toolchain's componentize_py*
+#: packages only, made by _link_componentize_py).
 MQTT_COMPONENTIZE = ("import sys; sys.path.insert(0, '.componentize'); sys.argv[0] = 'componentize-py'; "
                      "from componentize_py import script; sys.exit(script())")
 
@@ -152,6 +154,10 @@ RECIPES: tuple[Recipe, ...] = (
     # ("no world named `py-mqtt` in package").
     Recipe("py-mqtt", ("spin-py",), ("{spin-py}/bin/python", "-S", "-c", MQTT_COMPONENTIZE, "-d", "wit", "-w",
                                      "py-mqtt", "componentize", "app", "-o", "app.wasm")),
+    # spin-trigger-mqtt's newest world (spin:mqtt-trigger@3.0.0, async handle-message: WASIp3), which the shim
+    # refuses at Create; componentize-py 0.25.1 builds async exports. `python -S` as for py-mqtt (spin_sdk 5).
+    Recipe("py-mqtt-p3", ("spin5-py",), ("{spin5-py}/bin/python", "-S", "-c", MQTT_COMPONENTIZE, "-d", "wit", "-w",
+                                         "spin-mqtt", "componentize", "app", "-o", "app.wasm")),
 )
 
 
@@ -250,8 +256,19 @@ def _prepare_py_mqtt(work: Path) -> None:
         shutil.copyfile(wit, deps / "fermyon-spin" / wit.name)
     for dep in sorted(p for p in (sdk_wit / "deps").iterdir() if p.is_dir()):
         shutil.copytree(dep, deps / dep.name)
+    _link_componentize_py(work, "spin-py")
+
+
+def _link_componentize_py(work: Path, toolchain: str) -> None:
+    """work/.componentize/: the toolchain's componentize_py packages alone, for MQTT_COMPONENTIZE's sys.path."""
+    lib = TOOLCHAINS[toolchain].dir / "lib"
+    site = next(lib.glob("python3*/site-packages"), None)
+    if site is None:
+        raise ToolchainMissing(f"no site-packages under {lib}; {INSTALL_HINT}")
     (work / ".componentize").mkdir()
-    (work / ".componentize" / "componentize_py").symlink_to(sdk_wit.parent.parent / "componentize_py")
+    for package in sorted(site.glob("componentize_py*")):
+        if package.is_dir() and not package.name.endswith(".dist-info"):
+            (work / ".componentize" / package.name).symlink_to(package)
 
 
 def _run_recipe(recipe: Recipe, work: Path, built: dict[str, Path]) -> None:
@@ -271,6 +288,8 @@ def _run_recipe(recipe: Recipe, work: Path, built: dict[str, Path]) -> None:
         _prepare_py_proxy(work)
     if recipe.app == "py-mqtt":
         _prepare_py_mqtt(work)
+    if recipe.app == "py-mqtt-p3":
+        _link_componentize_py(work, "spin5-py")
     if "js" in recipe.toolchains:
         (work / "node_modules").symlink_to(Path(dirs["js"]) / "node_modules")
     result = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS)

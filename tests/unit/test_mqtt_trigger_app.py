@@ -211,3 +211,16 @@ def test_a_component_of_another_world_is_refused_at_load(tmp_path):
     message = str(caught.value)
     assert "py-mqtt: not an MQTT component: it exports " in message and "fermyon:spin/inbound-redis" in message
     assert "not `handle-message`" in message
+
+
+def test_a_spin_mqtt_trigger_3_component_is_refused_at_load_as_wasip3(tmp_path):
+    """spin-trigger-mqtt's newest world makes handle-message async: refused before its compile, saying why."""
+    app_dir = tmp_path / "app"
+    shutil.copytree(app_wasm("py-mqtt-p3").parent, app_dir)
+    started = time.monotonic()
+    with pytest.raises(AppError) as caught:
+        load_app(app_dir, ["/"], {}, RuntimeSettings(cache_dir=tmp_path / "cache"))
+    message = str(caught.value)
+    assert "component 'py-mqtt-p3' (app.wasm): is a WASIp3 (component-model async) component" in message
+    assert "async function type(s)" in message
+    assert time.monotonic() - started < 5.0  # no compile of the 20 MB component (that takes ~7 s)
