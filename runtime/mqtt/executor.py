@@ -21,7 +21,6 @@ from wasmtime.component import Record
 
 from runtime.errors import WasmLoadError
 from runtime.host.executor import ComponentExecutor
-from runtime.host.registry import REGISTRY
 from runtime.message_trigger import MessageExecutor, MessageOutcome
 
 if TYPE_CHECKING:
@@ -31,8 +30,7 @@ if TYPE_CHECKING:
 #: The world's root export (a function, not an interface: ``export handle-message: func(...)``).
 HANDLE_MESSAGE = "handle-message"
 MQTT_TYPES = "spin:mqtt-trigger/spin-mqtt-types"
-MQTT_TYPES_P3 = f"{MQTT_TYPES}@3.0.0"
-mqtt_types = REGISTRY.interface(MQTT_TYPES, versions=("",))
+MQTT_TYPES_P3 = f"{MQTT_TYPES}@3.0.0"  # MQTT_TYPES itself is served for every app: runtime.spin.bindings.types_only
 
 
 class MqttExecutor(MessageExecutor, ComponentExecutor):
