@@ -293,12 +293,14 @@ def test_connections_are_closed_when_dropped_or_when_the_request_ends(services, 
 
 
 def test_a_request_holds_at_most_the_limit_of_connections(services, server):
+    before = spin_connections(server)  # other tests' connections the garbage collector has not closed yet
     ctx = context(services)
     for _ in range(mysql_outbound.MAX_OPEN_CONNECTIONS_PER_INSTANCE):
         rep_of(open_(ctx, server.url()))
+    assert spin_connections(server) >= before + mysql_outbound.MAX_OPEN_CONNECTIONS_PER_INSTANCE
     assert open_(ctx, server.url()) == Err(Variant("connection-failed", "too many connections"))
     end_request(ctx)
-    assert _eventually(lambda: spin_connections(server) == 0)
+    assert _eventually(lambda: spin_connections(server) <= before, timeout=15)
 
 
 def test_socket_operations_end_at_the_requests_deadline(services, server):
