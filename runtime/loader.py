@@ -30,6 +30,8 @@ from runtime.errors import AppError, AppNotFoundError, InvalidSettingError, Mani
 from runtime.settings import RuntimeSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from runtime.files import StagedFiles
     from runtime.guest import ComponentCommand, CoreCommand, GuestSetup
     from runtime.http.trigger import HttpApp
@@ -45,7 +47,7 @@ COMMAND_TRIGGER = "command"
 HTTP_TRIGGER = "http"  # == runtime.http.trigger.HTTP_TRIGGER
 REDIS_TRIGGER = "redis"  # == runtime.redis_trigger.config.REDIS_TRIGGER
 MQTT_TRIGGER = "mqtt"  # == runtime.mqtt.trigger_config.MQTT_TRIGGER
-COMPONENTS_TO_RETAIN_ENV = "SPIN_COMPONENTS_TO_RETAIN"  # == runtime.http.trigger.COMPONENTS_TO_RETAIN_ENV
+COMPONENTS_TO_RETAIN_ENV = "SPIN_COMPONENTS_TO_RETAIN"
 #: The trigger types that serve until stopped (``_load_served`` loads each). An app may mix them
 #: (runtime.multi_trigger runs one process per type), so adding a trigger type is an entry here and a branch in
 #: ``_load_served`` calling a loader of ``load_http_app``'s shape.
@@ -190,7 +192,7 @@ def _load_spin_app(
 
 def _load_manifest_app(manifest: Manifest, manifest_path: Path, args: list[str], env: dict[str, str],
                        settings: RuntimeSettings, work_dir: Path) -> LoadedApp | HttpApp:
-    manifest = _retain_components(manifest, env)
+    manifest = retain_components(manifest, env)
     types = _trigger_types(manifest)
     if types == (COMMAND_TRIGGER,):
         return _load_command_app(manifest, manifest_path, args, env, settings)
@@ -233,7 +235,7 @@ def _load_served(trigger_type: str, manifest: Manifest, args: list[str], env: di
     raise AssertionError(f"no loader for served trigger type {trigger_type!r}")  # _SERVED_TRIGGERS lists it
 
 
-def _retain_components(manifest: Manifest, env: dict[str, str]) -> Manifest:
+def retain_components(manifest: Manifest, env: Mapping[str, str]) -> Manifest:
     """The app with only the triggers of the components SPIN_COMPONENTS_TO_RETAIN names (Spin's
     ``retain_components``: it applies to every trigger type, and a type left without triggers is not run)."""
     raw = env.get(COMPONENTS_TO_RETAIN_ENV, "").strip()

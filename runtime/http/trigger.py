@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 HTTP_TRIGGER = "http"
 LISTEN_ADDR_ENV = "SPIN_HTTP_LISTEN_ADDR"
 DEFAULT_LISTEN_ADDR = "0.0.0.0:80"
-COMPONENTS_TO_RETAIN_ENV = "SPIN_COMPONENTS_TO_RETAIN"
 WORKERS_ENV = "SPIN_SHIM_HTTP_WORKERS"
 REQUEST_TIMEOUT_ENV = "SPIN_SHIM_REQUEST_TIMEOUT"
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -127,24 +126,6 @@ def _parse_http_trigger(manifest: Manifest, trigger: Trigger) -> HttpRoute:
                          static_response=parse_static_response(static, where))
     assert trigger.component is not None
     return HttpRoute(trigger.id, route, trigger.component, executor, entrypoint, argv)
-
-
-def retained_routes(routes: list[HttpRoute], env: Mapping[str, str], manifest: Manifest) -> list[HttpRoute]:
-    """The routes of the components SPIN_COMPONENTS_TO_RETAIN keeps (all when it is unset or empty)."""
-    raw = env.get(COMPONENTS_TO_RETAIN_ENV, "").strip()
-    if not raw:
-        return routes
-    keep = {item.strip() for item in raw.split(",") if item.strip()}
-    unknown = sorted(keep - set(manifest.components))
-    if unknown:
-        raise InvalidSettingError(
-            f"{COMPONENTS_TO_RETAIN_ENV}={raw!r}: the app has no component(s) {', '.join(map(repr, unknown))} "
-            f"(its components: {', '.join(sorted(manifest.components))})"
-        )
-    kept = [route for route in routes if route.component_id in keep]
-    if not kept:
-        raise InvalidSettingError(f"{COMPONENTS_TO_RETAIN_ENV}={raw!r}: none of these components has an http route")
-    return kept
 
 
 def worker_count(env: Mapping[str, str], cpus: float | None = None) -> int:
@@ -235,7 +216,7 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
     from runtime.http.listen import bind_listener
     from runtime.spin.services import SpinServices
 
-    routes = retained_routes(parse_http_triggers(manifest), env, manifest)
+    routes = parse_http_triggers(manifest)  # SPIN_COMPONENTS_TO_RETAIN applied: runtime.loader.retain_components
     router = _build_router(manifest, routes)
     workers = worker_count(env, settings.cpus)
     timeout = request_timeout(env)
@@ -384,4 +365,4 @@ def _load_executor(manifest: Manifest, route: HttpRoute, files: StagedFiles, env
     return executor, load
 
 
-__all__ = ["HttpApp", "HttpRoute", "load_http_app", "parse_http_triggers", "retained_routes"]
+__all__ = ["HttpApp", "HttpRoute", "load_http_app", "parse_http_triggers"]

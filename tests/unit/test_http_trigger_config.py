@@ -9,10 +9,10 @@ from runtime.http.trigger import (
     HttpRoute,
     parse_http_triggers,
     request_timeout,
-    retained_routes,
     worker_count,
 )
 from runtime.http.static_response import MAX_STATIC_BODY_BYTES, StaticResponse
+from runtime.loader import retain_components
 from runtime.manifest import parse_manifest
 
 HEAD = """spin_manifest_version = 2
@@ -70,14 +70,21 @@ def test_bad_trigger_tables_name_the_problem(table, message):
     assert message in str(error.value)
 
 
+def retained_routes(manifest, env) -> list[HttpRoute]:
+    """The http routes the loader's SPIN_COMPONENTS_TO_RETAIN filtering leaves (runtime.loader.retain_components)."""
+    return parse_http_triggers(retain_components(manifest, env))
+
+
 def test_components_to_retain_keeps_only_their_routes():
-    routes = routes_of('[[trigger.http]]\nroute = "/a"\ncomponent = "a"\n[[trigger.http]]\nroute = "/b"\ncomponent = "b"\n')
-    manifest = parse_manifest(HEAD, "/spin.toml")
-    kept = retained_routes(routes, {"SPIN_COMPONENTS_TO_RETAIN": " b "}, manifest)
+    manifest = parse_manifest(
+        HEAD + '[[trigger.http]]\nroute = "/a"\ncomponent = "a"\n[[trigger.http]]\nroute = "/b"\ncomponent = "b"\n',
+        "/spin.toml")
+    routes = parse_http_triggers(manifest)
+    kept = retained_routes(manifest, {"SPIN_COMPONENTS_TO_RETAIN": " b "})
     assert [r.component_id for r in kept] == ["b"]
-    assert retained_routes(routes, {}, manifest) == routes
+    assert retained_routes(manifest, {}) == routes
     with pytest.raises(InvalidSettingError, match="no component.*'zzz'"):
-        retained_routes(routes, {"SPIN_COMPONENTS_TO_RETAIN": "a,zzz"}, manifest)
+        retained_routes(manifest, {"SPIN_COMPONENTS_TO_RETAIN": "a,zzz"})
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "two", "65"])
@@ -140,5 +147,5 @@ component = "a"
 route = "/s"
 static_response = { body = "s" }
 """, "/spin.toml")
-    kept = retained_routes(parse_http_triggers(manifest), {"SPIN_COMPONENTS_TO_RETAIN": "a"}, manifest)
+    kept = retained_routes(manifest, {"SPIN_COMPONENTS_TO_RETAIN": "a"})
     assert [r.component_id for r in kept] == ["a"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import InvalidSettingError, ManifestError, UnsupportedTriggerError
-from runtime.loader import _retain_components, _trigger_types
+from runtime.loader import _trigger_types, retain_components
 from runtime.manifest import parse_manifest
 from runtime.redis_trigger.config import RedisTriggerConfig, group_subscriptions, parse_redis_triggers
 from runtime.spin.variables import VariableResolver
@@ -141,8 +141,8 @@ def test_a_command_beside_a_listener_is_refused_with_the_reason():
 
 def test_retaining_components_drops_the_other_trigger_types():
     manifest = parse_manifest(MIXED, Path("/spin.toml"))
-    kept = _retain_components(manifest, {"SPIN_COMPONENTS_TO_RETAIN": "b"})
+    kept = retain_components(manifest, {"SPIN_COMPONENTS_TO_RETAIN": "b"})
     assert [t.type for t in kept.triggers] == ["redis"] and _trigger_types(kept) == ("redis",)
-    assert _retain_components(manifest, {}) is manifest
+    assert retain_components(manifest, {}) is manifest
     with pytest.raises(InvalidSettingError, match="no component"):
-        _retain_components(manifest, {"SPIN_COMPONENTS_TO_RETAIN": "b,zzz"})
+        retain_components(manifest, {"SPIN_COMPONENTS_TO_RETAIN": "b,zzz"})
