@@ -32,10 +32,10 @@ SHIM_NAME = "containerd-shim-spin-v2"
 
 # -- leak checks ---------------------------------------------------------------------
 
-def shim_processes(daemon) -> list[int]:
-    """Our shim daemons and instance processes belonging to this containerd."""
+def shim_processes(daemon, among: Iterable[int] | None = None) -> list[int]:
+    """Our shim daemons and instance processes belonging to this containerd (among these pids, or all)."""
     pids = []
-    for entry in os.listdir("/proc"):
+    for entry in (str(pid) for pid in among) if among is not None else os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:

@@ -27,7 +27,6 @@ import re
 import shutil
 import tarfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -324,7 +323,7 @@ class RssSampler:
     """The largest VmHWM/VmRSS any of this containerd's shim processes (daemon, instance) showed while it ran:
     the instance process dies with Create's failure, so its peak is read while it lives, every few ms."""
 
-    def __init__(self, ctrd: Any, interval: float = 0.02) -> None:
+    def __init__(self, ctrd: Any, interval: float = 0.005) -> None:
         self._ctrd = ctrd
         self._interval = interval
         self._stop = threading.Event()
@@ -344,13 +343,14 @@ class RssSampler:
         return max(self.peaks.values(), default=0)
 
     def _run(self) -> None:
-        pids: list[int] = []
-        last_scan = 0.0
+        # The instance process may live for less than a tenth of a second: /proc is listed every tick, and only
+        # the pids not seen before are read, so a tick stays cheap and a new process is seen within one.
+        pids: set[int] = set()
+        seen: set[int] = set()
         while not self._stop.is_set():
-            now = time.monotonic()
-            if now - last_scan > 0.1 or not pids:  # listing /proc is the costly part: new pids a few times a second
-                pids = shim_processes(self._ctrd)
-                last_scan = now
+            listed = {int(entry) for entry in os.listdir("/proc") if entry.isdigit()}
+            pids = (pids & listed) | set(shim_processes(self._ctrd, listed - seen))
+            seen = listed
             for pid in pids:
                 kib = _status_kib(pid, ("VmHWM:", "VmRSS:"))
                 if kib:
