@@ -10,7 +10,7 @@ precompile cache, the first runc run pages in runc). A ratio below 1 means a Was
 starts faster than a runc container.
 
     scripts/bench_start.py [--mode hello|http] [--version 1.6] [--runs 20] [--warmup 3] [--baseline OTHER_SHIM]
-                           [--phases] [--floor]
+                           [--phases] [--floor] [--timeline]
 
 --baseline names another build's containerd-shim-spin-v2 (e.g. a checkout of main's venv/bin one): its runs
 alternate with this build's and runc's in the same containerd, and the ratio this/baseline is printed, which is
@@ -21,6 +21,9 @@ create` + `ctr containers rm` of the busybox image (the snapshot's prepare and r
 with no task at all, and one bare `ctr version` (a ctr process and a round trip). No shim can start a task in less
 than the floor minus one ctr process, so when that exceeds 0.75x runc's `ctr run --rm` the 0.75x goal is out of
 reach on this containerd.
+--timeline (hello mode) splits each `ctr run --rm` at the events containerd publishes (`ctr events`: container
+create, task create, start, exit, task delete, container delete) and prints the median of each step for the shim
+and for runc side by side, with the difference: where a start's time goes, and which steps are the runtime's.
 """
 
 from __future__ import annotations
@@ -145,6 +148,84 @@ def _timed_ctr_version(daemon: PrivateContainerd) -> float:
     return time.perf_counter() - started
 
 
+#: The events of one `ctr run --rm`, in the order they are published; a step is the time from one to the next.
+TIMELINE_TOPICS = ("/containers/create", "/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete",
+                   "/containers/delete")
+TIMELINE_STEPS = {
+    "ctr start -> container create": "ctr's process, the image's snapshot prepared, the container record",
+    "container create -> task create": "the runtime's start (the shim process) and Create",
+    "task create -> task start": "Start",
+    "task start -> exit": "the process runs and exits, the exit reaches containerd",
+    "exit -> task delete": "ctr's wait returns, its Delete",
+    "task delete -> container delete": "the shim's delete/shutdown, ctr's container and snapshot removal",
+    "container delete -> ctr exit": "ctr's exit",
+}
+_EVENT_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) \S+ \S+ \S+ (/\S+) (\{.*\})\s*$")
+
+
+class EventTimeline:
+    """`ctr events` running beside the runs: the time each container's lifecycle events were published."""
+
+    def __init__(self, daemon: PrivateContainerd) -> None:
+        argv = [str(daemon.bin_dir / "ctr"), "--address", daemon.address, "events"]
+        self._process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(0.3)  # subscribed before the first run
+        self.runs: dict[str, tuple[float, float]] = {}  # container id -> (ctr started, ctr exited), wall clock
+        self._seen: dict[str, dict[str, float]] = {}  # container id -> topic -> published, wall clock
+
+    def timed(self, container_id: str, run: Callable[[], float]) -> float:
+        started = time.time()
+        elapsed = run()
+        self.runs[container_id] = (started, started + elapsed)
+        return elapsed
+
+    def stop(self) -> None:
+        """Ends `ctr events` and reads when each container's events were published."""
+        self._process.terminate()
+        output, _ = self._process.communicate(timeout=10)
+        for line in output.splitlines():
+            match = _EVENT_LINE.match(line)
+            if match is None or match.group(2) not in TIMELINE_TOPICS:
+                continue
+            body = json.loads(match.group(3))
+            container = body.get("container_id") or body.get("id") or ""
+            self._seen.setdefault(container, {}).setdefault(match.group(2), _parse_event_time(match.group(1)))
+
+    def steps(self, container_ids: list[str]) -> dict[str, list[float]]:
+        """Step name -> seconds per run, for the runs whose every event was seen (after stop)."""
+        seen = self._seen
+        steps: dict[str, list[float]] = {name: [] for name in TIMELINE_STEPS}
+        for container in container_ids:
+            events = seen.get(container, {})
+            if container not in self.runs or any(topic not in events for topic in TIMELINE_TOPICS):
+                continue
+            started, exited = self.runs[container]
+            marks = [started, *(events[topic] for topic in TIMELINE_TOPICS), exited]
+            for name, (a, b) in zip(TIMELINE_STEPS, zip(marks, marks[1:])):
+                steps[name].append(b - a)
+        return steps
+
+
+def _parse_event_time(text: str) -> float:
+    """ctr prints Go's time with nanoseconds in UTC; datetime takes microseconds."""
+    from datetime import datetime, timezone
+
+    whole, _, fraction = text.partition(".")
+    moment = datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    return moment.timestamp() + float(f"0.{fraction or '0'}")
+
+
+def _print_timeline(shim: dict[str, list[float]], runc: dict[str, list[float]]) -> None:
+    print(f"timeline of a ctr run --rm (median ms over {len(shim[next(iter(shim))])} shim and "
+          f"{len(runc[next(iter(runc))])} runc runs whose events were all seen):")
+    print(f"  {'step':34} {'shim':>8} {'runc':>8} {'shim-runc':>10}  what it is")
+    for name, meaning in TIMELINE_STEPS.items():
+        if not shim[name] or not runc[name]:
+            continue
+        a, b = statistics.median(shim[name]) * 1000, statistics.median(runc[name]) * 1000
+        print(f"  {name:34} {a:8.1f} {b:8.1f} {a - b:+10.1f}  {meaning}")
+
+
 def _phases(containerd_dir: Path, warmup: int) -> dict[str, list[float]]:
     """Phase -> milliseconds per run of this build's hello tasks (ids w<i>) after the warm-up, from the shim's
     debug lines in containerd's log."""
@@ -179,9 +260,11 @@ def main() -> int:
     parser.add_argument("--phases", action="store_true", help="print the instance processes' setup phases")
     parser.add_argument("--floor", action="store_true",
                         help="hello mode: also time containerd's own part (container create + rm, no task)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="hello mode: split each run at containerd's events and print each step's median")
     options = parser.parse_args()
-    if options.floor and options.mode != "hello":
-        parser.error("--floor applies to --mode hello")
+    if (options.floor or options.timeline) and options.mode != "hello":
+        parser.error("--floor and --timeline apply to --mode hello")
 
     hello = _build_guests()
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
@@ -197,6 +280,7 @@ def main() -> int:
         daemon.start()
         try:
             runs: dict[str, Callable[[int], float]]
+            timeline = EventTimeline(daemon) if options.timeline else None
             if options.mode == "hello":
                 daemon.ctr("images", "import", "--all-platforms", str(
                     _image(workdir, "hello-wasm", {"/hello.wasm": hello}, os_="wasip1", arch="wasm",
@@ -205,9 +289,15 @@ def main() -> int:
                     _image(workdir, "busybox", {"/bin/busybox": busybox}, os_="linux", arch="amd64",
                            entrypoint=["/bin/busybox", "true"])))
                 wasm = "docker.io/bench/hello-wasm:latest"
+                def shim_run(i: int) -> float:
+                    return _timed_run(daemon, ["--runtime", RUNTIME, wasm, f"w{i}"], "hello from wasm")
+
+                def runc_run(i: int) -> float:
+                    return _timed_run(daemon, ["docker.io/bench/busybox:latest", f"r{i}"], None)
+
                 runs = {
-                    "shim": lambda i: _timed_run(daemon, ["--runtime", RUNTIME, wasm, f"w{i}"], "hello from wasm"),
-                    "runc": lambda i: _timed_run(daemon, ["docker.io/bench/busybox:latest", f"r{i}"], None),
+                    "shim": shim_run if timeline is None else lambda i: timeline.timed(f"w{i}", lambda: shim_run(i)),
+                    "runc": runc_run if timeline is None else lambda i: timeline.timed(f"r{i}", lambda: runc_run(i)),
                     "baseline": lambda i: _timed_run(daemon, ["--runtime", BASELINE_RUNTIME, wasm, f"b{i}"],
                                                      "hello from wasm"),
                     "floor": lambda i: _timed_floor(daemon, "docker.io/bench/busybox:latest", f"f{i}"),
@@ -237,6 +327,11 @@ def main() -> int:
                     elapsed = runs[kind](i)
                     if i >= options.warmup:
                         times[kind].append(elapsed)
+            measured = range(options.warmup, options.warmup + options.runs)
+            steps = None
+            if timeline is not None:
+                timeline.stop()
+                steps = (timeline.steps([f"w{i}" for i in measured]), timeline.steps([f"r{i}" for i in measured]))
             phases = _phases(workdir / "containerd", options.warmup) if options.phases else {}
             if options.phases and not phases:
                 raise SystemExit("--phases: no instance reported its setup phases in containerd's log")
@@ -266,6 +361,8 @@ def main() -> int:
               f"(the 0.75x goal is {0.75 * runc * 1000:.1f} ms)")
         print(f"each run minus that floor: shim {(statistics.median(shim_times) - base) * 1000:.1f} ms, "
               f"runc {(runc - base) * 1000:.1f} ms")
+    if steps is not None:
+        _print_timeline(*steps)
     if phases:
         print("instance setup phases of this build (median ms): "
               + ", ".join(f"{name} {statistics.median(values):.1f}" for name, values in phases.items()))
