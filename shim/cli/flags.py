@@ -9,11 +9,11 @@ from __future__ import annotations
 from shim import RUNTIME_NAME, VERSION
 from shim.record import Record
 
-__all__ = ["RUNTIME_NAME", "VERSION", "Flags", "UsageError", "parse_flags"]
+__all__ = ["RUNTIME_NAME", "VERSION", "Flags", "UsageError", "asks_for_help", "parse_flags"]
 
 
 _VALUE_FLAGS = {"namespace", "address", "publish-binary", "id", "bundle", "socket"}
-_BOOL_FLAGS = {"debug", "v", "version", "info"}
+_BOOL_FLAGS = {"debug", "v", "version", "info", "h", "help"}
 
 
 class UsageError(Exception):
@@ -30,7 +30,9 @@ class Flags(Record):
     debug: bool = False
     version: bool = False
     info: bool = False
+    help: bool = False
     action: str = ""
+    after_action: tuple[str, ...] = ()  # containerd passes nothing after the action; people may (`delete --help`)
 
 
 def parse_flags(argv: list[str]) -> Flags:
@@ -48,6 +50,8 @@ def parse_flags(argv: list[str]) -> Flags:
             enabled = value.lower() not in ("false", "0") if has_value else True
             if name in ("v", "version"):
                 flags.version = enabled
+            elif name in ("h", "help"):  # Go's flag package answers -h and -help with the usage, exit status 0
+                flags.help = enabled
             else:
                 setattr(flags, name, enabled)
         elif name in _VALUE_FLAGS:
@@ -62,4 +66,9 @@ def parse_flags(argv: list[str]) -> Flags:
         i += 1
     if i < len(argv):
         flags.action = argv[i]
+        flags.after_action = tuple(argv[i + 1:])
     return flags
+
+
+def asks_for_help(words: tuple[str, ...] | list[str]) -> bool:
+    return any(word in ("-h", "-help", "--help") for word in words)

@@ -56,19 +56,24 @@ class RuntimeSettings:
 
     systemd_cgroup None means: the node's cgroup driver, as runc's options in the same file say, if they say it.
     containerd_major None means unknown; it is needed only to choose the schema of an empty file.
+    replace_runtime_type (`install --force`): a runtime of that name with another runtime_type is the operator's
+    (another shim, often the Rust containerd-shim-spin's "io.containerd.spin.v1"), so it is refused unless forced.
     """
 
     runtime_name: str = DEFAULT_RUNTIME_NAME
     systemd_cgroup: bool | None = None
     containerd_major: int | None = None
+    replace_runtime_type: bool = False
 
 
 @dataclass
 class ConfigEdit:
-    """The edited text, the runtime's table header, one line per change (none: `text` is the input) and warnings."""
+    """The edited text, the runtime's table header and key path, one line per change (none: `text` is the input)
+    and warnings."""
 
     text: str
     runtime_table: str
+    runtime_path: tuple[str, ...] = ()
     changes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -117,9 +122,12 @@ def edit_config(text: str, settings: RuntimeSettings) -> ConfigEdit:
     if not isinstance(current_options, dict):
         raise ConfigError(f"{options_header} exists but is not a table")
     needs_type = current.get("runtime_type") != SPIN_RUNTIME_TYPE
+    if needs_type and "runtime_type" in current and not settings.replace_runtime_type:
+        raise ConfigError(f"{header} already has runtime_type = {current['runtime_type']!r} (another runtime "
+                          "registered under that name): pass --force to replace it, or choose another --runtime-name")
     needs_systemd = wanted_systemd is not None and current_options.get("SystemdCgroup") != wanted_systemd
     if not (needs_type or needs_systemd or changes):
-        return ConfigEdit(text, header, [], notes)
+        return ConfigEdit(text, header, path, [], notes)
 
     style = _Style.of(document, path)
     runtimes, preceding = _runtimes_table(document, path)
@@ -147,7 +155,7 @@ def edit_config(text: str, settings: RuntimeSettings) -> ConfigEdit:
     if new_text.endswith("\n\n") and not text.endswith("\n\n"):
         new_text = new_text.rstrip("\n") + "\n"  # a table appended at the very end keeps no trailing blank line
     _verify(original, new_text, path, wanted_systemd, added_version=None if original else schema)
-    return ConfigEdit(new_text, header, changes, notes)
+    return ConfigEdit(new_text, header, path, changes, notes)
 
 
 def _parse(text: str) -> dict[str, Any]:

@@ -55,6 +55,16 @@ config_path = "/etc/containerd/certs.d"
 """
 
 
+def containerd_on_path_says() -> str:
+    import subprocess
+
+    result = subprocess.run(["/usr/bin/containerd", "--version"], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+CONTAINERD_ON_PATH_SAYS = containerd_on_path_says()
+
+
 def default_config(version: str) -> str:
     return (DATA / f"containerd-{version}-config-default.toml").read_text()
 
@@ -196,7 +206,7 @@ version = 3
 
 
 def test_existing_runtime_keeps_the_operators_keys() -> None:
-    edit = edit_config(EXISTING_RUNTIME, RuntimeSettings())
+    edit = edit_config(EXISTING_RUNTIME, RuntimeSettings(replace_runtime_type=True))  # install --force
     spin = lookup(tomllib.loads(edit.text), *V3_RUNTIMES, "spin")
     assert spin == {"runtime_type": SPIN, "pod_annotations": ["spin.example.com/*"],
                     "options": {"Foo": "bar", "SystemdCgroup": True}}
@@ -216,7 +226,7 @@ def test_existing_runtime_without_options_gets_them_indented_like_its_values() -
 
 
 def test_complete_runtime_is_left_byte_identical() -> None:
-    done = edit_config(EXISTING_RUNTIME, RuntimeSettings()).text
+    done = edit_config(EXISTING_RUNTIME, RuntimeSettings(replace_runtime_type=True)).text
     edit = edit_config(done, RuntimeSettings(systemd_cgroup=True))
     assert (edit.text, edit.changes) == (done, [])
 
@@ -349,7 +359,7 @@ def test_runtimes_split_over_two_places_are_refused() -> None:
 def test_inline_runtime_table_is_refused_when_it_needs_a_change() -> None:
     text = 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes]\nspin = { runtime_type = "x" }\n'
     with pytest.raises(ConfigError, match="inline"):
-        edit_config(text, RuntimeSettings())
+        edit_config(text, RuntimeSettings(replace_runtime_type=True))
 
 
 def test_runtime_that_is_not_a_table_is_refused() -> None:
@@ -436,11 +446,15 @@ def test_install_twice(node: dict[str, Path]) -> None:
     link = node["bin"] / SHIM_BINARY_NAME
     assert os.readlink(link) == str(node["shim"])
     assert out.splitlines() == [
+        "containerd version: containerd 1.x (ran `/usr/bin/containerd --version`, which printed "
+        f"{CONTAINERD_ON_PATH_SAYS!r})",
         f"installed {link} -> {node['shim']}",
+        f"backed up {node['config']} to {node['config']}.before-spin-install",
         f'{node["config"]}: added [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.spin] '
         'runtime_type = "io.containerd.spin.v2"',
         f'{node["config"]}: set [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.spin.options] '
         "SystemdCgroup = false (as runc's options say)",
+        f"recorded what install did in {node['config']}.spin-install.json (uninstall reverts it)",
         RESTART_HINT,
     ]
     assert stat.S_IMODE(node["config"].stat().st_mode) == 0o600
@@ -449,11 +463,12 @@ def test_install_twice(node: dict[str, Path]) -> None:
 
     status, out, err = run(node)
     assert (status, err) == (0, "")
-    assert out.splitlines()[0] == f"{link} already points to {node['shim']}: unchanged"
+    assert out.splitlines()[1] == f"{link} already points to {node['shim']}: unchanged"
     assert out.splitlines()[-1] == NOTHING_CHANGED
     assert node["config"].read_bytes() == first
     assert node["config"].stat().st_mtime_ns == mtime
-    assert not [p for p in node["config"].parent.iterdir() if p.name != "config.toml"], "temporary file left"
+    assert sorted(p.name for p in node["config"].parent.iterdir()) == [
+        "config.toml", "config.toml.before-spin-install", "config.toml.spin-install.json"], "temporary file left"
 
 
 def test_unparseable_config_is_left_untouched(node: dict[str, Path]) -> None:
@@ -503,24 +518,27 @@ def test_symlinked_config_is_edited_where_it_points(node: dict[str, Path], tmp_p
     real.write_text(default_config("2.1"))
     node["config"].parent.mkdir()
     node["config"].symlink_to(real)
-    assert run(node)[0] == 0
+    assert run(node, "--containerd-version", "2")[0] == 0
     assert node["config"].is_symlink()
     assert "runtimes.spin" in real.read_text()
 
 
-def test_something_else_at_the_shims_place_is_replaced(node: dict[str, Path], tmp_path: Path) -> None:
+def test_something_else_at_the_shims_place_is_replaced_only_with_force(node: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """More cases (and the backups) in tests/unit/test_install_safety.py."""
     link = node["bin"] / SHIM_BINARY_NAME
     link.write_text("old binary")
-    status, out, _ = run(node, "--containerd-version", "2")
-    assert status == 0 and out.splitlines()[0] == f"replaced {link} (a file) by a symlink to {node['shim']}"
+    assert run(node, "--containerd-version", "2")[0] == 1
+    status, out, _ = run(node, "--containerd-version", "2", "--force")
+    assert status == 0 and out.splitlines()[1] == f"replaced {link} (a file) by a symlink to {node['shim']}"
     os.unlink(link)
+    os.unlink(f"{link}.before-spin-install")  # an earlier backup is never overwritten
     link.symlink_to(tmp_path / "elsewhere")
-    status, out, _ = run(node)
-    assert out.splitlines()[0] == f"replaced {link} (a symlink to {tmp_path / 'elsewhere'}) by a symlink to " \
+    status, out, _ = run(node, "--containerd-version", "2", "--force")
+    assert out.splitlines()[1] == f"replaced {link} (a symlink to {tmp_path / 'elsewhere'}) by a symlink to " \
                                   f"{node['shim']}"
     assert out.splitlines()[-1].startswith("config unchanged: containerd needs no restart")
     assert os.readlink(link) == str(node["shim"])
-    assert sorted(p.name for p in node["bin"].iterdir()) == [SHIM_BINARY_NAME]
 
 
 def test_missing_bin_dir_fails_before_the_config_is_written(node: dict[str, Path]) -> None:
