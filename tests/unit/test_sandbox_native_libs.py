@@ -64,3 +64,41 @@ def test_check_extension_refuses_an_extension_it_cannot_read(tmp_path):
     spec = importlib.util.spec_from_file_location("_fake", fake)
     with pytest.raises(native_libs.NativeImportRefused, match="cannot check the libraries of"):
         native_libs.check_extension(spec)
+
+
+def test_extension_file_finds_a_packaged_extension_without_importing_its_package():
+    import subprocess
+    import sys
+
+    script = ("import sys; from shim.wasm.sandbox import native_libs; "
+              "print(native_libs.extension_file('grpc._cython.cygrpc')); print('grpc' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].endswith(".so") and "/grpc/_cython/cygrpc" in out[0]
+    assert out[1] == "False"
+    assert native_libs.extension_file("grpc._cython.no_such_module") is None
+    assert native_libs.extension_file("no_such_package.module") is None
+
+
+_PRELOAD_SCRIPT = """
+import json, sys
+from shim.wasm.sandbox import native_libs, python_paths
+before = native_libs.loaded_libraries()
+python_paths.import_before_pivot(content_store=False, grpc=sys.argv[1] == "grpc")
+print(json.dumps({"new": sorted(native_libs.loaded_libraries() - before), "grpc_imported": "grpc" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("grpc", [False, True])
+def test_grpcs_core_is_loaded_before_the_pivot_only_for_a_task_exporting_over_grpc(grpc):
+    """OTLP/gRPC (runtime.telemetry.needs_grpc): grpcio's core and its libstdc++ are dlopen'ed, grpc is not
+    imported; any other task's start loads neither."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PRELOAD_SCRIPT, "grpc" if grpc else "none"],
+                         capture_output=True, text=True, check=True).stdout
+    seen = json.loads(out)
+    assert not seen["grpc_imported"]
+    assert ("libstdc++.so.6" in seen["new"]) is grpc
+    assert any(name.startswith("cygrpc.") for name in seen["new"]) is grpc

@@ -213,3 +213,57 @@ def test_after_the_pivot_modules_import_through_the_read_only_binds_and_extensio
     assert seen["refused"] == (f"sandbox: module {seen['lazy']} needs {seen['lazy_lib']}, which the shim did not load "
                                f"before it entered the container (inside, the dynamic loader would search the image)")
     assert seen["openssl_modules"] == native_libs.NO_OPENSSL_MODULES
+
+
+def test_namespace_packages_imported_before_the_pivot_keep_their_portions_through_the_binds(tmp_path):
+    """A namespace package imported before the pivot (protobuf's `google`, in every shim process) finds its other
+    subpackages after it (googleapis-common-protos' google.rpc, which the OTLP/gRPC exporter imports), from each
+    of its portions' binds and only there; one first imported after the pivot works as well."""
+    from shim.wasm.sandbox import python_paths
+
+    portion_a, portion_b, rootfs = tmp_path / "site-a", tmp_path / "site-b", tmp_path / "rootfs"
+    for path, text in (("site-a/nsdemo/before/__init__.py", "PORTION = 'a'\n"),
+                       ("site-a/nsdemo/nested/leaf_before.py", ""),
+                       ("site-a/nsdemo/nested/leaf_after.py", ""),
+                       ("site-b/nsdemo/after/__init__.py", "PORTION = 'b'\n"),
+                       ("site-b/nsfresh/mod.py", "")):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    # The image plants a subpackage where the node path of a portion points after the pivot.
+    planted = rootfs / str(portion_a).lstrip("/") / "nsdemo" / "planted.py"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("raise SystemExit('the image ran')\n")
+
+    def inside() -> dict[str, Any]:
+        sys.path.extend([str(portion_a), str(portion_b)])
+        import google.protobuf  # noqa: F401 - `google` imported before the pivot, as in every shim process
+        import nsdemo.before
+        import nsdemo.nested.leaf_before  # noqa: F401 - a nested namespace package, imported before too
+
+        for name in [name for name in sys.modules if name.startswith("google.rpc")]:
+            sys.modules.pop(name)  # other tests of this process may have imported it
+        plan = RootPlan(rootfs=rootfs, mounts=(), readonly=False, cache_dir=tmp_path / "cache",
+                        module_dirs=python_paths.module_dirs())
+        enter_root(plan)
+        python_paths.remap_imports(plan.module_binds)
+        import google.rpc.status_pb2
+        import nsdemo.after
+        import nsdemo.nested.leaf_after
+        import nsfresh.mod
+
+        try:
+            import nsdemo.planted  # noqa: F401
+            planted_import = "imported"
+        except ImportError as exc:
+            planted_import = type(exc).__name__
+        return {"google_rpc": google.rpc.status_pb2.__file__, "nsdemo_path": list(nsdemo.__path__),
+                "before": nsdemo.before.PORTION, "after": [nsdemo.after.PORTION, nsdemo.after.__file__],
+                "leaf_after": nsdemo.nested.leaf_after.__file__, "fresh": nsfresh.mod.__file__,
+                "planted": planted_import}
+
+    seen = in_child(inside)
+    assert seen["google_rpc"].startswith("/.spin-shim/python/")
+    assert len(seen["nsdemo_path"]) == 2 and all(p.startswith("/.spin-shim/python/") for p in seen["nsdemo_path"])
+    assert seen["before"] == "a" and seen["after"][0] == "b" and seen["after"][1].startswith("/.spin-shim/python/")
+    assert seen["leaf_after"].startswith("/.spin-shim/python/") and seen["fresh"].startswith("/.spin-shim/python/")
+    assert seen["planted"] == "ModuleNotFoundError"

@@ -2,9 +2,9 @@
 pointed at them after the pivot.
 
 After pivot_root the node's files are gone from the process's view, yet the runtime imports lazily (an HTTP
-app never pays for the command trigger's modules, a rootfs app never for grpc). Importing everything before the
-pivot instead measured +237 ms per `ctr run` of a hello command (529 -> 766 ms median, scripts/bench_start.py),
-so the directories on sys.path (and those of packages imported from elsewhere, like the editable install's
+app never pays for the command trigger's modules, a rootfs app never for grpc unless it exports telemetry over
+OTLP/gRPC). Importing everything before the pivot instead measured +237 ms per `ctr run` of a hello command
+(529 -> 766 ms median, scripts/bench_start.py), so the directories on sys.path (and those of packages imported from elsewhere, like the editable install's
 source tree) are bound read-only under /.spin-shim/python/<n>, and sys.path, every imported package's
 __path__ and the finders' caches are rewritten to them: a later import reads the same files through the bind.
 The finders keep their directory listings (the bind shows the same directory, same mtime), so no directory is
@@ -43,12 +43,16 @@ IMPORTED_MODULES = ("wasmtime",)
 PRELOADED_EXTENSIONS = ("_ssl", "_hashlib", "_sqlite3", "zlib", "binascii")
 #: grpc's Cython core links libstdc++: only an artifact's load talks to containerd, right after the pivot.
 CONTENT_STORE_MODULES = ("oci.client", "oci.mirror", "oci.precompiled", "oci.source")
+#: The same core for OTLP over gRPC (runtime.telemetry.needs_grpc of the task env): only dlopen'ed, ~7 ms (its
+#: libstdc++ and librt come with it); the exporter imports grpc after the pivot, through the bind, in the load.
+GRPC_EXTENSIONS = ("grpc._cython.cygrpc",)
 
 
-def import_before_pivot(*, content_store: bool) -> None:
+def import_before_pivot(*, content_store: bool, grpc: bool = False) -> None:
+    """What the load needs from the node, done now; ``grpc`` when the task exports telemetry over OTLP/gRPC."""
     for name in IMPORTED_MODULES + (CONTENT_STORE_MODULES if content_store else ()):
         importlib.import_module(name)
-    native_libs.preload(PRELOADED_EXTENSIONS)
+    native_libs.preload(PRELOADED_EXTENSIONS + (GRPC_EXTENSIONS if grpc else ()))
     native_libs.load_openssl_config()
     from runtime.engine import engine_fingerprint
     from runtime.host.marshal import wasmtime_version
@@ -182,10 +186,16 @@ def remap_imports(binds: Mapping[str, str]) -> None:
         search = _search_path(module)
         if isinstance(search, list):
             search[:] = [bound for bound in map(remap, search) if bound is not None]
-        elif search:
-            inner = getattr(search, "_path", None)  # a namespace package's _NamespacePath
-            if isinstance(inner, list):
-                inner[:] = [bound for bound in map(remap, inner) if bound is not None]
+            continue
+        # A namespace package's _NamespacePath: only its _path is read and written. Its truth value, len or
+        # iteration would recompute it (sys.path changed above) from the bound dirs, and remapping that bound
+        # path again would empty it for good: `google` (protobuf's, imported before the pivot) lost every
+        # portion that way, and google.rpc (googleapis-common-protos, needed by the OTLP/gRPC exporter) was
+        # "not found". Left with node paths remapped, it recomputes itself on its next use, from sys.path (bound
+        # entries only) or its parent package's remapped __path__.
+        inner = getattr(search, "_path", None)
+        if isinstance(inner, list):
+            inner[:] = [bound for bound in map(remap, inner) if bound is not None]
     finders = {}
     for entry, finder in sys.path_importer_cache.items():
         bound = remap(entry)
