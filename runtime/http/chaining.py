@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from runtime import telemetry
 from runtime.http.contract import ClientGone, Executor, GuestFailure, Headers, RequestHead, RouteInfo
 from runtime.http.headers import full_url, request_path, spin_request_headers, with_spin_headers
 
@@ -299,8 +300,8 @@ class LocalApp:
                 raise ChainingRefused("connection-limit-reached",
                                       f"{MAX_IN_FLIGHT} requests to the app itself are already in flight")
             _in_flight += 1
-        thread = threading.Thread(target=_run, args=(executor, head, exchange, depth), daemon=True,
-                                  name=f"chained-{head.component_id}")
+        thread = threading.Thread(target=_run, args=(executor, head, exchange, depth, target.kind == "self"),
+                                  daemon=True, name=f"chained-{head.component_id}")
         try:
             thread.start()
         except RuntimeError as exc:
@@ -352,13 +353,22 @@ class LocalApp:
         return head, executor, None
 
 
-def _run(executor: Executor, head: RequestHead, exchange: ChainedExchange, depth: int) -> None:
-    """The callee, on its own thread: as runtime.http.server's ``_run_guest`` turns outcomes into answers."""
+def _run(executor: Executor, head: RequestHead, exchange: ChainedExchange, depth: int, self_request: bool) -> None:
+    """The callee, on its own thread: as runtime.http.server's ``_run_guest`` turns outcomes into answers.
+
+    With telemetry on, its spans are Spin's for the same request: a self request reaches Spin's listener from the
+    network, so it gets a server span (and its execute span) whose parent is the caller's outbound client span,
+    by the ``traceparent`` the caller's request carries; a ``*.spin.internal`` one gets only its execute span,
+    under that client span (runtime.telemetry.request.RequestTrace). The callee's host calls are children of
+    its execute span, current on this thread."""
     global _in_flight
     _local.depth = depth
     sink = _ChainedSink(exchange)
+    request_trace = None
     try:
-        executor.handle(head, _ChainedBody(exchange.request), sink)
+        if telemetry.active is not None:
+            request_trace = telemetry.active.begin_request(head, sink, server_span=self_request)
+        executor.handle(head, _ChainedBody(exchange.request), sink if request_trace is None else request_trace.sink)
     except GuestFailure as failure:
         if sink.started:
             exchange.response.fail(failure.log_line or failure.public_message)
@@ -393,6 +403,10 @@ def _run(executor: Executor, head: RequestHead, exchange: ChainedExchange, depth
         _local.depth = 0
         with _in_flight_lock:
             _in_flight -= 1
+        if request_trace is not None:  # the answers given above for the guest bypass its sink
+            request_trace.status = exchange.status
+            request_trace.aborted = exchange.response.failed is not None
+            request_trace.end()
 
 
 def _log(line: str) -> None:

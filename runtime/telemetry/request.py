@@ -56,16 +56,26 @@ def server_attributes(head: Any) -> dict[str, Any]:
 
 
 class RequestTrace:
-    """Started on the guest thread before the executor runs; ``end`` on the same thread after it returned."""
+    """Started on the guest thread before the executor runs; ``end`` on the same thread after it returned.
 
-    def __init__(self, tracer: trace.Tracer, head: Any, channel: Any, on_end: Callable[[], None]) -> None:
+    ``server_span`` False is a ``<component>.spin.internal`` request run in-process (runtime.http.chaining): Spin's
+    OutboundHttpInterceptor hands it to ``handle_trigger_route``, below the server span that only a request from
+    the network gets (``instrumented_service_fn``), so its ``execute_wasm_component`` span is a direct child of the
+    caller's outbound client span, current where the interceptor runs; here that span comes as the
+    ``traceparent`` the caller's request carries (runtime.telemetry.outbound_http injects it first)."""
+
+    def __init__(self, tracer: trace.Tracer, head: Any, channel: Any, on_end: Callable[[], None], *,
+                 server_span: bool = True) -> None:
         self._on_end = on_end
         parent = extract(head.headers)
-        self.server = tracer.start_span(f"{head.method} {head.route.raw_route}", context=parent,
-                                        kind=SpanKind.SERVER, attributes=server_attributes(head))
-        server_context = trace.set_span_in_context(self.server, parent)
-        self.execute = tracer.start_span(f"execute_wasm_component {head.component_id}", context=server_context)
-        self._token = otel_context.attach(trace.set_span_in_context(self.execute, server_context))
+        self.server: trace.Span | None = None
+        execute_parent = parent
+        if server_span:
+            self.server = tracer.start_span(f"{head.method} {head.route.raw_route}", context=parent,
+                                            kind=SpanKind.SERVER, attributes=server_attributes(head))
+            execute_parent = trace.set_span_in_context(self.server, parent)
+        self.execute = tracer.start_span(f"execute_wasm_component {head.component_id}", context=execute_parent)
+        self._token = otel_context.attach(trace.set_span_in_context(self.execute, execute_parent))
         self.status: int | None = None
         self.aborted = False
         self.sink = TracedSink(channel, self)
@@ -74,15 +84,17 @@ class RequestTrace:
         try:
             otel_context.detach(self._token)
             server = self.server
-            if self.status is not None:
+            if self.status is not None and server is not None:
                 server.set_attribute("http.response.status_code", self.status)
             if self.aborted or (self.status is not None and self.status >= 500):
                 error = "aborted" if self.aborted else str(self.status)
-                server.set_attribute("error.type", error)
-                server.set_status(Status(StatusCode.ERROR))
+                if server is not None:
+                    server.set_attribute("error.type", error)
+                    server.set_status(Status(StatusCode.ERROR))
                 self.execute.set_status(Status(StatusCode.ERROR))
             self.execute.end()
-            server.end()
+            if server is not None:
+                server.end()
         finally:
             self._on_end()
 

@@ -25,7 +25,6 @@ from opentelemetry.sdk.version import __version__ as sdk_version
 from opentelemetry.trace import NoOpTracer, Tracer
 
 import runtime.telemetry as state
-from runtime.errors import InvalidSettingError
 from runtime.telemetry.config import GRPC, SignalExport, TelemetryConfig
 from runtime.telemetry.request import RequestTrace
 
@@ -51,19 +50,10 @@ def prepare(config: TelemetryConfig) -> None:
     from runtime.telemetry.spans import wrap
 
     for signal, kind in ((config.traces, "traces"), (config.metrics, "metrics")):
-        if signal is None:
-            continue
-        try:
+        # grpc's exporter imports grpcio, whose core links libstdc++ and librt: inside the task sandbox that works
+        # because the shim dlopen'ed the core before the pivot (runtime.telemetry.needs_grpc of the same env).
+        if signal is not None:
             _exporter_classes(signal, kind)
-        except ImportError as exc:
-            if signal.protocol != GRPC:
-                raise
-            # grpcio's core links libstdc++ and librt, which the task sandbox serves only when the shim loaded
-            # them before entering it (shim/wasm/sandbox/native_libs.py): a Create error that says so.
-            raise InvalidSettingError(
-                f"OTEL_EXPORTER_OTLP_{kind.upper()}_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the OTLP/gRPC "
-                f"exporter cannot be loaded in the task's sandbox ({exc}); use http/protobuf (Spin's default)"
-            ) from None
     if config.traces is not None and wrap not in registry.LINK_HOOKS:
         registry.LINK_HOOKS.append(wrap)
 
@@ -124,14 +114,16 @@ class Telemetry:
             # trigger-http server.rs: counter!(spin.request_count = 1, trigger_type, app_id, component_id)
             self.request_count = meter.create_counter("spin.request_count")
 
-    def begin_request(self, head: Any, channel: Any) -> RequestTrace:
-        """The spans (and count) of one routed request about to run its guest (runtime.http.server._run_guest)."""
+    def begin_request(self, head: Any, channel: Any, *, server_span: bool = True) -> RequestTrace:
+        """The spans (and count) of one routed request about to run its guest (runtime.http.server._run_guest, and
+        runtime.http.chaining's in-process requests: ``server_span`` False for ``*.spin.internal`` ones, which Spin
+        counts in ``handle_trigger_route`` as well)."""
         if self.request_count is not None:
             self.request_count.add(1, {"trigger_type": "http", "app_id": self.app_name,
                                        "component_id": head.component_id})
         with self._open_changed:
             self._open += 1
-        return RequestTrace(self.tracer, head, channel, self._request_ended)
+        return RequestTrace(self.tracer, head, channel, self._request_ended, server_span=server_span)
 
     def _request_ended(self) -> None:
         with self._open_changed:

@@ -22,8 +22,9 @@ from tests.unit.test_host_marshal import app_wasm
 CACHE_DIR = Path("/var/cache/containerd-shim-spin-test/unit-telemetry")
 
 
-def copy_py_spin(tmp_path: Path) -> Path:
-    """py-spin's build in a directory of its own (its key-value store and SQLite file land there)."""
+def copy_py_spin(tmp_path: Path, more_hosts: tuple[str, ...] = ()) -> Path:
+    """py-spin's build in a directory of its own (its key-value store and SQLite file land there); ``more_hosts``
+    are added to its ``allowed_outbound_hosts`` (``http://self``, ``http://*.spin.internal``)."""
     build = app_wasm("py-spin").parent
     root = tmp_path / "py-spin"
     root.mkdir()
@@ -31,7 +32,12 @@ def copy_py_spin(tmp_path: Path) -> Path:
         os.link(build / "app.wasm", root / "app.wasm")
     except OSError:
         shutil.copy(build / "app.wasm", root / "app.wasm")
-    shutil.copy(build / "spin.toml", root / "spin.toml")
+    manifest = (build / "spin.toml").read_text()
+    if more_hosts:
+        marker = 'allowed_outbound_hosts = ["'
+        assert manifest.count(marker) == 1, "py-spin's spin.toml changed: update copy_py_spin"
+        manifest = manifest.replace(marker, marker + '", "'.join(more_hosts) + '", "')
+    (root / "spin.toml").write_text(manifest)
     shutil.copytree(build / "static", root / "static")
     return root
 
@@ -58,16 +64,16 @@ class ServedApp:
 
 
 @contextlib.contextmanager
-def served_py_spin(tmp_path: Path, env: dict[str, str]) -> Iterator[ServedApp]:
+def served_py_spin(tmp_path: Path, env: dict[str, str], more_hosts: tuple[str, ...] = ()) -> Iterator[ServedApp]:
     """Load py-spin with ``env`` as the task env and serve it on a thread until the block ends, then drain it as
-    SIGTERM does (HttpApp.interrupt)."""
+    SIGTERM does (HttpApp.interrupt). ``more_hosts``: see copy_py_spin."""
     from runtime.loader import load_app
     from runtime.settings import RuntimeSettings
 
     port = free_port()
     task_env = {"SPIN_HTTP_LISTEN_ADDR": f"127.0.0.1:{port}", "SPIN_SHIM_HTTP_WORKERS": "1",
                 "SPIN_VARIABLE_API_TOKEN": "t", **env}
-    app = load_app(copy_py_spin(tmp_path), ["/"], task_env, RuntimeSettings(cache_dir=CACHE_DIR))
+    app = load_app(copy_py_spin(tmp_path, more_hosts), ["/"], task_env, RuntimeSettings(cache_dir=CACHE_DIR))
     outcome: list[int] = []
     thread = threading.Thread(target=lambda: outcome.append(app.run()), daemon=True)  # type: ignore[union-attr]
     thread.start()

@@ -210,3 +210,65 @@ def test_guest_errors_mark_the_server_span(tmp_path, receiver):
     not_found = by_path["/nothing-here"]  # a 404 of the guest is an answer, not a server error
     assert not_found.attributes["http.response.status_code"] == 404
     assert not_found.status_code != STATUS_ERROR and "error.type" not in not_found.attributes
+
+
+CHAINING_HOSTS = ("http://self", "http://*.spin.internal")
+
+
+def test_in_process_chained_requests_have_spins_spans_under_the_callers_client_span(tmp_path, receiver):
+    """A self request (Spin sends it to its own listener) gets a server span of its own, child of the caller's
+    outbound client span; a ``*.spin.internal`` one (Spin's interceptor calls handle_trigger_route, below the
+    server span) gets its execute span right under the client span. Either way the callee's host calls are
+    children of its execute span, all in the caller's trace, and Spin counts the callee's request."""
+    self_trace, chained_trace = TRACE_ID, "4bf92f3577b34da6a3ce929d0e0e4736"
+    with served_py_spin(tmp_path, _otel_env(receiver), more_hosts=CHAINING_HOSTS) as app:
+        assert app.get("/kv/fruit", method="PUT", body=b"plum")[0] == 200
+        for trace_id, url in ((self_trace, "http://self.alt/kv/fruit"),
+                              (chained_trace, "http://py-spin.spin.internal/kv/fruit")):
+            status, body = app.get(f"/outbound?url={url}", headers={"traceparent": f"00-{trace_id}-{PARENT_ID}-01"})
+            assert (status, body) == (200, b"200\nplum")
+
+    def callee_below_client(trace_id: str, url: str) -> tuple[list, object]:
+        spans = receiver.trace(trace_id)
+        caller, = [span for span in spans if span.kind == SPAN_KIND_SERVER and span.parent_span_id == PARENT_ID]
+        assert caller.attributes["url.path"] == "/outbound"
+        caller_execute, = [span for span in spans if span.parent_span_id == caller.span_id]
+        client, = [span for span in spans if span.parent_span_id == caller_execute.span_id]
+        assert client.name == "GET" and client.kind == SPAN_KIND_CLIENT
+        assert client.attributes["url.full"] == url and client.attributes["http.response.status_code"] == 200
+        return spans, client
+
+    spans, client = callee_below_client(self_trace, "http://self.alt/kv/fruit")
+    callee, = [span for span in spans if span.parent_span_id == client.span_id]
+    assert callee.kind == SPAN_KIND_SERVER and callee.name == "GET /..."
+    assert callee.attributes["url.path"] == "/kv/fruit" and callee.attributes["http.response.status_code"] == 200
+    callee_execute, = [span for span in spans if span.parent_span_id == callee.span_id]
+    assert callee_execute.name == "execute_wasm_component py-spin"
+    assert {"spin_key_value.open", "spin_key_value.get"} <= {
+        span.name for span in spans if span.parent_span_id == callee_execute.span_id}
+
+    spans, client = callee_below_client(chained_trace, "http://py-spin.spin.internal/kv/fruit")
+    callee_execute, = [span for span in spans if span.parent_span_id == client.span_id]
+    assert callee_execute.name == "execute_wasm_component py-spin"
+    assert [span for span in spans if span.kind == SPAN_KIND_SERVER] == [
+        span for span in spans if span.attributes.get("url.path") == "/outbound"]  # no server span of its own
+    assert {"spin_key_value.open", "spin_key_value.get"} <= {
+        span.name for span in spans if span.parent_span_id == callee_execute.span_id}
+
+    counts = [point for point in receiver.points if point.name == "spin.request_count"]
+    assert counts[-1].value == 5  # the PUT, two callers, two callees
+
+
+def test_a_chained_callee_that_traps_marks_its_spans_as_errors(tmp_path, receiver):
+    """The callee traps before answering: the 500 the host gives for it is on the callee's server span."""
+    with served_py_spin(tmp_path, _otel_env(receiver), more_hosts=CHAINING_HOSTS) as app:
+        status, body = app.get("/outbound?url=http://self.alt/raise",
+                               headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
+        assert (status, body.split(b"\n")[0]) == (200, b"500")
+    spans = receiver.trace(TRACE_ID)
+    callee, = [span for span in spans if span.kind == SPAN_KIND_SERVER and span.attributes["url.path"] == "/raise"]
+    client, = [span for span in spans if span.span_id == callee.parent_span_id]
+    assert client.kind == SPAN_KIND_CLIENT and client.attributes["http.response.status_code"] == 500
+    assert callee.attributes["http.response.status_code"] == 500 and callee.status_code == STATUS_ERROR
+    execute, = [span for span in spans if span.parent_span_id == callee.span_id]
+    assert execute.status_code == STATUS_ERROR
