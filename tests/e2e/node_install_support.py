@@ -7,6 +7,9 @@ cri_support.cri_containerd, with the installer in between rendering and starting
 
     render config.toml without our runtime (spin_runtime=False, as a node has it) -> install -> install again
     (must change nothing, byte for byte) -> start containerd on that file, the shim found in the installer's bin dir
+
+The installer asks the `containerd` on PATH which version reads the config (and refuses a version 3 file for
+a 1.x), so it runs with that version's containerd first on PATH, as on a node.
 """
 
 from __future__ import annotations
@@ -35,21 +38,36 @@ def installer_binary() -> Path:
     return Path(sys.executable).parent / SHIM_NAME
 
 
-def run_installer(config: Path, bin_dir: Path, *extra_args: str) -> subprocess.CompletedProcess[str]:
-    """Runs `<venv>/bin/containerd-shim-spin-v2 install --config config --bin-dir bin_dir ...` and returns the result
-    (no check)."""
+def _env_for(containerd_version: str | None) -> dict[str, str] | None:
+    """PATH with that version's containerd first (None: the caller's PATH, Debian's 1.6 in /usr/bin)."""
+    if containerd_version is None:
+        return None
+    return {**os.environ, "PATH": f"{bin_dir_for(containerd_version)}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+
+def run_installer(config: Path, bin_dir: Path, *extra_args: str,
+                  containerd_version: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs `<venv>/bin/containerd-shim-spin-v2 install --config config --bin-dir bin_dir ...` (with containerd
+    `containerd_version` first on PATH, if given) and returns the result (no check)."""
     return subprocess.run(
         [str(installer_binary()), "install", "--config", str(config), "--bin-dir", str(bin_dir), *extra_args],
-        capture_output=True, text=True, timeout=INSTALLER_TIMEOUT_S, check=False,
+        capture_output=True, text=True, timeout=INSTALLER_TIMEOUT_S, check=False, env=_env_for(containerd_version),
     )
 
 
-def install_twice(config: Path, bin_dir: Path, *extra_args: str) -> subprocess.CompletedProcess[str]:
+def run_uninstall(config: Path, *extra_args: str) -> subprocess.CompletedProcess[str]:
+    """Runs `<venv>/bin/containerd-shim-spin-v2 uninstall --config config ...` and returns the result (no check)."""
+    return subprocess.run([str(installer_binary()), "uninstall", "--config", str(config), *extra_args],
+                          capture_output=True, text=True, timeout=INSTALLER_TIMEOUT_S, check=False)
+
+
+def install_twice(config: Path, bin_dir: Path, *extra_args: str,
+                  containerd_version: str | None = None) -> subprocess.CompletedProcess[str]:
     """The installer run as an operator (or a DaemonSet restarting) would: the second run must be a no-op."""
-    first = run_installer(config, bin_dir, *extra_args)
+    first = run_installer(config, bin_dir, *extra_args, containerd_version=containerd_version)
     assert first.returncode == 0, f"installer failed ({first.returncode}): {first.stderr}{first.stdout}"
     written = config.read_bytes()
-    second = run_installer(config, bin_dir, *extra_args)
+    second = run_installer(config, bin_dir, *extra_args, containerd_version=containerd_version)
     assert second.returncode == 0, f"second installer run failed ({second.returncode}): {second.stderr}"
     assert second.stdout.splitlines()[-1:] == [NOTHING_CHANGED], second.stdout
     assert config.read_bytes() == written, "the second installer run changed config.toml"
@@ -76,7 +94,7 @@ def installed_cri_containerd(version: str, workdir: Path, cache_dir: Path,
                              extra_env={"SPIN_SHIM_CACHE_DIR": str(cache_dir), **(extra_env or {})})
     config = ctrd.write_config()
     assert SHIM_NAME not in config.read_text() and "io.containerd.spin.v2" not in config.read_text()
-    install_twice(config, node_bin)
+    install_twice(config, node_bin, containerd_version=version)
     try:
         ctrd.start(keep_config=True)
         with cri_ready(ctrd) as client:

@@ -5,11 +5,16 @@
 - each version's own `containerd config default`, installed twice, is accepted by that containerd's `config dump`
   with our runtime in it (and containerd 2.1 migrates a version 2 file's runtime to its new CRI plugin), which
   proves the file without starting a daemon on the node's paths;
-- an unparseable config.toml fails the command and stays byte-identical.
+- an unparseable config.toml fails the command and stays byte-identical;
+- on a node whose bin dir already holds another binary at the shim's name: install refuses it, --dry-run changes
+  nothing, install --force runs a Spin pod through our shim; after uninstall the config is byte-identical to
+  before, the other binary is back, and containerd restarts on that config without our runtime (a pod asking for
+  it is refused, a runc pod runs).
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -18,10 +23,18 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import VERSIONS
-from tests.e2e.node_install_support import NODE_BIN_DIR, install_twice, installed_cri_containerd, run_installer
+from tests.e2e.cri_support import cri_ready
+from tests.e2e.node_install_support import (
+    NODE_BIN_DIR,
+    install_twice,
+    installed_cri_containerd,
+    run_installer,
+    run_uninstall,
+)
 from tests.e2e.support import RUNTIME, SHIM_NAME, shim_processes, wait_until
 
-from private_containerd import bin_dir_for  # noqa: E402  (scripts/ is on sys.path via conftest)
+from cri_client import CriError  # noqa: E402  (scripts/ is on sys.path via conftest)
+from private_containerd import PrivateContainerd, bin_dir_for  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +88,8 @@ def test_containerd_accepts_its_own_default_config_once_installed(version: str, 
                              timeout=60, check=True).stdout
     config.write_text(default)
     (tmp_path / "bin").mkdir()
-    first = install_twice(config, tmp_path / "bin")
+    first = install_twice(config, tmp_path / "bin", containerd_version=version)
+    assert f"ran `{_containerd(version)} --version`" in first.stdout.splitlines()[0]
     assert "SystemdCgroup = false (as runc's options say)" in first.stdout
     plugin = CRI_RUNTIME_PLUGIN[version]
     spin = _runtimes(_config_dump(version, config), plugin)["spin"]
@@ -119,3 +133,55 @@ def test_unparseable_config_fails_and_stays_byte_identical(tmp_path: Path) -> No
     assert "at line 2 col" in lines[0] and lines[0].endswith("; left unchanged")
     assert config.read_bytes() == original and config.stat().st_mtime_ns == mtime
     assert not (tmp_path / "bin" / SHIM_NAME).exists()
+
+
+def _install_leftovers(config: Path) -> list[str]:
+    """install's files beside the config (its backup and record); the config's directory is containerd's workdir."""
+    return sorted(p.name for p in config.parent.iterdir() if p.name.startswith(config.name + "."))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_uninstall_gives_the_node_back_and_containerd_runs_without_our_runtime(
+        version: str, tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path) -> None:
+    workdir = tmp_path_factory.mktemp(f"uninstall-{version}")
+    node_bin = workdir / NODE_BIN_DIR
+    node_bin.mkdir()
+    other_shim = node_bin / SHIM_NAME  # what the Rust containerd-shim-spin's installer leaves: an ELF of that name
+    shutil.copy2("/bin/true", other_shim)
+    other_bytes = other_shim.read_bytes()
+    ctrd = PrivateContainerd(version, workdir, node_bin, debug=True, spin_runtime=False,
+                             extra_env={"SPIN_SHIM_CACHE_DIR": str(shim_cache_dir)})
+    config = ctrd.write_config()
+    original = config.read_bytes()
+
+    refused = run_installer(config, node_bin, containerd_version=version)
+    assert refused.returncode == 1 and "--force" in refused.stderr, refused.stderr
+    dry = run_installer(config, node_bin, "--force", "--dry-run", containerd_version=version)
+    assert dry.returncode == 0 and "+++ " in dry.stdout, dry.stderr
+    assert config.read_bytes() == original and other_shim.read_bytes() == other_bytes
+    assert not _install_leftovers(config)
+
+    install_twice(config, node_bin, "--force", containerd_version=version)
+    try:
+        ctrd.start(keep_config=True)
+        with cri_ready(ctrd) as client, client.pod("installed", runtime_handler="spin") as pod:
+            assert client.pod_info(pod.id).get("runtimeType") == RUNTIME
+    finally:
+        ctrd.stop()
+
+    undone = run_uninstall(config)
+    assert undone.returncode == 0, undone.stderr
+    assert f"{config}: restored byte for byte from {config}.before-spin-install" in undone.stdout.splitlines()
+    assert config.read_bytes() == original
+    assert not other_shim.is_symlink() and other_shim.read_bytes() == other_bytes
+    assert sorted(p.name for p in node_bin.iterdir()) == [SHIM_NAME]
+    assert not _install_leftovers(config), "uninstall left its backup or record"
+    try:
+        ctrd.start(keep_config=True)
+        with cri_ready(ctrd) as client:
+            with pytest.raises(CriError, match='no runtime for "spin" is configured'):
+                client.run_pod("after-uninstall", runtime_handler="spin")
+            with client.pod("runc-after-uninstall") as pod:
+                assert client.pod_status(pod.id).state == 0  # SANDBOX_READY
+    finally:
+        ctrd.stop()
