@@ -122,6 +122,8 @@ def _next_record(record: InstallRecord | None, config: Path, raw: bytes, text: s
         elif sha256_of(raw) != record.config_written_sha256:
             # The operator changed the file after install wrote it: the backup no longer is "this file minus ours".
             record.backup_restores_all = False
+            config_backup = f"{install_record.config_backup_path(config)}.{len(record.config_extra_backups) + 2}"
+            record.config_extra_backups.append(config_backup)
         record.edits.append(hunks_of(text, edit.text))
         record.config_written_sha256 = sha256_of(edit.text.encode("utf-8"))
         if record.runtime(edit.runtime_path) is None:
@@ -168,6 +170,12 @@ def main(argv: Sequence[str], *, shim_binary: Path | None = None, out: TextIO | 
                          record.binary_target if record else None)
     except InstallError as error:
         err.write(f"{SHIM_BINARY_NAME} install: {error}; nothing changed\n")
+        return 1
+    if record and record.binary_link and record.binary_link != str(plan.link) and \
+            os.path.islink(record.binary_link) and os.readlink(record.binary_link) == record.binary_target:
+        err.write(f"{SHIM_BINARY_NAME} install: install already put the shim at {record.binary_link} (recorded in "
+                  f"{install_record.record_path(config)}): run uninstall first, or --bin-dir "
+                  f"{Path(record.binary_link).parent}; nothing changed\n")
         return 1
     if not plan.ours and not args.force:
         err.write(f"{SHIM_BINARY_NAME} install: {plan.link} is {plan.present}, not this package's shim (the Rust "

@@ -4,6 +4,7 @@ Where things live (all named from the config file that `--config` resolves to, a
 
     <config>.spin-install.json                          this record (JSON)
     <config>.before-spin-install                        the config as it was before the first install edited it
+    <config>.before-spin-install.<n>                    before a later install edited a text the operator had changed
     <bin-dir>/containerd-shim-spin-v2.before-spin-install   what `install --force` replaced at the shim's name
 
 Next to the config rather than under /var/lib: the record describes an edit of that one file, so it lives and
@@ -77,6 +78,8 @@ class InstallRecord:
     config: str
     config_existed: bool = True
     config_backup: str | None = None
+    # Backups of a text the operator had changed since install wrote it, taken before install edited it again.
+    config_extra_backups: list[str] = field(default_factory=list)
     config_written_sha256: str | None = None
     backup_restores_all: bool = True
     added_version: bool = False  # the config was empty and install gave it `version = N`

@@ -144,6 +144,8 @@ def main(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | None =
     lines = config_plan.lines + binary_lines
     if backup is not None and backup.exists() and not config_plan.from_backup:
         lines.append(f"removed {backup} (the config as it was before install, now out of date)")
+    lines += [f"removed {extra} (the config before a later install, now out of date)"
+              for extra in record.config_extra_backups if Path(extra).exists()]
     lines.append(f"removed the install record {record_file}")
     if args.dry_run:
         print(DRY_RUN_HEADER, file=out)
@@ -163,8 +165,8 @@ def main(argv: Sequence[str], *, out: TextIO | None = None, err: TextIO | None =
             os.replace(record.binary_backup, record.binary_link)
         elif binary_action == "remove" and record.binary_link:
             os.unlink(record.binary_link)
-        if backup is not None:
-            backup.unlink(missing_ok=True)
+        for install_backup in ([backup] if backup else []) + [Path(extra) for extra in record.config_extra_backups]:
+            install_backup.unlink(missing_ok=True)
         record_file.unlink()
     except OSError as error:
         err.write(f"{SHIM_BINARY_NAME} uninstall: {error} (run it again to finish)\n")

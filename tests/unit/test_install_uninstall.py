@@ -11,10 +11,18 @@ import stat
 import tomllib
 from pathlib import Path
 
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shim.install import command, uninstall
 from shim.install.command import NOTHING_CHANGED, RESTART_HINT, SHIM_BINARY_NAME
+from shim.install.config_revert import hunks_of, remove_runtimes
+from shim.install.containerd_config import RuntimeSettings, edit_config
+from shim.install.install_record import RuntimeEntry
+from tests.unit.test_node_install import configs
 
 DATA = Path(__file__).parent / "data"
 SPIN = "io.containerd.spin.v2"
@@ -179,10 +187,26 @@ def test_a_second_install_after_the_operators_edit_is_reverted_too(node: dict[st
     node["config"].write_text(HAND_WRITTEN)
     install(node, "--containerd-version", "1")
     node["config"].write_text(node["config"].read_text() + "\n[metrics]\naddress = ':1338'\n")
-    install(node, "--containerd-version", "1", "--runtime-name", "spin-two")
+    edited = node["config"].read_bytes()
+    out = install(node, "--containerd-version", "1", "--runtime-name", "spin-two")
+    second_backup = node["config"].with_name("config.toml.before-spin-install.2")
+    assert f"backed up {node['config']} to {second_backup}" in out.splitlines()
+    assert second_backup.read_bytes() == edited
     status, out, _ = run_uninstall(node)
     assert status == 0 and "reversed install's own lines" in out
     assert node["config"].read_text() == HAND_WRITTEN + "\n[metrics]\naddress = ':1338'\n"
+    assert files(node["config"].parent) == ["config.toml"]
+
+
+def test_a_second_bin_dir_is_refused_while_the_first_link_is_ours(node: dict[str, Path], tmp_path: Path) -> None:
+    node["config"].write_text(HAND_WRITTEN)
+    install(node, "--containerd-version", "1")
+    (tmp_path / "other-bin").mkdir()
+    out, err = io.StringIO(), io.StringIO()
+    status = command.main(["--config", str(node["config"]), "--bin-dir", str(tmp_path / "other-bin"),
+                           "--containerd-version", "1"], shim_binary=node["shim"], out=out, err=err)
+    assert status == 1 and f"install already put the shim at {node['link']}" in err.getvalue()
+    assert files(tmp_path / "other-bin") == []
 
 
 def test_dry_run_shows_the_diff_and_changes_nothing(node: dict[str, Path]) -> None:
@@ -215,3 +239,24 @@ def test_install_uninstall_install_is_the_same_install(node: dict[str, Path]) ->
     install(node, "--containerd-version", "1")
     assert node["config"].read_bytes() == first
     assert install(node, "--containerd-version", "1").splitlines()[-1] == NOTHING_CHANGED
+
+
+# ---- property: on any config install can edit, the revert takes back exactly install's lines ----------------------
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.sampled_from([None, True, False]), st.sampled_from(["", "# the operator was here\n"]),
+       st.sampled_from(["", "\n[zz_operator]\nkey = 1\n"]))
+def test_revert_of_an_edit_gives_back_the_original_and_keeps_the_operators_lines(
+        config: tuple[str, dict[str, Any], tuple[str, ...]], systemd: bool | None, head: str, tail: str) -> None:
+    text, _, _ = config
+    edit = edit_config(text, RuntimeSettings(systemd_cgroup=systemd))
+    if not edit.changes:
+        return
+    previous = tomllib.loads(text)
+    for key in edit.runtime_path:
+        previous = previous.get(key) if isinstance(previous, dict) else None
+    entry = RuntimeEntry(list(edit.runtime_path), edit.runtime_table, previous if isinstance(previous, dict) else None)
+    operators = head + edit.text + (tail if edit.text.endswith("\n") else "")
+    reverted, how = remove_runtimes(operators, [entry], [hunks_of(text, edit.text)], added_version=False)
+    assert how == "reversed install's own lines"
+    assert reverted == head + text + (tail if edit.text.endswith("\n") else "")
