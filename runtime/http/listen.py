@@ -24,14 +24,21 @@ class ListenError(AppError):
 
 
 def parse_listen_addr(addr: str) -> tuple[socket.AddressFamily, str, int]:
-    """``"0.0.0.0:80"``, ``"127.0.0.1:3000"``, ``"[::]:80"``, ``":8080"`` (all IPv4 interfaces) → family, host, port.
+    """``"0.0.0.0:80"``, ``"127.0.0.1:3000"``, ``"[::]:80"``, ``":8080"`` (all IPv4 interfaces),
+    ``"localhost:3131"`` → family, IP address, port.
 
-    Hosts must be IP literals, as Rust's ``SocketAddr`` parse (which containerd-shim-spin uses) requires.
+    An IP literal is taken as written. A host name is resolved as Spin resolves ``--listen`` /
+    ``SPIN_HTTP_LISTEN_ADDR`` (spin crates/trigger-http/src/lib.rs ``parse_listen_addr``): Rust's
+    ``to_socket_addrs`` (getaddrinfo, inside the container, so its ``/etc/hosts``), then 127.0.0.1 if it is among
+    the answers ("prefer 127.0.0.1 over e.g. [::1]"), else the first answer. ``localhost`` (and ``*.localhost``)
+    is loopback even in an image without ``/etc/hosts`` (RFC 6761 §6.3; a scratch Wasm image under ``ctr run``
+    has none), as it is on the machines Spin runs on.
     """
     text = addr.strip()
     host, sep, port_text = text.rpartition(":")
     if not sep:
-        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: expected host:port, e.g. 0.0.0.0:80 or [::]:80")
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: expected host:port, e.g. 0.0.0.0:80, [::]:80 or "
+                          "localhost:3000")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: {port_text!r} is not a port number (0-65535)")
     port = int(port_text)
@@ -48,12 +55,43 @@ def parse_listen_addr(addr: str) -> tuple[socket.AddressFamily, str, int]:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        raise ListenError(
-            f"{LISTEN_ADDR_ENV}={addr!r}: {host!r} is not an IP address (use e.g. 0.0.0.0, 127.0.0.1 or [::])"
-        ) from None
+        return _resolve(addr, host, port)
     if ip.version == 6:
         raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: write IPv6 addresses in brackets, e.g. [::1]:80")
     return socket.AF_INET, host, port
+
+
+def _resolve(addr: str, host: str, port: int) -> tuple[socket.AddressFamily, str, int]:
+    """A host name → the address Spin would listen on (``parse_listen_addr``'s docstring)."""
+    if not _is_host_name(host):
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: {host!r} is neither an IP address nor a host name "
+                          "(use e.g. 0.0.0.0, 127.0.0.1, [::] or localhost)")
+    try:
+        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        lowered = host.lower().rstrip(".")
+        if lowered == "localhost" or lowered.endswith(".localhost"):
+            return socket.AF_INET, "127.0.0.1", port
+        reason = err.strerror if isinstance(err, socket.gaierror) and err.strerror else str(err)
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: cannot resolve {host!r} in the container: {reason} "
+                          "(use an IP address, e.g. 0.0.0.0 or 127.0.0.1)") from None
+    found = [(family, sockaddr[0]) for family, _, _, _, sockaddr in answers
+             if family in (socket.AF_INET, socket.AF_INET6)]
+    if (socket.AF_INET, "127.0.0.1") in found:
+        return socket.AF_INET, "127.0.0.1", port
+    if not found:
+        raise ListenError(f"{LISTEN_ADDR_ENV}={addr!r}: {host!r} resolves to no IP address")
+    family, ip = found[0]
+    return socket.AddressFamily(family), ip, port
+
+
+def _is_host_name(host: str) -> bool:
+    """Letters, digits, '-', '_' and dots (RFC 1123, plus the '_' resolvers accept): anything else is a typo
+    (a path, a URL, a space), not something to send to DNS."""
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(
+        label and len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label) and label.isascii()
+        for label in labels)
 
 
 def bind_listener(addr: str, backlog: int = 1024) -> socket.socket:

@@ -147,6 +147,13 @@ class Router:
         """``(raw route, component_id)`` of every reachable route, most specific first (for start-up logs)."""
         return tuple((r.raw, r.component_id) for r in self._routes)
 
+    @property
+    def listing(self) -> tuple[tuple[str, bool, str], ...]:
+        """``(path, wildcard, component_id)`` of every reachable route, most specific first, as Spin lists them
+        at start (``ParsedRoute``'s Display: the based route without its ``/...``, "" for "/")."""
+        return tuple((r.based.removesuffix("/...").removesuffix("/*") if r.wildcard else r.based, r.wildcard,
+                      r.component_id) for r in self._routes)
+
     def match(self, path: str) -> RouteMatch | None:
         """The best route for a request path (no query string, not percent-decoded, as Spin routes it)."""
         trimmed = path.strip("/")

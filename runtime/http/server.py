@@ -13,9 +13,17 @@ answer instead of a reset. Spin's own answers (well-known paths, the empty 404) 
 a guest.
 
 Errors: ``GuestFailure`` before the response started is answered with its status and text, and its log line goes
-to the container log (fd 2, one write, no logging module: it is cheap and survives a broken logging config);
-after the response started, the connection is aborted so the client sees a truncated response rather than a
+to the container log (fd 2, one write, no logging module: it is cheap and survives a broken logging config),
+with a timestamp and the request it failed (runtime.http.console). After the guest started its response, the
+exchange ends as cleanly as the bytes already sent allow (``_Connection._fail_started``): a head still queued is
+replaced by the failure's answer; a 5xx head with no body yet gets its end (a JS handler that throws: StarlingMonkey
+starts a chunked 500 and never finishes it; ``wasmtime serve`` answers that as a complete empty 500, and so do we);
+otherwise the connection is closed after what was sent, so the client sees a truncated response rather than a
 wrong one. Any other exception from an executor is a 500 plus a log line, and the server keeps serving.
+
+With ``ServerOptions.access_log`` (``SPIN_SHIM_ACCESS_LOG``) each request gets a line on the container's stderr
+when its guest job ends (or when the server answers it itself); without it the request path pays one attribute
+test per request for it.
 
 Accepting (``_Acceptor``): every worker accepts on the one listening socket it inherited (runtime.http.workers
 says why there is no SO_REUSEPORT, and watches it with EPOLLEXCLUSIVE). asyncio's ``create_server`` is not
@@ -55,6 +63,7 @@ import h11
 
 from runtime import telemetry
 from runtime.http import streams
+from runtime.http.console import access_line, request_failure_line
 from runtime.http.contract import ClientGone, Executor, GuestFailure, Headers, RequestHead
 from runtime.http.dispatch import DispatchPolicy, Dispatcher, Ticket, make_dispatcher
 from runtime.http.headers import format_addr, full_url, request_path, spin_request_headers, with_spin_headers
@@ -103,6 +112,8 @@ class ServerOptions:
     #: Seconds a worker out of file descriptors (or socket memory) stops accepting, unless one of its connections
     #: closes first.
     accept_backoff: float = 0.1
+    #: A line per request on ``log_fd`` (``SPIN_SHIM_ACCESS_LOG``, runtime.http.console).
+    access_log: bool = False
 
 
 def log_line(fd: int, line: str) -> None:
@@ -126,6 +137,10 @@ class _Exchange:
     #: The whole response was sent and the whole request received: the connection may go on to the next request
     #: while the guest thread is still cleaning up (``_Exchange.settled``).
     response_done: bool = False
+    #: Body bytes of the response went to the socket (a late failure can then only close the connection).
+    body_sent: bool = False
+    #: time.monotonic() when the request arrived, set only with the access log on.
+    arrived: float = 0.0
 
     @property
     def settled(self) -> bool:
@@ -418,10 +433,14 @@ class _Connection(asyncio.Protocol):
         special = well_known_response(path, self.options.app_info)
         if special is not None:
             self._respond_simple(special.status, special.headers, special.body)
+            if self.options.access_log:
+                log_line(self.options.log_fd, access_line(time.time(), method, path, special.status, 0.0, "-"))
             return
         match = self.server.router.match(path)
         if match is None:
             self._respond_simple(404, [], b"")
+            if self.options.access_log:
+                log_line(self.options.log_fd, access_line(time.time(), method, path, 404, 0.0, "-"))
             return
         executor = self.server.executors.get(match.component_id)
         if executor is None:
@@ -448,6 +467,8 @@ class _Connection(asyncio.Protocol):
         channel = ResponseChannel(self, head_only=method == "HEAD")
         body = BodyPipe(self, channel, deadline, self._h11.they_are_waiting_for_100_continue)
         exchange = _Exchange(head, body, channel, executor)
+        if self.options.access_log:
+            exchange.arrived = time.monotonic()
         self._exchange = exchange
         self.server.dispatcher.submit(lambda ticket: _run_guest(exchange, ticket, self.options.log_fd))
 
@@ -524,10 +545,13 @@ class _Connection(asyncio.Protocol):
         h = self._h11
         out: list[bytes] = []
         component = exchange.head.component_id
+        if channel.failed_late and h.our_state is h11.SEND_RESPONSE:
+            items = _unsent_failure(items)
         try:
             for item in items:
                 kind = item[0]
                 if kind is streams.DATA:
+                    exchange.body_sent = True
                     out += h.send_with_data_passthrough(h11.Data(data=item[1])) or []
                 elif kind is streams.START:
                     response = item[1]
@@ -559,6 +583,15 @@ class _Connection(asyncio.Protocol):
                     self._write(out)
                     out = []
                     self.abort()
+                elif kind is streams.FAIL_STARTED:
+                    if self._fail_started(exchange, out):
+                        out += h.send_with_data_passthrough(h11.EndOfMessage()) or []
+                        exchange.response_done = h.their_state is h11.DONE and "body" not in self._pause_reasons
+                    else:
+                        self._write(out)
+                        out = []
+                        self._closing = True
+                        self.close()
                 elif kind is streams.DONE:
                     exchange.job_done = True
                     if exchange.body.drop():
@@ -574,6 +607,18 @@ class _Connection(asyncio.Protocol):
         if exchange.settled:
             self._cycle()
 
+    def _fail_started(self, exchange: _Exchange, out: list[bytes]) -> bool:
+        """The guest failed after its head went out: True when ending the body now gives a complete, truthful
+        answer (a 5xx head, nothing of its body sent, chunked or body-less), False when only a close is left.
+
+        The close is graceful (asyncio's ``close`` sends what is queued, then FIN), not an abort: the client gets
+        every byte the guest wrote and then the end of the connection, which it reads as a truncated response.
+        """
+        status = exchange.channel.status or 0
+        if status < 500 or exchange.body_sent:
+            return False
+        return self._head_only or self._chunked
+
     def _is_chunked(self, response: h11.Response) -> bool:
         if self._exchange is None or self._exchange.head.method == "HEAD":
             return False
@@ -581,6 +626,16 @@ class _Connection(asyncio.Protocol):
             return False
         names = {name for name, _ in response.headers}
         return b"transfer-encoding" in names or b"content-length" not in names
+
+
+def _unsent_failure(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """A batch whose response head never reached the wire, ending in ``fail_started``: the failure's own answer
+    instead of the head and body the guest queued before it failed (a fixed-length head waits for its body, so a
+    guest failing before it wrote its body is still "nothing sent")."""
+    for index, item in enumerate(items):
+        if item[0] is streams.FAIL_STARTED:
+            return [(streams.FAIL, item[1], item[2]), *items[index + 1:]]
+    return items
 
 
 def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
@@ -593,37 +648,58 @@ def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
     # OpenTelemetry on (runtime.telemetry): the request's spans, and a sink that notes the status it answers.
     request_trace = None if telemetry.active is None else telemetry.active.begin_request(head, channel)
     sink = channel if request_trace is None else request_trace.sink
+    outcome = ""
     try:
         exchange.executor.handle(head, exchange.body, sink)
     except GuestFailure as failure:
         if failure.log_line:
-            log_line(log_fd, failure.log_line)
+            log_line(log_fd, request_failure_line(time.time(), _started_text(failure.log_line, sink.started),
+                                                  head.method, request_path(head.target)))
         if sink.started:
-            sink.abort()
+            sink.fail_started(failure.status, failure.public_message)
+            outcome = "guest failed"
         else:
             sink.fail(failure.status, failure.public_message)
     except ClientGone:
         sink.abort()
+        outcome = "client gone"
     except Exception as exc:  # noqa: BLE001 - an executor bug must cost one request, not the worker
-        log_line(log_fd, f"spin: {head.component_id}: internal error handling {head.method} {head.target}: "
-                         f"{type(exc).__name__}: {exc}")
+        log_line(log_fd, request_failure_line(
+            time.time(), f"spin: {head.component_id}: internal error: {type(exc).__name__}: {exc}", head.method,
+            request_path(head.target)))
         if sink.started:
-            sink.abort()
+            sink.fail_started(500, "")
+            outcome = "guest failed"
         else:
             sink.fail(500, "")
     else:
         if not sink.started:
-            log_line(log_fd, f"spin: {head.component_id}: the guest returned without a response")
+            log_line(log_fd, request_failure_line(
+                time.time(), f"spin: {head.component_id}: the guest returned without a response", head.method,
+                request_path(head.target)))
             sink.fail(500, "")
         elif not sink.finished:
             try:
                 sink.finish()
             except ClientGone:
-                pass
+                outcome = "client gone"
     finally:
         channel.done()
         if request_trace is not None:
             request_trace.end()
+        if exchange.arrived:
+            log_line(log_fd, access_line(time.time(), head.method, request_path(head.target), channel.status,
+                                         time.monotonic() - exchange.arrived, head.component_id, outcome))
+
+
+def _started_text(line: str, started: bool) -> str:
+    """The executors' failure line, without its guess at what the server does next: since the server ends a
+    started response as cleanly as it can (``_Connection._fail_started``), "connection aborted" is not always
+    what happens (runtime.host.executor appends it to failures after ``start``)."""
+    if not started:
+        return line
+    return line.replace("(after the response started: connection aborted)", "(after the response started)") \
+        .replace(" (connection aborted)", " (after the response started)")
 
 
 #: accept(2) errors about the one pending connection (accept(2): "treat them like EAGAIN by retrying"). Every

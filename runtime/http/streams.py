@@ -80,7 +80,7 @@ def build_response(status: int, headers: Headers) -> h11.Response:
 
 
 # Events a guest thread queues for the loop, in order (``ResponseChannel.take``).
-START, DATA, END, CONTINUE, FAIL, ABORT, DONE = range(7)
+START, DATA, END, CONTINUE, FAIL, ABORT, DONE, FAIL_STARTED = range(8)
 
 
 class BodyPipe:
@@ -203,6 +203,10 @@ class ResponseChannel:
         #: queues (its DONE, an abort of a finished response) is dropped here instead of waking the loop for it.
         self._detached = False
         self.ticket: Ticket | None = None
+        #: The status the guest started (or the server failed with); None before either.
+        self.status: int | None = None
+        #: ``fail_started`` was called: the loop answers the failure instead of a head it has not sent yet.
+        self.failed_late = False
 
     @property
     def started(self) -> bool:
@@ -222,6 +226,7 @@ class ResponseChannel:
             raise RuntimeError("the response was already started")
         response = build_response(status, headers)  # validates names and values before anything is committed
         self._started = True
+        self.status = status
         # A head with a Content-Length waits for the body's first bytes (or finish, failure, the job's end): one
         # loop wakeup per small response instead of two, and no loop thread contending for the GIL while the guest
         # writes its body (measured at one connection: the separate head flush cost ~150-250 us of a 2.3-4 ms
@@ -262,7 +267,16 @@ class ResponseChannel:
     def fail(self, status: int, text: str) -> None:
         """Answer with an error the guest did not write (nothing was started)."""
         self._started = self._finished = True
+        self.status = status
         self._queue((FAIL, status, text), 0, force=True)
+
+    def fail_started(self, status: int, text: str) -> None:
+        """The guest failed after ``start``: end the exchange as cleanly as what already reached the client
+        allows (runtime.http.server ``_Connection._fail_started``): the failure's own answer when nothing of the
+        response was sent yet, else the end of a body-less 5xx, else a close after what was sent."""
+        self.failed_late = True
+        self._finished = True
+        self._queue((FAIL_STARTED, status, text), 0, force=True)
 
     def abort(self) -> None:
         self._queue((ABORT,), 0, force=True)

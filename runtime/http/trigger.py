@@ -15,8 +15,13 @@ Knobs read from the task environment, as containerd-shim-spin reads them:
   deployment). An id the app does not have is an error, not silently nothing.
 * ``SPIN_MAX_INSTANCE_MEMORY``: bytes per instance (runtime.settings).
 
-and by this shim only: ``SPIN_SHIM_HTTP_WORKERS`` (worker processes; default: the CPUs the task may use) and
-``SPIN_SHIM_REQUEST_TIMEOUT`` (seconds a guest may take per request before the client gets a 504; default 30).
+and by this shim only: ``SPIN_SHIM_HTTP_WORKERS`` (worker processes; default: the CPUs the task may use),
+``SPIN_SHIM_REQUEST_TIMEOUT`` (seconds a guest may take per request before the client gets a 504; default 30) and
+``SPIN_SHIM_ACCESS_LOG`` (a line per request on the container's stderr; runtime.http.console).
+
+At Start, before the workers fork, the app writes Spin's start-up lines (where it listens, its routes) and its
+own (workers, precompile cache hit or compile time) to the container's stderr, and a warning when nothing
+outside the container can reach the listener (runtime.http.console).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime import telemetry
 from runtime.errors import InvalidSettingError, ManifestError, WasmLoadError
+from runtime.http.console import access_log_enabled
 from runtime.http.contract import ComponentConfig, Executor, ExecutorKind
 
 if TYPE_CHECKING:
@@ -163,8 +169,11 @@ class HttpApp:
     serves_in_main_thread = True
 
     def __init__(self, *, description: str, loads: tuple[ComponentLoad, ...], staged: list[StagedFiles],
-                 make_server: Callable[[], Any], listener: socket.socket, workers: int) -> None:
+                 make_server: Callable[[], Any], listener: socket.socket, workers: int,
+                 startup_lines: tuple[str, ...] = ()) -> None:
         self.description = description
+        #: What ``run`` writes to the container's stderr before it serves (runtime.http.console).
+        self.startup_lines = startup_lines
         self.loads = loads
         self._staged = staged
         self._make_server = make_server
@@ -179,6 +188,10 @@ class HttpApp:
 
         if self._interrupted:
             return 0
+        if self.startup_lines:
+            from runtime.exits import write_stderr_line
+
+            write_stderr_line("\n".join(self.startup_lines))
         try:
             if self._workers == 1:
                 self._pool = InlineServer(self._listener, self._make_server)
@@ -220,6 +233,7 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
     router = _build_router(manifest, routes)
     workers = worker_count(env, settings.cpus)
     timeout = request_timeout(env)
+    access_log = access_log_enabled(env)
     # OpenTelemetry (runtime.telemetry): read and prepared before the components are linked; None when off.
     telemetry_config = telemetry.at_load(env)
     services = SpinServices.build(manifest, env, work_dir=work_dir,
@@ -260,7 +274,8 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
         authority = format_addr(bound[0], bound[1]) if isinstance(bound, tuple) else "localhost"
         # Self requests and *.spin.internal calls of the guests in this worker (runtime.http.chaining).
         install(LocalApp(router, executors, authority=authority, request_timeout=timeout, app_info=info))
-        server = HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_info=info))
+        server = HttpServer(router, executors, ServerOptions(request_timeout=timeout, app_info=info,
+                                                             access_log=access_log))
         return telemetry.serving(telemetry_config, server, manifest.application.name)
 
     names = ", ".join(repr(c) for c in _components_in_route_order(routes)) or "none"
@@ -269,7 +284,30 @@ def load_http_app(manifest: Manifest, args: list[str], env: dict[str, str],
                    f"component(s) {names}{f', {statics} static response(s)' if statics else ''}, "
                    f"{workers} worker(s))")
     return HttpApp(description=description, loads=tuple(loads), staged=staged, make_server=make_server,
-                   listener=listener, workers=workers)
+                   listener=listener, workers=workers,
+                   startup_lines=_startup_lines(router, routes, listener, workers, tuple(loads)))
+
+
+def _startup_lines(router: Router, routes: list[HttpRoute], listener: socket.socket, workers: int,
+                   loads: tuple[ComponentLoad, ...]) -> tuple[str, ...]:
+    """Spin's start-up text, the shim's summary line, and the unreachable-listener warning (runtime.http.console).
+
+    Computed at Create, in the task's network namespace and before seccomp applies (the interface probe uses
+    netlink); written at Start.
+    """
+    from runtime.http.console import (base_url, interface_names, startup_lines, trigger_summary,
+                                      unreachable_warning)
+    from runtime.http.headers import format_addr
+
+    name = listener.getsockname()
+    host, bound = (name[0], format_addr(name[0], name[1])) if isinstance(name, tuple) else (str(name), str(name))
+    statics = {route.component_id: route.trigger_id for route in routes if route.static_response is not None}
+    lines = [*startup_lines(base_url("http", bound), router.listing, statics),
+             trigger_summary(workers, loads, len(statics))]
+    warning = unreachable_warning(host, bound, interface_names())
+    if warning is not None:
+        lines.append(warning)
+    return tuple(lines)
 
 
 def _build_router(manifest: Manifest, routes: list[HttpRoute]) -> Router:

@@ -141,6 +141,25 @@ class Fails:
         raise GuestFailure(503, "guest unavailable", "spin: fails: trap: unreachable")
 
 
+class FailsAfterHead:
+    """Starts a response, writes ``body`` once the test has seen the head (``head_seen``), then fails."""
+
+    component_id = "fails"
+
+    def __init__(self, status=200, headers=(), body=b"", wait_for_client=True):
+        self.status, self.headers, self.body = status, list(headers), body
+        self.wait_for_client = wait_for_client
+        self.head_seen = threading.Event()
+
+    def handle(self, head, body, sink):
+        sink.start(self.status, self.headers)
+        if self.body:
+            sink.write(self.body)
+        if self.wait_for_client:
+            assert self.head_seen.wait(5)
+        raise GuestFailure(500, "Internal Server Error", "spin: fails: trap: unreachable (connection aborted)")
+
+
 class Raises:
     component_id = "raises"
 
@@ -691,15 +710,94 @@ def test_guest_failure_before_start_is_its_status_and_text_and_a_log_line(runnin
     assert (status, body) == (503, b"guest unavailable")
     assert headers[b"content-type"].startswith(b"text/plain")
     time.sleep(0.05)
-    assert "spin: fails: trap: unreachable\n" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z spin: fails: trap: unreachable \[GET /\]\n", err), err
 
 
-def test_guest_failure_after_start_aborts_the_connection(running):
-    srv = running([("/...", "fails")], {"fails": Fails(after_start=True)})
+def test_guest_failure_after_body_bytes_were_sent_closes_cleanly_after_them(running, capfd):
+    guest = FailsAfterHead(200, [(b"content-length", b"100")], b"partial")
+    srv = running([("/...", "fails")], {"fails": guest})
     client = srv.connect()
     client.request(b"GET", b"/")
-    with pytest.raises((h11.RemoteProtocolError, ConnectionResetError)):
+    response = client.next_event()
+    assert isinstance(response, h11.Response) and response.status_code == 200
+    data = client.next_event()
+    assert isinstance(data, h11.Data) and data.data == b"partial"
+    guest.head_seen.set()
+    # A FIN after every byte the guest wrote (no RST, nothing lost): h11 sees the body end early.
+    client.sock.settimeout(5)
+    assert client.sock.recv(65536) == b""
+    time.sleep(0.05)
+    err = capfd.readouterr().err
+    assert "spin: fails: trap: unreachable (after the response started) [GET /]" in err, err
+
+
+def test_throw_after_a_chunked_5xx_head_is_a_complete_empty_500_on_a_reusable_connection(running):
+    # What StarlingMonkey does when a JS handler throws: a chunked 500 head, then the guest fails.
+    guest = FailsAfterHead(500, [(b"content-type", b"text/plain")])
+    srv = running([("/fail", "fails"), ("/...", "echo")], {"fails": guest, "echo": Echo()})
+    client = srv.connect()
+    client.request(b"GET", b"/fail")
+    response = client.next_event()
+    assert isinstance(response, h11.Response) and response.status_code == 500
+    guest.head_seen.set()
+    assert isinstance(client.next_event(), h11.EndOfMessage)
+    client.next_cycle()
+    client.request(b"POST", b"/x", body=b"again")
+    assert client.response()[:3:2] == (200, b"again")
+
+
+def test_failure_before_a_queued_head_went_out_is_the_failures_own_answer(running):
+    # A fixed-length head waits for its body, so a guest that fails before writing any is "nothing sent".
+    guest = FailsAfterHead(200, [(b"content-length", b"10")], wait_for_client=False)
+    srv = running([("/fail", "fails"), ("/...", "echo")], {"fails": guest, "echo": Echo()})
+    client = srv.connect()
+    client.request(b"GET", b"/fail")
+    status, headers, body, _ = client.response()
+    assert (status, body) == (500, b"Internal Server Error")
+    client.next_cycle()
+    client.request(b"POST", b"/x", body=b"again")
+    assert client.response()[:3:2] == (200, b"again")
+
+
+def test_a_200_head_then_a_failure_is_not_made_to_look_complete(running):
+    guest = FailsAfterHead(200, [(b"content-type", b"text/plain")])
+    srv = running([("/...", "fails")], {"fails": guest})
+    client = srv.connect()
+    client.request(b"GET", b"/")
+    response = client.next_event()
+    assert isinstance(response, h11.Response) and response.status_code == 200
+    guest.head_seen.set()
+    with pytest.raises(h11.RemoteProtocolError):  # the chunked body never ends: a truncated response
+        client.next_event()
+
+
+def test_access_log_has_a_line_per_request_when_on(running, capfd):
+    srv = running([("/fail", "fails"), ("/...", "echo")],
+                  {"fails": Fails(), "echo": Echo()}, access_log=True, app_info=AppInfo())
+    client = srv.connect()
+    for target in (b"/hello?token=secret", b"/fail", b"/.well-known/spin/health"):
+        client.request(b"GET", target)
         client.response()
+        client.next_cycle()
+    time.sleep(0.05)
+    lines = capfd.readouterr().err.splitlines()
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    access = [line for line in lines if " spin: " not in line]
+    assert len(access) == 3, lines
+    assert re.fullmatch(stamp + r" GET /hello 200 \d+\.\d\dms echo", access[0]), access
+    assert re.fullmatch(stamp + r" GET /fail 503 \d+\.\d\dms fails", access[1]), access
+    assert re.fullmatch(stamp + r" GET /\.well-known/spin/health 200 0\.00ms -", access[2]), access
+    assert "secret" not in "\n".join(lines)
+
+
+def test_access_log_is_silent_when_off(running, capfd):
+    srv = running([("/...", "echo")], {"echo": Echo()})
+    client = srv.connect()
+    client.request(b"GET", b"/hello")
+    assert client.response()[0] == 200
+    time.sleep(0.05)
+    assert capfd.readouterr().err == ""
 
 
 def test_executor_bug_is_a_500_and_the_server_keeps_serving(running, capfd):
@@ -711,7 +809,7 @@ def test_executor_bug_is_a_500_and_the_server_keeps_serving(running, capfd):
     client.request(b"GET", b"/fine")
     assert client.response()[0] == 200
     err = capfd.readouterr().err
-    assert "spin: raises: internal error handling GET /bug: ValueError: executor bug" in err
+    assert "spin: raises: internal error: ValueError: executor bug [GET /bug]" in err
 
 
 def test_stuck_guest_times_out_with_its_deadline(running):
@@ -875,6 +973,9 @@ def test_a_guest_blocked_on_the_client_lets_the_next_one_start_at_once():
     ("[::]:80", (socket.AF_INET6, "::", 80)),
     ("[::1]:8080", (socket.AF_INET6, "::1", 8080)),
     (":8080", (socket.AF_INET, "0.0.0.0", 8080)),
+    # Host names, resolved as Spin's parse_listen_addr does (127.0.0.1 preferred among the answers).
+    ("localhost:3131", (socket.AF_INET, "127.0.0.1", 3131)),
+    ("app.localhost:3131", (socket.AF_INET, "127.0.0.1", 3131)),
 ])
 def test_listen_address_forms(text, expected):
     assert parse_listen_addr(text) == expected
@@ -882,7 +983,8 @@ def test_listen_address_forms(text, expected):
 
 @pytest.mark.parametrize("text, message", [
     ("80", "expected host:port"),
-    ("localhost:80", "not an IP address"),
+    ("http://x:80", "neither an IP address nor a host name"),
+    ("no-such-host.invalid:80", "cannot resolve 'no-such-host.invalid' in the container"),
     ("0.0.0.0:http", "not a port number"),
     ("0.0.0.0:70000", "not a port number"),
     ("::1:80", "in brackets"),

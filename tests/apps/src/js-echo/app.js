@@ -64,6 +64,25 @@ async function handle(request) {
     const body = BIG_PATTERN.repeat(Math.ceil(size / BIG_PATTERN.length)).slice(0, size);
     return new Response(body, { status: 200, headers: { "content-type": "application/octet-stream" } });
   }
+  if (path === "/throw") {
+    // A handler that throws before it has a response (issue 16: `wasmtime serve` answers a clean empty 500).
+    throw new Error("js-echo was asked to throw");
+  }
+  if (path === "/throw-after-head") {
+    // The head goes out, then the body stream fails: the server can only end the connection.
+    let sent = false;
+    const body = new ReadableStream({
+      pull(controller) {
+        if (!sent) {
+          sent = true;
+          controller.enqueue(new TextEncoder().encode("partial "));
+        } else {
+          controller.error(new Error("js-echo body stream failed"));
+        }
+      },
+    });
+    return new Response(body, { status: 200, headers: { "content-type": "text/plain" } });
+  }
   return text(404, "not found");
 }
 
