@@ -245,13 +245,29 @@ def test_a_starting_server_removes_what_killed_servers_of_other_builds_left_and_
     assert os.path.exists(protocol.socket_path(live_key)) and os.path.exists(protocol.lock_path(live_key))
 
 
-def test_every_warm_module_imports_and_none_brings_grpc():
-    code = ("import importlib, sys\n"
+def test_every_warm_module_imports_and_none_brings_grpc_or_a_driver():
+    """What the server imports is in every daemon and instance process: grpc (its threads and fork handlers) and
+    the service drivers (imported by the guests that use them) must not be among it."""
+    code = ("import importlib, json, sys\n"
             "from shim.forkserver.server import WARM_MODULES\n"
             "for name in WARM_MODULES:\n"
             "    importlib.import_module(name)\n"
-            "print(int('grpc' in sys.modules), len(WARM_MODULES))\n")
+            "from runtime.host.registry import REGISTRY\n"
+            "REGISTRY.load_providers()\n"
+            "print(json.dumps([sorted(sys.modules), len(WARM_MODULES)]))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr  # a misspelt name would be skipped by the server, silently
-    grpc_loaded, count = result.stdout.split()
-    assert grpc_loaded == "0" and int(count) == len(server.WARM_MODULES)
+    modules, count = json.loads(result.stdout)
+    assert count == len(server.WARM_MODULES)
+    assert "runtime.host.wasi.http" in modules and "runtime.spin.bindings.key_value" in modules  # providers came
+    unwanted = {"grpc", "redis", "pymysql", "pg8000", "paho", "opentelemetry"}
+    assert {name.split(".")[0] for name in modules} & unwanted == set()
+    assert "oci.client" not in modules  # containerd's gRPC client: artifacts only
+
+
+def test_a_server_loads_the_host_providers_before_it_forks(monkeypatch):
+    from runtime.host.registry import REGISTRY
+
+    monkeypatch.setattr(REGISTRY, "_loaded", set())
+    server._load_host_providers()
+    assert REGISTRY._loaded == set(REGISTRY._packages)
