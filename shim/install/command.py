@@ -30,6 +30,7 @@ from shim.install.containerd_config import (
     ConfigEdit,
     RuntimeSettings,
     edit_config,
+    is_empty_config,
 )
 from shim.install.containerd_version import ContainerdVersion, detect, from_flag
 from shim.install.install_record import InstallRecord, RecordError, RuntimeEntry, sha256_of
@@ -108,6 +109,15 @@ def config_diff(config: Path, before: str, after: str, after_label: str) -> list
         tofile=f"{config} ({after_label})")]
 
 
+def schema_warnings(text: str, version: ContainerdVersion) -> list[str]:
+    schema = tomllib.loads(text).get("version")
+    if version.major == 1 and schema == 3:
+        return [f"warning: `version = 3` is a containerd 2.x config, but the containerd found is {version.major}.x, "
+                "which cannot start on it: if that is the containerd that reads this file, fix the file first; "
+                "left as it is"]
+    return []
+
+
 def _next_record(record: InstallRecord | None, config: Path, raw: bytes, text: str, edit: ConfigEdit,
                  plan: LinkPlan) -> tuple[InstallRecord, str | None, Path | None]:
     """The record after this install, the config backup to write (None: none) and the binary backup to make."""
@@ -161,7 +171,14 @@ def main(argv: Sequence[str], *, shim_binary: Path | None = None, out: TextIO | 
         version: ContainerdVersion = detect() if args.containerd_version == "auto" else \
             from_flag(args.containerd_version)
         systemd = {"auto": None, "true": True, "false": False}[args.systemd_cgroup]
-        edit = edit_config(text, RuntimeSettings(args.runtime_name, systemd, version.major, args.force))
+        # A non-empty file's own `version` decides its schema; what PATH's containerd says only warns then (the
+        # operator's file was unreadable for it before install touched it, and PATH may name another containerd
+        # than the service's). The flag is the operator's word and is enforced.
+        trust_file = args.containerd_version == "auto" and not is_empty_config(text)
+        edit = edit_config(text, RuntimeSettings(args.runtime_name, systemd, None if trust_file else version.major,
+                                                 args.force))
+        if trust_file:
+            edit.notes += schema_warnings(text, version)
     except (ConfigError, RecordError, OSError) as error:
         err.write(f"{SHIM_BINARY_NAME} install: {args.config}: {one_line(error)}; left unchanged\n")
         return 1
