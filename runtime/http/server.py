@@ -656,7 +656,7 @@ def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
             log_line(log_fd, request_failure_line(time.time(), _started_text(failure.log_line, sink.started),
                                                   head.method, request_path(head.target)))
         if sink.started:
-            sink.fail_started(failure.status, failure.public_message)
+            channel.fail_started(failure.status, failure.public_message)
             outcome = "guest failed"
         else:
             sink.fail(failure.status, failure.public_message)
@@ -668,7 +668,7 @@ def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
             time.time(), f"spin: {head.component_id}: internal error: {type(exc).__name__}: {exc}", head.method,
             request_path(head.target)))
         if sink.started:
-            sink.fail_started(500, "")
+            channel.fail_started(500, "")
             outcome = "guest failed"
         else:
             sink.fail(500, "")
@@ -686,6 +686,9 @@ def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
     finally:
         channel.done()
         if request_trace is not None:
+            # A failure after the response started is an error of the server span however cleanly it ended
+            # (runtime.telemetry.request: ``aborted``), as when such a response was always aborted.
+            request_trace.aborted = request_trace.aborted or channel.failed_late
             request_trace.end()
         if exchange.arrived:
             log_line(log_fd, access_line(time.time(), head.method, request_path(head.target), channel.status,
