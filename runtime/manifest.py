@@ -1,9 +1,10 @@
-"""spin.toml (manifest version 2) parsed into typed, frozen dataclasses, and validated.
+"""spin.toml (manifest version 2, or version 1 converted to it) parsed into typed, frozen dataclasses, and validated.
 
 Pure: no wasmtime, no filesystem access in ``parse_manifest`` (text in, model out), so every validation rule is
 unit-tested from strings. ``load_manifest`` adds the two checks that need the app directory (sources exist,
-nothing points outside it). Field names and rules follow Spin's v2 schema (spin crates/manifest/src/schema/v2.rs;
-reference/shim-v2-protocol.md §5.7). Later issues (http routes, variables, KV) read ``Trigger.config``,
+nothing points outside it). Field names and rules follow Spin's v2 schema (spin crates/manifest/src/schema/v2.rs);
+a version 1 manifest (``spin_manifest_version = "1"``) is first converted as Spin's loader converts it
+(runtime.manifest_v1), then validated as version 2. Later issues (http routes, variables, KV) read ``Trigger.config``,
 ``Manifest.variables`` and ``Component.key_value_stores`` from here; type-specific trigger validation lives with
 each trigger, not in this module.
 
@@ -23,12 +24,14 @@ from typing import Any
 from runtime.errors import ManifestError
 from runtime.ids import KEBAB_ID as _KEBAB_ID
 from runtime.ids import SNAKE_ID as _SNAKE_ID
+from runtime.unknown_keys import unknown_keys_phrase
 
 MANIFEST_FILE_NAME = "spin.toml"
 
 
 _APPLICATION_KEYS = frozenset({"name", "version", "description", "authors", "targets", "trigger", "tool"})
 _VARIABLE_KEYS = frozenset({"description", "required", "default", "secret"})
+_TOP_LEVEL_KEYS = frozenset({"spin_manifest_version", "application", "variables", "trigger", "component"})
 _COMPONENT_KEYS = frozenset({
     "source", "description", "variables", "environment", "files", "exclude_files", "allowed_outbound_hosts",
     "allowed_http_hosts", "key_value_stores", "sqlite_databases", "ai_models", "targets", "build", "tool",
@@ -195,15 +198,23 @@ def parse_manifest(text: str, path: Path | str = MANIFEST_FILE_NAME) -> Manifest
         # tomllib's message already ends with "(at line L, column C)".
         raise ctx.error(f"invalid TOML: {exc}") from None
 
-    _check_version(ctx, doc)
+    labels: Mapping[str, tuple[str, tuple[str, ...]]] = {}
+    if _check_version(ctx, doc) == 1:
+        from runtime.manifest_v1 import V1Error, convert_v1
+
+        try:
+            doc, labels = convert_v1(doc)
+        except V1Error as exc:
+            raise ctx.error(exc.message, line=ctx.line_of(*exc.near) if exc.near else None) from None
+    unknown = set(doc) - _TOP_LEVEL_KEYS
+    if unknown:
+        raise ctx.error(f"{unknown_keys_phrase(unknown, _TOP_LEVEL_KEYS)} at the top level",
+                        line=ctx.line_of(*(f"[{key}" for key in unknown), *unknown))
     application = _parse_application(ctx, doc.get("application"))
     variables = _parse_variables(ctx, doc.get("variables", {}))
-    components = _parse_components(ctx, doc.get("component", {}))
+    components = _parse_components(ctx, doc.get("component", {}), labels)
     triggers = _parse_triggers(ctx, doc.get("trigger", {}), components)
 
-    unknown = sorted(set(doc) - {"spin_manifest_version", "application", "variables", "trigger", "component"})
-    if unknown:
-        raise ctx.error(f"unknown top-level key(s) {', '.join(map(repr, unknown))}")
     return Manifest(
         path=ctx.path,
         application=application,
@@ -213,20 +224,30 @@ def parse_manifest(text: str, path: Path | str = MANIFEST_FILE_NAME) -> Manifest
     )
 
 
-def _check_version(ctx: _Ctx, doc: Mapping[str, Any]) -> None:
+def _check_version(ctx: _Ctx, doc: Mapping[str, Any]) -> int:
+    """1 or 2, as Spin's ``ManifestVersion::detect`` reads it: the string "1" (``spin_version`` is its old
+    name) or the integer 2; anything else is refused, as Spin refuses it ("invalid manifest version")."""
+    from runtime.manifest_v1 import is_version_1
+
     version = doc.get("spin_manifest_version", doc.get("spin_version"))
+    line = ctx.line_of("spin_manifest_version", "spin_version")
     if version is None:
-        raise ctx.error("missing `spin_manifest_version = 2` (this runtime reads Spin manifest version 2)")
-    if version in (1, "1"):
-        raise ctx.error(
-            "spin_manifest_version 1 is not supported; convert the manifest to version 2 with `spin doctor`",
-            line=ctx.line_of("spin_manifest_version", "spin_version"),
-        )
-    if version != 2 or isinstance(version, bool):
-        raise ctx.error(
-            f"unsupported spin_manifest_version {version!r}; this runtime reads version 2 (write `spin_manifest_version = 2`)",
-            line=ctx.line_of("spin_manifest_version"),
-        )
+        raise ctx.error("missing `spin_manifest_version = 2` (this runtime reads Spin manifest versions 2 and \"1\")")
+    if is_version_1(version):
+        return 1
+    if version == 2 and not isinstance(version, bool) and "spin_manifest_version" in doc:
+        return 2
+    if version == 2:
+        raise ctx.error("`spin_version` is the version 1 name of the key; write `spin_manifest_version = 2`",
+                        line=line)
+    if version == 1 and not isinstance(version, bool):
+        raise ctx.error("invalid manifest version 1 (an integer): version 1 is written as a string, "
+                        "`spin_manifest_version = \"1\"`, as Spin reads it", line=line)
+    raise ctx.error(
+        f"invalid manifest version {version!r}; this runtime reads version 2 (`spin_manifest_version = 2`) and "
+        "version 1 (`spin_manifest_version = \"1\"`)",
+        line=line,
+    )
 
 
 def _parse_application(ctx: _Ctx, raw: Any) -> Application:
@@ -235,9 +256,9 @@ def _parse_application(ctx: _Ctx, raw: Any) -> Application:
         raise ctx.error("missing [application] table (it needs at least `name = \"...\"`)")
     if not isinstance(raw, dict):
         raise ctx.error("`application` must be a table", line=line)
-    unknown = sorted(set(raw) - _APPLICATION_KEYS)
+    unknown = set(raw) - _APPLICATION_KEYS
     if unknown:
-        raise ctx.error(f"[application]: unknown key(s) {', '.join(map(repr, unknown))}", line=line)
+        raise ctx.error(f"[application]: {unknown_keys_phrase(unknown, _APPLICATION_KEYS)}", line=line)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ctx.error("[application]: `name` is required and must be a non-empty string", line=line)
@@ -264,9 +285,9 @@ def _parse_variables(ctx: _Ctx, raw: Any) -> dict[str, Variable]:
             raise ctx.error(f"{where}: variable names must be lower_snake_case (letters, digits, '_')", line=line)
         if not isinstance(spec, dict):
             raise ctx.error(f"{where}: must be a table like {{ default = \"...\" }} or {{ required = true }}", line=line)
-        unknown = sorted(set(spec) - _VARIABLE_KEYS)
+        unknown = set(spec) - _VARIABLE_KEYS
         if unknown:
-            raise ctx.error(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}", line=line)
+            raise ctx.error(f"{where}: {unknown_keys_phrase(unknown, _VARIABLE_KEYS)}", line=line)
         required = spec.get("required", False)
         secret = spec.get("secret", False)
         if not isinstance(required, bool) or not isinstance(secret, bool):
@@ -274,6 +295,9 @@ def _parse_variables(ctx: _Ctx, raw: Any) -> dict[str, Variable]:
         default = _opt_str(ctx, spec, "default", where, line)
         if required and default is not None:
             raise ctx.error(f"{where}: a variable cannot be both `required` and have a `default`", line=line)
+        if not required and default is None:
+            # Spin's loader: "must be `required` OR have a `default`" (crates/loader/src/local.rs).
+            raise ctx.error(f"{where}: a variable must be `required = true` or have a `default`", line=line)
         variables[name] = Variable(
             name=name,
             description=_opt_str(ctx, spec, "description", where, line),
@@ -284,13 +308,18 @@ def _parse_variables(ctx: _Ctx, raw: Any) -> dict[str, Variable]:
     return variables
 
 
-def _parse_components(ctx: _Ctx, raw: Any) -> dict[str, Component]:
+def _parse_components(ctx: _Ctx, raw: Any, labels: Mapping[str, tuple[str, tuple[str, ...]]]) -> dict[str, Component]:
+    """``labels``: for a converted version 1 manifest, how its file names each component and where."""
     if not isinstance(raw, dict):
         raise ctx.error("`component` must be a table of [component.<id>] tables")
     components: dict[str, Component] = {}
     for component_id, spec in raw.items():
-        where = f"[component.{component_id}]"
-        line = ctx.line_of(f"[component.{component_id}]", f'[component."{component_id}"]')
+        if component_id in labels:
+            where, near = labels[component_id]
+            line = ctx.line_of(*near)
+        else:
+            where = f"[component.{component_id}]"
+            line = ctx.line_of(f"[component.{component_id}]", f'[component."{component_id}"]')
         _check_kebab(ctx, component_id, "component id", where, line)
         components[component_id] = _parse_component(ctx, component_id, spec, where, line)
     return components
@@ -299,10 +328,10 @@ def _parse_components(ctx: _Ctx, raw: Any) -> dict[str, Component]:
 def _parse_component(ctx: _Ctx, component_id: str, spec: Any, where: str, line: int | None) -> Component:
     if not isinstance(spec, dict):
         raise ctx.error(f"{where}: must be a table", line=line)
-    unknown = sorted(set(spec) - _COMPONENT_KEYS)
+    unknown = set(spec) - _COMPONENT_KEYS
     if unknown:
         raise ctx.error(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(_COMPONENT_KEYS))})",
+            f"{where}: {unknown_keys_phrase(unknown, _COMPONENT_KEYS)} (known: {', '.join(sorted(_COMPONENT_KEYS))})",
             line=line,
         )
     environment = spec.get("environment", {})

@@ -121,16 +121,18 @@ def test_toml_syntax_error_names_file_and_line():
     assert "line 3" in message
 
 
-def test_manifest_version_1_is_rejected_with_conversion_hint():
-    message = error_of('spin_manifest_version = "1"\nname = "old"\ntrigger = { type = "http" }\n')
-    assert "spin_manifest_version 1 is not supported" in message
-    assert "spin doctor" in message
-    assert message.startswith("/app/spin.toml:1:")
+def test_manifest_version_1_is_converted_not_refused():
+    # The conversion itself: tests/unit/test_manifest_v1.py.
+    manifest = parse('spin_manifest_version = "1"\nname = "old"\ntrigger = { type = "http" }\n')
+    assert manifest.application.name == "old" and manifest.triggers == ()
 
 
 def test_missing_or_unknown_manifest_version_is_rejected():
     assert "missing `spin_manifest_version = 2`" in error_of('[application]\nname = "x"\n')
-    assert "unsupported spin_manifest_version 3" in error_of('spin_manifest_version = 3\n[application]\nname = "x"\n')
+    message = error_of('spin_manifest_version = 3\n[application]\nname = "x"\n')
+    assert message.startswith("/app/spin.toml:1: invalid manifest version 3;")
+    assert 'version 1 (`spin_manifest_version = "1"`)' in message
+    assert "invalid manifest version '2'" in error_of('spin_manifest_version = "2"\n[application]\nname = "x"\n')
 
 
 def test_application_name_is_required():
@@ -183,8 +185,23 @@ def test_component_ids_must_be_kebab_case():
 
 def test_unknown_component_key_is_rejected_listing_known_keys():
     message = error_of(MINIMAL + 'enviroment = { A = "1" }\n')
-    assert "unknown key(s) 'enviroment'" in message
-    assert "environment" in message
+    assert "unknown key(s) 'enviroment' (did you mean `environment`?)" in message
+    assert "(known: ai_models, allowed_http_hosts," in message
+
+
+@pytest.mark.parametrize("text, expected", [
+    (MINIMAL + 'allowed_outbound_host = ["https://x"]\n',
+     "'allowed_outbound_host' (did you mean `allowed_outbound_hosts`?)"),
+    (MINIMAL + 'key-value-stores = ["default"]\n', "'key-value-stores' (did you mean `key_value_stores`?)"),
+    (MINIMAL + 'colour = "blue"\n', "unknown key(s) 'colour' (known:"),  # nothing close: no guess
+    (MINIMAL.replace('name = "demo"', 'name = "demo"\nversoin = "1"'),
+     "[application]: unknown key(s) 'versoin' (did you mean `version`?)"),
+    (MINIMAL + "[variables]\nkey = { defualt = 'x' }\n", "unknown key(s) 'defualt' (did you mean `default`?)"),
+    (MINIMAL + "[componet.x]\nsource = 'a'\n",
+     "unknown key(s) 'componet' (did you mean `component`?) at the top level"),
+])
+def test_a_misspelt_key_gets_a_did_you_mean(text, expected):
+    assert expected in error_of(text)
 
 
 def test_component_source_is_required_and_typed():
@@ -209,6 +226,9 @@ def test_variables_are_validated():
     assert "both `required` and have a `default`" in error_of(
         base + "[variables]\nkey = { default = 'x', required = true }\n")
     assert "unknown key(s) 'defualt'" in error_of(base + "[variables]\nkey = { defualt = 'x' }\n")
+    # Spin's loader: "must be `required` OR have a `default`".
+    assert "must be `required = true` or have a `default`" in error_of(
+        base + "[variables]\nkey = { description = 'x' }\n")
 
 
 def test_trigger_must_be_an_array_of_tables():
@@ -222,7 +242,9 @@ def test_trigger_level_components_map_is_rejected_clearly():
 
 
 def test_unknown_top_level_key_is_rejected():
-    assert "unknown top-level key(s) 'componnet'" in error_of(MINIMAL + "\n[componnet.x]\nsource = 'a'\n")
+    message = error_of(MINIMAL + "\n[componnet.x]\nsource = 'a'\n")
+    assert message.startswith(
+        "/app/spin.toml:13: unknown key(s) 'componnet' (did you mean `component`?) at the top level")
 
 
 def test_unknown_trigger_types_parse_fine_the_loader_decides():
