@@ -3,9 +3,10 @@
 Each method looks the process up (the task's init, or one of its exec processes when the
 request names an exec id), calls one method on it and answers, like the Go runc shim's service
 (STYLE.md). Unknown ids are NOT_FOUND; what a task cannot do is UNIMPLEMENTED with a sentence
-saying why, which is what containerd's runtime README asks of unsupported RPCs (reference §2.3).
-The v3 service is byte-identical to v2 but for its package name, so the same handlers serve both
-(reference §1.5).
+saying why and what to do instead: containerd passes the status message through, so it is the
+whole of what `ctr` prints ("ctr: <sentence>: not implemented"). The v3 service
+(containerd/api runtime/task/v3/shim.proto) is byte-identical to v2 but for its package name, so
+the same handlers serve both.
 """
 
 from __future__ import annotations
@@ -41,10 +42,19 @@ _STATUS = {
     TaskState.DELETED: task_pb2.STOPPED,
 }
 
+#: runwasi, hence containerd-shim-spin, implements none of these. Kubernetes never pauses a container (CRI has no
+#: pause); the kubelet's checkpoint API (feature ContainerCheckpoint) does reach Checkpoint, which runc answers
+#: with CRIU, not used here. Freezing would have to cover the instance process and its forked HTTP workers (the
+#: task's cgroup, which the daemon is not in) and Kill/Delete of a frozen task would have to thaw it; none of that
+#: is built, so the refusal leaves the task exactly as it was.
 _UNSUPPORTED = {
-    "Pause": "pausing a task is not supported by this shim",
-    "Resume": "resuming a task is not supported by this shim",
-    "Checkpoint": "checkpointing a task is not supported by this shim",
+    "Pause": ("pausing a task is not supported by this shim: it does not freeze a task's cgroup (nor does "
+              "containerd-shim-spin, and Kubernetes never pauses a container), so the task keeps running; "
+              "stop it with `ctr task kill` instead"),
+    "Resume": ("resuming a task is not supported by this shim: it never pauses a task (Pause is refused too), "
+               "so there is nothing to resume and the task is as it was"),
+    "Checkpoint": ("checkpointing a task is not supported by this shim: it has no CRIU support (nor does "
+                   "containerd-shim-spin), so the task keeps running; stop it and run the image again instead"),
 }
 #: containerd's type URL for the runc shim's per-process detail in Pids (ctr task ps shows the exec id).
 _PROCESS_DETAILS_TYPE = "containerd.runc.v1.ProcessDetails"
@@ -187,7 +197,8 @@ class TaskService:
 
     async def shutdown(self, request: Any, ctx: CallContext) -> Any:
         # A grouped shim serves a whole pod: containerd sends Shutdown after deleting each
-        # task, and it must be ignored while any task remains (reference §1.10).
+        # task, and it must be ignored while any task remains (the Go runc shim returns early
+        # while it holds containers: containerd cmd/containerd-shim-runc-v2/task/service.go).
         if self.tasks or self._creating:
             log.debug("shutdown ignored: %d task(s) remain", len(self.tasks))
         else:

@@ -4,7 +4,8 @@ The Task service only looks tasks up and calls one method here (or on one of the
 processes, shim/service/exec_process.py); each method asks `task_state` first, so an illegal call fails
 with the code containerd expects before anything is touched. Events are published from here, in
 the order the README of containerd's runtime v2 demands: create, start, (oom), exit, delete, and
-exec-added, exec-started, exit for each exec (reference §3.7).
+exec-added, exec-started, exit for each exec
+(https://github.com/containerd/containerd/blob/main/core/runtime/v2/README.md#events).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from shim.wasm.sandbox.credentials import Credentials
 
 log = logging.getLogger("shim.service.task")
 
-#: Set by containerd's CRI plugin on every container it creates (reference §5.1).
+#: Set by containerd's CRI plugin on every container it creates (containerd internal/cri/annotations).
 CRI_IMAGE_NAME_ANNOTATION = "io.kubernetes.cri.image-name"
 
 TERMINAL_UNSUPPORTED = (
@@ -93,7 +94,8 @@ class Task:
         if request.terminal:
             raise InvalidArgument(TERMINAL_UNSUPPORTED)
         if request.checkpoint:
-            raise Unimplemented("checkpoint/restore of a Wasm task is not supported")
+            raise Unimplemented("restoring a task from a checkpoint is not supported by this shim: it has no "
+                                "CRIU support (nor does containerd-shim-spin); run the image afresh instead")
         bundle = Path(request.bundle)
         stdio = await open_task_stdio(request.stdin, request.stdout, request.stderr,
                                       task_id=request.id, namespace=context.namespace)

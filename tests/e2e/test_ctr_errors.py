@@ -119,3 +119,33 @@ def test_terminal_request_is_refused(containerd, images, guests):
     assert "terminal" in output and "without -t" in output, output
     containerd.ctr("containers", "rm", "err-tty", check=False)
     assert_no_leaks(containerd, ["err-tty"])
+
+
+
+#: What `ctr task <command>` of a running Wasm task prints: what is not supported, why, and what to do instead.
+_UNSUPPORTED_SENTENCES = {
+    "pause": ("pausing a task is not supported by this shim: it does not freeze a task's cgroup", "ctr task kill"),
+    "resume": ("resuming a task is not supported by this shim: it never pauses a task", "nothing to resume"),
+    # containerd's client pauses a task before it checkpoints it, so the Pause sentence is what ctr shows.
+    "checkpoint": ("pausing a task is not supported by this shim", "ctr task kill"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(_UNSUPPORTED_SENTENCES))
+def test_unsupported_task_commands_say_why_and_leave_the_task_running(containerd, images, guests, command):
+    image = images.wasm_image("loop", {"/loop.wasm": guests["loop.wasm"]}, ["/loop.wasm"])
+    task_id = f"err-{command}"
+    try:
+        containerd.ctr("run", "-d", "--runtime", RUNTIME, image, task_id)
+        result = containerd.ctr("tasks", command, task_id, check=False)
+        assert result.returncode != 0, result.stdout
+        error = _ctr_error_line(result.stderr)
+        reason, instead = _UNSUPPORTED_SENTENCES[command]
+        assert reason in error and instead in error, error
+        status = [line.split()[2] for line in containerd.ctr("tasks", "ls").stdout.splitlines()[1:]
+                  if line.split()[:1] == [task_id]]
+        assert status == ["RUNNING"], status
+    finally:
+        containerd.ctr("tasks", "rm", "-f", task_id, check=False)
+        containerd.ctr("containers", "rm", task_id, check=False)
+    assert_no_leaks(containerd, [task_id])
