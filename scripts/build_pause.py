@@ -2,7 +2,8 @@
 """Build the CRI sandbox ("pause") image the e2e tests import into containerd's `k8s.io` namespace.
 
 Why: containerd's CRI plugin runs every pod's sandbox from `sandbox_image`, and registry.k8s.io is unreachable here
-(shared/reference/containerd-test-env.md §5.1). So we compile a tiny static pause binary (gcc -static -Os; gcc and
+(without a local one every RunPodSandbox fails: `failed to get sandbox image "registry.k8s.io/pause:3.x"`). So we
+compile a tiny static pause binary (gcc -static -Os; gcc and
 libc.a come from scripts/setup.sh) and pack it with mkoci.py as `localhost/spin-shim-test/pause:1`, entrypoint
 `/pause`. The tar is cached under /var/cache/containerd-shim-spin-test/pause/<key>/ where the key hashes the C
 source, the compiler flags and mkoci.py, so an edit to any of them rebuilds and an unchanged tree never does.

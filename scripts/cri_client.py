@@ -1,7 +1,7 @@
 """A kubelet stand-in: drives containerd's CRI plugin over gRPC the way kubelet does, for the e2e tests and the benchmarks.
 
 Why: what kubectl users see of the shim (pod IPs, `kubectl logs`, exit reasons, metrics, resource limits) is what
-containerd's CRI plugin makes of it, and crictl is not packaged here (shared/reference/containerd-test-env.md §5).
+containerd's CRI plugin makes of it, and crictl (cri-tools) has no Debian package in bookworm, trixie or sid.
 So this module builds the same requests kubelet builds (pod metadata with a uid, a log directory per pod, a cgroup
 parent per pod, `<container>/<attempt>.log` log paths, kubelet's CPU share/quota arithmetic) and reads the CRI log
 file format. Stubs: proto.k8s.cri.v1 (generated from the vendored cri-api 0.36.4, package runtime.v1).
@@ -223,9 +223,9 @@ class CriClient:
                 annotations: Mapping[str, str] | None = None) -> PodHandle:
         """RunPodSandbox with the config kubelet would send, and the pod's IP from PodSandboxStatus.
 
-        A host-network pod gets no hostname: runc refuses to set one without a private UTS namespace (ref §5.3).
-        The cgroup parent is per pod, as kubelet's; remove_pod() removes it, as kubelet does (containerd never
-        removes pod-level cgroups, ref §1).
+        A host-network pod gets no hostname: runc refuses to set one without a private UTS namespace ("unable to
+        set hostname without a private UTS namespace"). The cgroup parent is per pod, as kubelet's; remove_pod()
+        removes it, as kubelet does (containerd never removes pod-level cgroups).
         """
         uid = str(uuid.uuid4())
         log_directory = self.log_root / f"{namespace}_{name}_{uid}"

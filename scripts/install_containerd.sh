@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch containerd 1.7 (Debian trixie) and 2.1 (Debian sid) as unpacked trees for the e2e tests.
 #
-# Why this shape (shared/reference/containerd-test-env.md, section 3 "Newer containerd"):
+# Why this shape:
 #  - nothing on PyPI/npm ships containerd, but Debian's archive is reachable and the trixie/sid debs run on
 #    bookworm (they need libc6 >= 2.34);
 #  - we must not touch /etc/apt (the machine's apt state is shared), so apt runs with a private config whose
@@ -17,7 +17,7 @@ CACHE_ROOT="${SPIN_SHIM_CACHE:-/var/cache/containerd-shim-spin-test}"
 CONTAINERD_CACHE="$CACHE_ROOT/containerd"
 APT_PRIVATE="$CACHE_ROOT/apt"
 
-# The versions the reference ran; a newer build of the same series is accepted if these are gone.
+# The versions the e2e tests were first run with; a newer build of the same series is accepted if these are gone.
 declare -A PINNED_VERSION=([1.7]="1.7.24~ds1-6+deb13u1" [2.1]="2.1.9+ds1-5")
 SERIES_LIST=(1.7 2.1)
 REQUIRED_BINARIES=(containerd ctr containerd-shim-runc-v2)

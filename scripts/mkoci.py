@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Pack a directory into a one-layer OCI image-layout tarball that `ctr images import` accepts.
 
-Why: tests need images without a registry or Docker (ref: shared/reference/containerd-test-env.md §2). containerd
-reads the image name from the index annotation `io.containerd.image.name` (we also set
-`org.opencontainers.image.ref.name` to the same full reference, as the reference did). Output is deterministic
+Why: tests need images without a registry or Docker. containerd reads the image name from the index annotation
+`io.containerd.image.name` (we also set `org.opencontainers.image.ref.name` to the same full reference, as
+`docker save`/`ctr images export` do). Output is deterministic
 (fixed mtimes, sorted entries, uid/gid 0, gzip header without name or time) so that the same rootfs always gives
 the same digests: tests can compare them and caches keyed by digest stay warm.
 
 For a "wasm in a scratch image" use `--os wasip1 --arch wasm`; importing it needs `ctr images import
---all-platforms` (ref §2).
+--all-platforms` (without it ctr says "image might be filtered out": the platform is not the host's).
 
 CLI:  mkoci.py ROOTFS_DIR OUT.tar REF [--os linux] [--arch amd64] [--entrypoint JSON_LIST] [--cmd JSON_LIST]
                 [--env K=V ...] [--label K=V ...] [--workdir /]

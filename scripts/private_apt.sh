@@ -1,8 +1,9 @@
 # Sourced, not run: the private apt configuration scripts/install_containerd.sh and scripts/vendor_cri_proto.sh share.
 #
-# Why (shared/reference/containerd-test-env.md §3 "Newer containerd"): Debian trixie/sid packages (containerd 1.7,
-# 2.1, the CRI API protos) are fetched from the mirror the machine's apt already uses, with a sources list, lists
-# and cache of our own, so /etc/apt and the machine's apt state are never touched; debs are only unpacked.
+# Why: Debian trixie/sid packages (containerd 1.7, 2.1, the CRI API protos; nothing on PyPI or npm ships containerd)
+# run on bookworm (they need libc6 >= 2.34) and are fetched from the mirror the machine's apt already uses, with a
+# sources list, lists and cache of our own, so /etc/apt and the machine's apt state are never touched; debs are only
+# unpacked.
 #
 # Needs from the caller: APT_PRIVATE (the private apt tree), and log/die functions. Sets APT_OPTS.
 

@@ -3,10 +3,10 @@
 
 Why it exists: the e2e tests and demos need a *real* containerd that finds our shim on its PATH, without touching
 the node's /var/lib/containerd, /run/containerd/containerd.sock or /etc/containerd, and several of them may run side
-by side (three containerd versions, parallel test sessions). Every containerd quirk mirrored here comes from
-shared/reference/containerd-test-env.md, cited below as "ref §N".
+by side (three containerd versions, parallel test sessions). Every containerd quirk mirrored here was met on
+these machines; each is stated where it is handled.
 
-What cannot be kept inside the work dir (containerd and its runc shim hard-code it, ref §1):
+What cannot be kept inside the work dir (containerd and its runc shim hard-code it, whatever the config says):
 /run/containerd/s/<sha256> (shim sockets), /run/containerd/runc/<ns> (runc state), /run/containerd/fifo (ctr's
 FIFOs) and the cgroups /sys/fs/cgroup/*/<ns>/<id>. `stop()` cleans up only the entries it can prove are this
 daemon's (by its gRPC address, its state dir, or a pre-start snapshot), never another containerd's. Since
@@ -53,13 +53,13 @@ from typing import Self
 
 SUPPORTED_VERSIONS: tuple[str, ...] = ("1.6", "1.7", "2.1")
 DEFAULT_CACHE_ROOT = Path("/var/cache/containerd-shim-spin-test")
-SYSTEM_CONTAINERD_BIN_DIR = Path("/usr/bin")  # bookworm's containerd 1.6 (ref §1)
+SYSTEM_CONTAINERD_BIN_DIR = Path("/usr/bin")  # bookworm's containerd 1.6 (Debian package containerd)
 
-# The CRI sandbox image the tests import into namespace k8s.io; registry.k8s.io is unreachable here (ref §5.1).
+# The CRI sandbox image the tests import into namespace k8s.io; registry.k8s.io is unreachable here.
 SANDBOX_IMAGE = "localhost/spin-shim-test/pause:1"
 SPIN_RUNTIME_TYPE = "io.containerd.spin.v2"
 RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
-CNI_BIN_DIR = "/usr/lib/cni"  # containernetworking-plugins (ref §5.4)
+CNI_BIN_DIR = "/usr/lib/cni"  # where Debian's containernetworking-plugins installs them
 CRI_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin keeps its images and containers in
 # CNI networks of concurrently running daemons must not share a bridge or a subnet: each daemon claims a slot
 # (bridge spinshim<slot>, subnet 10.<200 + slot/256>.<slot%256>.0/24) by creating a claim file exclusively.
@@ -68,7 +68,7 @@ CNI_BRIDGE_PREFIX = "spinshim"  # + 3 hex digits = 11 chars; Linux interface nam
 CNI_CLAIM_DIR = Path("/run/containerd-shim-spin-test/cni")
 CNI_RESULT_CACHE = Path("/var/lib/cni/results")  # libcni's cache of ADD results: <network>-<container>-<ifname>
 
-# Hard-coded by containerd and the runc shim, whatever the config says (ref §1).
+# Hard-coded by containerd and the runc shim, whatever the config says.
 SYSTEM_RUN_DIR = Path("/run/containerd")
 SHIM_SOCKET_DIR = SYSTEM_RUN_DIR / "s"
 RUNC_STATE_ROOT = SYSTEM_RUN_DIR / "runc"
@@ -253,7 +253,7 @@ class CniNetwork:
 
 
 def render_cni_conflist(network: CniNetwork, ipam_data_dir: Path) -> str:
-    """The bridge conflist CRI loads from `cni_conf_dir` (ref §5.4, but isGateway true: tests curl pod IPs).
+    """The bridge conflist CRI loads from `cni_conf_dir` (isGateway true: tests curl pod IPs).
 
     No loopback entry: the CRI plugin always adds its own loopback network (go-cni WithLoNetwork, using
     /usr/lib/cni/loopback) and loads only the first conflist of the dir (max_conf_num = 1); and the loopback plugin
@@ -307,9 +307,9 @@ def _process_alive(pid: object) -> bool:
 class PrivateContainerd:
     """One containerd daemon of a given version, confined to `workdir`, with `shim_dir` first on its PATH.
 
-    The shim is looked up on the *daemon's* PATH (ref §3), so `shim_dir` comes first; then the version's own bin
-    dir, so that 1.7 and 2.1 use their own containerd-shim-runc-v2 rather than bookworm's (ref §3 "Newer
-    containerd"); then the caller's PATH.
+    The shim is looked up on the *daemon's* PATH (ctr's PATH does not matter), so `shim_dir` comes first; then
+    the version's own bin dir, so that 1.7 and 2.1 use their own containerd-shim-runc-v2 rather than bookworm's;
+    then the caller's PATH.
     """
 
     def __init__(
@@ -347,7 +347,7 @@ class PrivateContainerd:
 
     @property
     def ttrpc_address(self) -> str:
-        """containerd's ttrpc socket; shims get it as TTRPC_ADDRESS to publish events (ref §3)."""
+        """containerd's ttrpc socket; shims get it as TTRPC_ADDRESS to publish events."""
         return str(self.workdir / "run" / "containerd.sock.ttrpc")
 
     @property
@@ -356,7 +356,7 @@ class PrivateContainerd:
 
     @property
     def state_dir(self) -> Path:
-        """Holds the task bundles: state_dir/io.containerd.runtime.v2.task/<ns>/<id> (ref §3)."""
+        """Holds the task bundles: state_dir/io.containerd.runtime.v2.task/<ns>/<id>."""
         return self.workdir / "state"
 
     @property
@@ -373,13 +373,13 @@ class PrivateContainerd:
 
     @property
     def certs_dir(self) -> Path:
-        """Registry hosts dir (`<host>/hosts.toml`), used by CRI pulls and the 1.7+ transfer service (ref §5.5)."""
+        """Registry hosts dir (`<host>/hosts.toml`), used by CRI pulls and the 1.7+ transfer service."""
         return self.workdir / "certs.d"
 
     @property
     def fifo_dir(self) -> Path:
         """Pass as `ctr run -d --fifo-dir` (also `tasks exec`/`start`): ctr's stdio FIFOs otherwise go to
-        /run/containerd/fifo (ref §1), and a detached task whose daemon died leaves them there for good."""
+        /run/containerd/fifo, and a detached task whose daemon died leaves them there for good."""
         return self.workdir / "fifo"
 
     @property
@@ -436,11 +436,11 @@ class PrivateContainerd:
             f"  address = {_toml_str(self.ttrpc_address)}",
             "",
             "[debug]",
-            # Debug level also makes containerd pass -debug to shims (ref §1, §3).
+            # Debug level also makes containerd pass -debug to shims.
             f"  level = {_toml_str('debug' if self.debug else 'info')}",
             "",
             "[plugins]",
-            # Without this containerd creates /opt/containerd/{bin,lib} (ref §1, errors index).
+            # Without this containerd creates /opt/containerd/{bin,lib} at its first start.
             '  [plugins."io.containerd.internal.v1.opt"]',
             f"    path = {_toml_str(self.workdir / 'opt')}",
         ]
@@ -456,7 +456,8 @@ class PrivateContainerd:
         return lines
 
     def _runtime_tables(self, prefix: str) -> list[str]:
-        """runtimes.runc must be defined whenever another runtime is, or the 1.7 CRI plugin fails (ref §5.6)."""
+        """runtimes.runc must be defined whenever another runtime is, or the 1.7 CRI plugin fails ("no
+        corresponding runtime configured ... default_runtime_name = "runc"", then every CRI call is UNIMPLEMENTED)."""
         # 2.1 moved the CRI snapshotter setting to the images plugin.
         snapshotter = ['      snapshotter = "overlayfs"'] if self.version != "2.1" else []
         return [
@@ -475,7 +476,7 @@ class PrivateContainerd:
         lines = self._config_common(2) + [
             f"  {cri}",
             "    disable_tcp_service = true",
-            # No CAP_SYS_RESOURCE here: without this the CRI sandbox fails in runc's nsexec (ref §5.2).
+            # No CAP_SYS_RESOURCE here: without this the CRI sandbox fails in runc's nsexec (oom_score_adj -998).
             "    restrict_oom_score_adj = true",
             # Pod network namespaces under state_dir instead of /var/run/netns.
             "    netns_mounts_under_state_dir = true",
@@ -554,7 +555,7 @@ class PrivateContainerd:
 
     def restart_daemon(self) -> None:
         """Stop the daemon alone (SIGTERM, as `systemctl restart containerd` does) and start it again with the same
-        config: shims and their tasks keep running, and containerd reconnects to them on start (ref §3).
+        config: shims and their tasks keep running, and containerd reconnects to them on start.
 
         The pre-start snapshot of the first start() is kept, so stop() still knows which system paths are ours.
         """
@@ -619,7 +620,7 @@ class PrivateContainerd:
     def import_pause_image(self) -> None:
         """Import the sandbox image (scripts/build_pause.py) into namespace k8s.io, where CRI looks for it.
 
-        Without it every RunPodSandbox fails with "failed to get sandbox image" (ref §5.1). Idempotent: an image
+        Without it every RunPodSandbox fails with "failed to get sandbox image". Idempotent: an image
         already listed is not imported again. Call it only for CRI tests; plain ctr tests do not need it.
         """
         if SANDBOX_IMAGE in self.ctr("images", "ls", "-q", namespace=CRI_NAMESPACE).stdout.split():
@@ -642,7 +643,7 @@ class PrivateContainerd:
     def enable_cni(self) -> CniNetwork:
         """Give CRI pods a network: claim a free bridge/subnet slot and write its conflist into cni_conf_dir.
 
-        Works before or after start() (CRI watches conf_dir, ref §5.4). The bridge itself is created by the bridge
+        Works before or after start() (CRI watches conf_dir). The bridge itself is created by the bridge
         plugin at the first pod; stop() deletes it, libcni's cached results for it and the claim. Idempotent.
         """
         existing = self.cni_network
@@ -701,7 +702,7 @@ class PrivateContainerd:
         """Delete this daemon's bridge, libcni's cache entries for its network, its conflist and its claim.
 
         Pod netns live under state_dir (netns_mounts_under_state_dir), so the mount cleanup already released them;
-        the bridge outlives its last veth, hence `ip link del` (ref §5.4).
+        the bridge outlives its last veth, hence `ip link del`.
         """
         network = self.cni_network
         if network is None:
@@ -968,7 +969,7 @@ class PrivateContainerd:
     def _remove_cgroups(
         self, owned_ids: set[tuple[str, str]], namespaces: set[str], before: Mapping[str, set[str]]
     ) -> None:
-        """ctr puts a container in <hierarchy>/<ns>/<id>; runc removes the leaf, never the <ns> parent (ref §1)."""
+        """ctr puts a container in <hierarchy>/<ns>/<id>; runc removes the leaf, never the <ns> parent."""
         for hierarchy in cgroup_hierarchies():
             for namespace, container_id in owned_ids:
                 _rmdir_quietly(hierarchy / namespace / container_id)

@@ -3,16 +3,15 @@
 # does what is missing (pip re-checks the venv, which is quick).
 #
 #  1. Debian packages: containerd + runc (the 1.6 daemon and native containers), busybox-static (test rootfs),
-#     wabt (wat2wasm for test guests), gcc + libc6-dev (static pause binary for CRI, ref §5.1), iproute2 (CNI
-#     bridge cleanup), curl + wrk (HTTP checks and benchmarks), docker-registry (local registry, ref §4),
-#     containernetworking-plugins (CNI, ref §5.4), python3-venv (to create the venv), debian-archive-keyring
-#     (verifies the trixie/sid lists in install_containerd.sh), iptables + conntrack (kube-proxy) and openssl (the
-#     test cluster's certificates, scripts/kube_cluster.py).
+#     wabt (wat2wasm for test guests), gcc + libc6-dev (static pause binary for CRI: registry.k8s.io is
+#     unreachable), iproute2 (CNI bridge cleanup), curl + wrk (HTTP checks and benchmarks), docker-registry (local
+#     registry on 127.0.0.1), containernetworking-plugins (CNI plugins in /usr/lib/cni), python3-venv (to create
+#     the venv), debian-archive-keyring (verifies the trixie/sid lists in install_containerd.sh), iptables +
+#     conntrack (kube-proxy) and openssl (the test cluster's certificates, scripts/kube_cluster.py).
 #  2. The project venv at <repo>/.venv with `pip install -e '<repo>[dev]'`, and the shim's bytecode compiled.
 #  3. containerd 1.7 and 2.1 via scripts/install_containerd.sh.
 #  4. The toolchains that build the real Spin HTTP test apps (Spin Python SDK, componentize-py, Spin JS
 #     build-tools) and the reference `wasmtime serve`, via scripts/install_app_toolchains.sh.
-# "ref §N" = shared/reference/containerd-test-env.md.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

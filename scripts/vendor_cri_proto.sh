@@ -2,7 +2,7 @@
 # Vendor the Kubernetes CRI API (k8s.io/cri-api/pkg/apis/runtime/v1/api.proto) into proto/vendor/ from Debian's
 # golang-k8s-cri-api-dev (sid). Run once when updating; the result is committed and scripts/gen_proto.py compiles it.
 #
-# Why this shape (shared/reference/containerd-test-env.md §5 "CRI path"): the e2e tests drive containerd's CRI
+# Why this shape: the e2e tests drive containerd's CRI
 # plugin the way kubelet does, so they need the CRI stubs; crictl is not packaged, but the CRI proto is, as a Go
 # source package. apt runs with the same private config as scripts/install_containerd.sh (sid from the machine's
 # own mirror, never /etc/apt), and the deb is only unpacked.
