@@ -183,7 +183,29 @@ def _pending_chunks(request: OutgoingRequest) -> tuple[list[bytes], bool, Fields
 # ---------------------------------------------------------------------------------------------------- network
 
 
-class NetworkExchange:
+class _AnswerFuture:
+    """A future-incoming-response: ready once ``_answer_ready`` says so, its outcome made once by ``_answer``."""
+
+    outcome: Ok[Any] | Err[Variant] | None
+
+    def _answer_ready(self) -> bool:
+        raise NotImplementedError
+
+    def _answer(self, ctx: RequestContext) -> Ok[Any] | Err[Variant]:
+        raise NotImplementedError
+
+    def pollable(self) -> Pollable:
+        return READY if self._answer_ready() else _Polling(self._answer_ready)
+
+    def result(self, ctx: RequestContext) -> Ok[Any] | Err[Variant] | None:
+        if self.outcome is None:
+            if not self._answer_ready():
+                return None
+            self.outcome = self._answer(ctx)
+        return self.outcome
+
+
+class NetworkExchange(_AnswerFuture):
     """One request over the network: its connection, the request's framing, and the response."""
 
     def __init__(self, ctx: RequestContext, request: OutgoingRequest, options: RequestOptions,
@@ -321,17 +343,7 @@ class NetworkExchange:
 
         return self.head_sent and is_stale(self.conn)  # the server answered (or closed) before the body ended
 
-    def pollable(self) -> Pollable:
-        return READY if self._answer_ready() else _Polling(self._answer_ready)
-
-    def result(self, ctx: RequestContext) -> Ok[Any] | Err[Variant] | None:
-        if self.outcome is None:
-            if not self._answer_ready():
-                return None
-            self.outcome = self._receive(ctx)
-        return self.outcome
-
-    def _receive(self, ctx: RequestContext) -> Ok[Any] | Err[Variant]:
+    def _answer(self, ctx: RequestContext) -> Ok[Any] | Err[Variant]:
         import h11
 
         from runtime.host.wasi.outgoing_conn import ExchangeError
@@ -480,7 +492,7 @@ class NetworkResponseSource(InputSource):
 # ---------------------------------------------------------------------------------------------------- in-process
 
 
-class LocalExchange:
+class LocalExchange(_AnswerFuture):
     """A self or ``*.spin.internal`` request, served by a component of this app on a thread of this worker."""
 
     def __init__(self, exchange: ChainedExchange, request: OutgoingRequest) -> None:
@@ -491,20 +503,13 @@ class LocalExchange:
     def _answer_ready(self) -> bool:
         return self.body_done or self.exchange.head_ready()
 
-    def pollable(self) -> Pollable:
-        return READY if self._answer_ready() else _Polling(self._answer_ready)
-
-    def result(self, ctx: RequestContext) -> Ok[Any] | Err[Variant] | None:
-        if self.outcome is None:
-            if not self._answer_ready():
-                return None
-            try:
-                status, headers = self.exchange.wait_head()
-            except TimeoutError:
-                raise DeadlineExceeded("request deadline passed waiting for a local component") from None
-            decoded = [(name.decode("latin-1"), value) for name, value in headers]
-            self.outcome = Ok(IncomingResponse(status, decoded, LocalResponseSource(self.exchange)))
-        return self.outcome
+    def _answer(self, ctx: RequestContext) -> Ok[Any] | Err[Variant]:
+        try:
+            status, headers = self.exchange.wait_head()
+        except TimeoutError:
+            raise DeadlineExceeded("request deadline passed waiting for a local component") from None
+        decoded = [(name.decode("latin-1"), value) for name, value in headers]
+        return Ok(IncomingResponse(status, decoded, LocalResponseSource(self.exchange)))
 
 
 class LocalBodyTarget:
