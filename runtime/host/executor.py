@@ -222,7 +222,7 @@ class ComponentExecutor:
             write_stderr_line(line + " (after the response was complete)")
             return
         if started:
-            raise GuestFailure(status, public, line + " (after the response started: connection aborted)")
+            raise GuestFailure(status, public, line + " (after the response started)")
         raise GuestFailure(status, public, line)
 
     def _check_response(self, exchange: IncomingExchange | None) -> None:
@@ -234,14 +234,14 @@ class ComponentExecutor:
                 raise GuestFailure(500, "Internal Server Error", f"spin: {cid}: error: the guest answered with error-code {detail}")
             raise GuestFailure(500, "Internal Server Error", f"spin: {cid}: error: the handler returned without setting a response")
         if exchange.broken is not None:
-            raise GuestFailure(500, "Internal Server Error", f"spin: {cid}: error: {exchange.broken} (connection aborted)")
+            raise GuestFailure(500, "Internal Server Error", f"spin: {cid}: error: {exchange.broken} (after the response started)")
         if not exchange.finished:
             if exchange.response.body is None:
                 exchange.finish(None)  # the guest never asked for a body: the response has an empty one
                 return
             raise GuestFailure(
                 500, "Internal Server Error",
-                f"spin: {cid}: error: the handler returned without finishing the response body (connection aborted)",
+                f"spin: {cid}: error: the handler returned without finishing the response body (after the response started)",
             )
 
     def _classify(self, ctx: RequestContext, failure: Exception | None, host_failure: BaseException | None) -> tuple[int, str, str]:

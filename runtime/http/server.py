@@ -653,7 +653,7 @@ def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
         exchange.executor.handle(head, exchange.body, sink)
     except GuestFailure as failure:
         if failure.log_line:
-            log_line(log_fd, request_failure_line(time.time(), _started_text(failure.log_line, sink.started),
+            log_line(log_fd, request_failure_line(time.time(), failure.log_line,
                                                   head.method, request_path(head.target)))
         if sink.started:
             channel.fail_started(failure.status, failure.public_message)
@@ -693,16 +693,6 @@ def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:
         if exchange.arrived:
             log_line(log_fd, access_line(time.time(), head.method, request_path(head.target), channel.status,
                                          time.monotonic() - exchange.arrived, head.component_id, outcome))
-
-
-def _started_text(line: str, started: bool) -> str:
-    """The executors' failure line, without its guess at what the server does next: since the server ends a
-    started response as cleanly as it can (``_Connection._fail_started``), "connection aborted" is not always
-    what happens (runtime.host.executor appends it to failures after ``start``)."""
-    if not started:
-        return line
-    return line.replace("(after the response started: connection aborted)", "(after the response started)") \
-        .replace(" (connection aborted)", " (after the response started)")
 
 
 #: accept(2) errors about the one pending connection (accept(2): "treat them like EAGAIN by retrying"). Every

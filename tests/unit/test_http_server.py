@@ -157,7 +157,7 @@ class FailsAfterHead:
             sink.write(self.body)
         if self.wait_for_client:
             assert self.head_seen.wait(5)
-        raise GuestFailure(500, "Internal Server Error", "spin: fails: trap: unreachable (connection aborted)")
+        raise GuestFailure(500, "Internal Server Error", "spin: fails: trap: unreachable (after the response started)")
 
 
 class Raises:
