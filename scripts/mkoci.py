@@ -11,8 +11,10 @@ For a "wasm in a scratch image" use `--os wasip1 --arch wasm`; importing it need
 --all-platforms` (without it ctr says "image might be filtered out": the platform is not the host's).
 
 CLI:  mkoci.py ROOTFS_DIR OUT.tar REF [--os linux] [--arch amd64] [--entrypoint JSON_LIST] [--cmd JSON_LIST]
-                [--env K=V ...] [--label K=V ...] [--workdir /]
-Prints the manifest digest.
+                [--env K=V ...] [--label K=V ...] [--workdir /] [--whole-dir]
+Prints the manifest digest. A ROOTFS_DIR holding a spin.toml is packed as `spin registry push` packs an app: only
+spin.toml, /runtime-config.toml if there is one, each component's source and the files its `files` place (a JS
+app's node_modules, 109 MB, is none of them); --whole-dir packs every file instead.
 """
 
 from __future__ import annotations
@@ -284,18 +286,82 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--env", type=_key_value, nargs="+", action="extend", metavar="K=V")
     parser.add_argument("--label", type=_key_value, nargs="+", action="extend", metavar="K=V")
     parser.add_argument("--workdir", help="working directory in the image config")
+    parser.add_argument("--whole-dir", action="store_true",
+                        help="with a spin.toml in ROOTFS_DIR: pack every file, not only what the app uses")
     return parser.parse_args(argv)
+
+
+class AppSelectionError(Exception):
+    """The app's spin.toml cannot be read, or names a file that is not there."""
+
+
+def spin_app_files(app_dir: Path) -> list[str]:
+    """The paths (relative to ``app_dir``) a Spin app needs in a rootfs image: spin.toml, /runtime-config.toml,
+    each component's local source and every file its ``files`` place, found by the runtime's own manifest and
+    files code, so the image holds what the shim will read. Imports the repository's runtime (this script is
+    otherwise stdlib-only)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from runtime.errors import AppError
+    from runtime.files import list_component_files
+    from runtime.manifest import MANIFEST_FILE_NAME, LocalSource, load_manifest
+    from runtime.paths import resolve_in_root
+
+    root = Path(os.path.realpath(app_dir))
+    try:
+        manifest = load_manifest(app_dir / MANIFEST_FILE_NAME)
+        wanted = {MANIFEST_FILE_NAME}
+        if (app_dir / "runtime-config.toml").is_file():
+            wanted.add("runtime-config.toml")
+        for component in manifest.components.values():
+            if isinstance(component.source, LocalSource):
+                wanted.add(_relative_to(resolve_in_root(manifest.app_dir, component.source.path), root))
+            for host_file in list_component_files(manifest.app_dir, manifest.path, component).values():
+                wanted.add(_relative_to(Path(host_file), root))
+    except (AppError, OSError) as error:
+        raise AppSelectionError(str(error)) from None
+    return sorted(wanted)
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(root):
+        raise AppSelectionError(f"{path} is outside the app directory {root}: an image holds only the directory")
+    if not real.is_file():
+        raise AppSelectionError(f"{path}: not found")
+    return real.relative_to(root).as_posix()
+
+
+def _staged_app(app_dir: Path, scratch: Path) -> tuple[Path, int]:
+    """A directory holding hard links (or copies) of just the app's files, and how many files were left out."""
+    selected = spin_app_files(app_dir)
+    staged = scratch / "app"
+    for rel in selected:
+        target = staged / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(app_dir / rel, target)
+        except OSError:
+            shutil.copy2(app_dir / rel, target)
+    total = sum(1 for path in app_dir.rglob("*") if path.is_file())
+    return staged, total - len(selected)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     labels = dict(item.split("=", 1) for item in args.label) if args.label else None
     try:
-        digest = build_image_tar(
-            args.rootfs, args.out, args.ref, os_=args.os_, arch=args.arch, entrypoint=args.entrypoint,
-            cmd=args.cmd, env=args.env, labels=labels, workdir=args.workdir,
-        )
-    except OSError as error:
+        with tempfile.TemporaryDirectory(prefix=".mkoci-app-", dir=Path(args.out).absolute().parent) as scratch:
+            rootfs = args.rootfs
+            if not args.whole_dir and (rootfs / "spin.toml").is_file():
+                rootfs, left_out = _staged_app(rootfs, Path(scratch))
+                if left_out:
+                    print(f"mkoci: a Spin app: packed what spin.toml uses, left out {left_out} other file(s) "
+                          f"of {args.rootfs} (--whole-dir packs them)", file=sys.stderr)
+            digest = build_image_tar(
+                rootfs, args.out, args.ref, os_=args.os_, arch=args.arch, entrypoint=args.entrypoint,
+                cmd=args.cmd, env=args.env, labels=labels, workdir=args.workdir,
+            )
+    except (OSError, AppSelectionError) as error:
         print(f"mkoci: {error}", file=sys.stderr)
         return 1
     print(digest)

@@ -183,3 +183,61 @@ def test_cli_prints_manifest_digest_and_rejects_bad_json(rootfs: Path, tmp_path:
 def test_missing_rootfs_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         mkoci.build_image_tar(tmp_path / "nope", tmp_path / "x.tar", REF)
+
+
+def _layer_names(tar_path: Path) -> set[str]:
+    *_, layer = _image(_outer(tar_path))
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+        return {m.name for m in tar.getmembers() if m.isfile()}
+
+
+@pytest.fixture
+def js_app_dir(tmp_path: Path) -> Path:
+    """A JS app's directory as a developer has it: the built wasm beside node_modules, sources and build files."""
+    app = tmp_path / "app"
+    (app / "dist").mkdir(parents=True)
+    (app / "dist" / "app.wasm").write_bytes(b"\0asm\x01\0\0\0")
+    (app / "static" / "css").mkdir(parents=True)
+    (app / "static" / "index.html").write_text("<html></html>")
+    (app / "static" / "css" / "site.css").write_text("body {}")
+    (app / "static" / "notes.tmp").write_text("excluded by the manifest")
+    (app / "node_modules" / "big-dependency").mkdir(parents=True)
+    (app / "node_modules" / "big-dependency" / "index.js").write_text("x" * 10_000)
+    (app / "src").mkdir()
+    (app / "src" / "index.js").write_text("addEventListener('fetch', ...)")
+    (app / "package.json").write_text("{}")
+    (app / "runtime-config.toml").write_text('[key_value_store.default]\ntype = "spin"\n')
+    (app / "spin.toml").write_text(
+        'spin_manifest_version = 2\n[application]\nname = "js-app"\n'
+        '[[trigger.http]]\nroute = "/..."\ncomponent = "web"\n'
+        '[component.web]\nsource = "dist/app.wasm"\n'
+        'files = [{ source = "static", destination = "/" }]\nexclude_files = ["**/*.tmp"]\n')
+    return app
+
+
+def test_a_spin_app_directory_is_packed_with_only_what_its_manifest_uses(js_app_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "app.tar"
+    result = subprocess.run([sys.executable, str(SCRIPT), str(js_app_dir), str(out), REF, "--os", "wasip1",
+                             "--arch", "wasm", "--entrypoint", '["/"]'], capture_output=True, text=True, check=True)
+    assert _layer_names(out) == {"spin.toml", "runtime-config.toml", "dist/app.wasm", "static/index.html",
+                                 "static/css/site.css"}
+    assert "left out 4 other file(s)" in result.stderr and "--whole-dir" in result.stderr
+
+    whole = tmp_path / "whole.tar"
+    subprocess.run([sys.executable, str(SCRIPT), str(js_app_dir), str(whole), REF, "--whole-dir"],
+                   capture_output=True, text=True, check=True)
+    assert "node_modules/big-dependency/index.js" in _layer_names(whole)
+
+
+def test_a_spin_app_whose_source_is_missing_or_outside_its_directory_is_an_error(js_app_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    (js_app_dir / "dist" / "app.wasm").unlink()
+    missing = subprocess.run([sys.executable, str(SCRIPT), str(js_app_dir), str(tmp_path / "a.tar"), REF],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "app.wasm" in missing.stderr and "not found" in missing.stderr
+    outside = tmp_path / "elsewhere.wasm"
+    outside.write_bytes(b"\0asm\x01\0\0\0")
+    (js_app_dir / "dist" / "app.wasm").symlink_to(outside)
+    escaped = subprocess.run([sys.executable, str(SCRIPT), str(js_app_dir), str(tmp_path / "b.tar"), REF],
+                             capture_output=True, text=True)
+    assert escaped.returncode == 1 and not (tmp_path / "b.tar").exists()
