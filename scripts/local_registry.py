@@ -5,13 +5,23 @@
 it, so containerd's CRI plugin and the 1.7+ transfer service pull over plain HTTP (containerd-test-env.md §4, §5.5).
 
 Lives in scripts/ so that benchmarks can use it; the pytest fixture is in tests/e2e/registry_support.py.
+
+For a developer trying `containerd-shim-spin-v2 push` by hand:
+
+    scripts/local_registry.py serve [--workdir DIR] [--certs-dir /etc/containerd/certs.d]
+
+runs one in the foreground, prints its address, and with --certs-dir writes the hosts.toml that lets a containerd
+whose registry `config_path` is that directory pull from it over plain HTTP (removed again at exit); Ctrl-C stops it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import signal
+import sys
+import tempfile
 import socket
 import subprocess
 import time
@@ -168,3 +178,47 @@ def _write_hosts_toml(ctrd, host: str, server: str, registry: Registry, capabili
         f"  capabilities = [{capabilities}]\n"
     )
     return hosts_toml
+
+
+class _CertsDir:
+    """What trust_registry needs of a containerd: its registry config_path."""
+
+    def __init__(self, certs_dir: Path) -> None:
+        self.certs_dir = certs_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run a local OCI registry on 127.0.0.1 until Ctrl-C.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run one in the foreground and print its address")
+    serve.add_argument("--workdir", type=Path, help="its storage and log (default: a temporary directory)")
+    serve.add_argument("--certs-dir", type=Path,
+                       help="a containerd registry config_path: write <dir>/127.0.0.1:<port>/hosts.toml there")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="local-registry-") as scratch:
+        registry = Registry(args.workdir or Path(scratch))
+        try:
+            registry.start()
+        except RegistryError as exc:
+            print(f"local_registry: {exc}", file=sys.stderr)
+            return 1
+        hosts_toml = trust_registry(_CertsDir(args.certs_dir), registry) if args.certs_dir else None
+        print(f"registry at {registry.host} (push with: containerd-shim-spin-v2 push <app dir> "
+              f"{registry.host}/<repository>:<tag>){f'; containerd trusts it through {hosts_toml}' if hosts_toml else ''}",
+              flush=True)
+        try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        finally:
+            registry.stop()
+            if hosts_toml is not None:
+                hosts_toml.unlink(missing_ok=True)
+                try:
+                    hosts_toml.parent.rmdir()
+                except OSError:
+                    pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
