@@ -148,7 +148,7 @@ def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 def _check_tools() -> None:
-    for tool, package in (("patchelf", "patchelf"), ("ldd", "libc-bin"), ("objdump", "binutils")):
+    for tool, package in (("patchelf", "patchelf"), ("ldd", "libc-bin"), ("objdump", "binutils"), ("strip", "binutils")):
         if shutil.which(tool) is None:
             raise BundleError(f"`{tool}` not found: apt-get install {package}")
 
@@ -270,6 +270,14 @@ def glibc_minimum(root: Path) -> str:
     return ".".join(map(str, max(versions))) if versions else "unknown"
 
 
+def strip_interpreter(root: Path) -> None:
+    """Drop the debug sections of the interpreter's own ELF files (pyenv builds with -g: libpython alone is 23 MB
+    with them, ~5 MB without); the wheels' and the copied system libraries ship stripped already."""
+    own = [root / "bin" / PY_NAME, *(root / "lib").glob(f"lib{PY_NAME}*"),
+           *(root / "lib" / PY_NAME / "lib-dynload").glob("*.so")]
+    _run(["strip", "--strip-debug", *map(str, own)])
+
+
 def write_entry_point(root: Path) -> Path:
     entry = root / "bin" / ENTRY_NAME
     entry.write_text(ENTRY_POINT)
@@ -318,6 +326,7 @@ def build_bundle(out_dir: Path, *, work_dir: Path | None = None) -> Path:
         copy_interpreter(prefix, root)
         pip_install(root, work)
         libraries = bundle_native_libraries(root)
+        strip_interpreter(root)
         set_search_paths(root)
         write_entry_point(root)
         precompile(root)
