@@ -218,12 +218,14 @@ def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int, phases:
 
 def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: Phases) -> tuple[Any, list[str]]:
     """The loaded app, and what the sandbox left out of the spec (for the daemon's log)."""
+    from runtime import telemetry
     from runtime.settings import RuntimeSettings
     from shim.wasm import app_source
     from shim.wasm.sandbox import python_paths, root
     from shim.wasm.sandbox.credentials import apply_credentials
 
-    python_paths.import_before_pivot(content_store=app_source.needs_content_store(plan))
+    python_paths.import_before_pivot(content_store=app_source.needs_content_store(plan),
+                                     grpc=telemetry.needs_grpc(plan.env))
     if plan.credentials.seccomp is not None:
         import shim.wasm.sandbox.seccomp  # noqa: F401 - libseccomp is found through the node's ld cache
     phases.mark("imports")
