@@ -4,8 +4,10 @@ containerd turns a ttrpc status into its own error kinds with `errdefs.FromGRPC`
 (InvalidArgument, AlreadyExists, NotFound, FailedPrecondition, Unimplemented, ...), and
 CRI and ctr branch on those kinds: `WithProcessKill` tolerates NotFound and
 FailedPrecondition, CRI ignores NotFound on Kill of an exited task, and the runtime README
-requires Unimplemented for unsupported RPCs (reference §2.3, §3.4). So the code is decided
-here, once, by the class a failure is raised as; the ttrpc server maps it onto the wire.
+requires Unimplemented for unsupported RPCs (containerd client/task_opts.go,
+internal/cri/server/container_stop.go, docs/runtime-v2.md "Unsupported rpcs"). So the code
+is decided here, once, by the class a failure is raised as; the ttrpc server maps it onto
+the wire.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from typing import Any
 
 from shim.errors import InvalidArgument
 
-# CRI marks every container of a pod with its sandbox id (reference §1.10); runc also
-# honours an explicit group annotation. Both decide which shim daemon serves a task.
+# CRI marks every container of a pod with its sandbox id, the pause container's own id
+# (containerd internal/cri/annotations/annotations.go); runc also honours an explicit
+# group annotation. Both decide which shim daemon serves a task.
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 CONTAINER_TYPE_ANNOTATION = "io.kubernetes.cri.container-type"
 

@@ -1,14 +1,15 @@
 """`delete`: clean up after a task whose daemon is gone, and print a DeleteResponse.
 
 containerd runs this after every task's Shutdown and, crucially, after a daemon died
-(SIGKILL, OOM) with tasks still running (reference §1.7). Then nobody else will: for a
-native task, `runc delete --force` it as containerd-shim-runc-v2's own `delete` does (its
-container init and exec processes are not our children, and runc's state under
-/run/containerd/runc/<ns> outlives the daemon); kill the task's instance process (it normally
-died with the daemon through PDEATHSIG), remove its cgroup, unmount its rootfs and remove the
-daemon's stale socket. Each step is best-effort and idempotent; what fails is said on stderr,
-which containerd logs as cleanup warnings. The exit status reported is 137, as runc's shim
-reports for a task it had to kill.
+(SIGKILL, OOM) with tasks still running: its ttrpc client's onClose runs
+cleanupAfterDeadShim, which execs `delete` (containerd core/runtime/v2/shim.go,
+shim_manager.go). Then nobody else will: for a native task, `runc delete --force` it as
+containerd-shim-runc-v2's own `delete` does (its container init and exec processes are not
+our children, and runc's state under /run/containerd/runc/<ns> outlives the daemon); kill
+the task's instance process (it normally died with the daemon through PDEATHSIG), remove its
+cgroup, unmount its rootfs and remove the daemon's stale socket. Each step is best-effort
+and idempotent; what fails is said on stderr, which containerd logs as cleanup warnings. The
+exit status reported is 137, as runc's shim reports for a task it had to kill.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """`containerd-shim-spin-v2`: the command containerd runs, with containerd's exact contract.
 
 containerd execs `<shim> -namespace NS -address SOCK -publish-binary BIN -id ID [-debug]
-start|delete` with the bundle as cwd (reference §1.2), and Go's flag syntax: one or two
-dashes, `-flag value` or `-flag=value`, booleans without a value, flags stop at the first
-positional word. `start` runs on the path of every `ctr run` and pod start, so this
-module and `shim.cli.start` import almost nothing (measured by scripts/bench_start.py).
+start|delete` with the bundle as cwd (containerd pkg/shim/util.go Command; `delete` adds
+`-bundle`), and Go's flag syntax: one or two dashes, `-flag value` or `-flag=value`,
+booleans without a value, flags stop at the first positional word. `start` runs on the
+path of every `ctr run` and pod start, so this module and `shim.cli.start` import almost
+nothing (measured by scripts/bench_start.py).
 
 `push <app> <registry/repo:tag>` is the command for developers: it pushes a Spin app to a
 registry the way `spin registry push` does (oci.push, imported only for it). `install` is the

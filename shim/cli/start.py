@@ -1,12 +1,13 @@
 """`start`: find or spawn the shim daemon for this task's group and print its address.
 
-The contract (reference §1.5, containerd-test-env §3): cwd is the bundle; stdout and
-stderr are ONE pipe that containerd parses as the address, so nothing else may be
-written; containerd dials the address as soon as we exit, so the socket must already
-listen. We bind and listen here, before forking: the daemon inherits the listening
-socket (the Go shim passes it as fd 3), connections queue in its backlog while it
-imports, and `start` returns in a few milliseconds. Tasks of one pod (same
-io.kubernetes.cri.sandbox-id) share one daemon through a deterministic socket path.
+The contract (containerd core/runtime/v2/binary.go Start, pkg/shim/util.go Command): cwd
+is the bundle; stdout and stderr are ONE pipe (cmd.CombinedOutput()) that containerd trims
+and parses as the address, so nothing else may be written; containerd dials the address as
+soon as we exit, so the socket must already listen. We bind and listen here, before
+forking: the daemon inherits the listening socket (the Go shim passes it as fd 3),
+connections queue in its backlog while it imports, and `start` returns in a few
+milliseconds. Tasks of one pod (same io.kubernetes.cri.sandbox-id) share one daemon
+through a deterministic socket path.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from shim.sha256 import sha256
 
 DEFAULT_SOCKET_DIR = "/run/containerd/s"
 _MAX_STDIN = 10 << 20
-# Go's unix socket path limit that containerd enforces (reference §1.5).
+# The unix socket path limit of containerd's Go shims (socketPathLimit, pkg/shim/util_unix.go).
 _MAX_SOCKET_PATH = 106
 
 

@@ -3,8 +3,8 @@
 Guest output never comes here: that is the task's stdout/stderr (`kubectl logs`). This is
 for operators, in the logrus text format the Go shims write, and quiet by default
 (warnings and errors): containerd-shim-spin measured a 17x throughput loss from logging
-per request (reference §1.9, containerd-shim-spin#17). `-debug` (containerd at debug
-level) or SPIN_SHIM_LOG_LEVEL raises it.
+per request (containerd-shim-spin#17; it logs at error level since). `-debug` (containerd
+at debug level) or SPIN_SHIM_LOG_LEVEL raises it.
 """
 
 from __future__ import annotations

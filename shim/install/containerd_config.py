@@ -1,6 +1,7 @@
 """containerd's config.toml, edited to register this shim as a CRI runtime: the pure part of the node installer.
 
-containerd finds a runtime's shim on its PATH by a name derived from the runtime type (reference §3), and CRI
+containerd finds a runtime's shim on its PATH by a name derived from the runtime type (`io.containerd.spin.v2` ->
+`containerd-shim-spin-v2`: pkg/shim/util.go BinaryName, core/runtime/v2/shim_manager.go resolveRuntimePath), and CRI
 reaches it through a runtime whose name is the RuntimeClass handler:
 
     [<CRI runtime plugin>.containerd.runtimes.spin]

@@ -2,11 +2,11 @@
 joined by the instance process, read for Stats, watched for OOM kills, removed at delete.
 
 A Wasm task lives in the cgroup containerd named, exactly as a runc container would, so
-memory limits, OOM kills, `ctr task metrics`, kubelet's cAdvisor and CRI stats all see
-it (reference §6; runwasi#821, containerd-shim-spin#180). Both cgroup v1 (these machines:
-one hierarchy per controller) and the v2 unified hierarchy are handled; systemd-style
-paths (`slice:prefix:name`, used with `SystemdCgroup = true`) are expanded to the
-directories systemd would create, as runc's fs driver does.
+memory limits, OOM kills, `ctr task metrics`, kubelet's cAdvisor and CRI stats all see it
+(CRI names it in the spec's linux.cgroupsPath; runwasi#821, containerd-shim-spin#180).
+Both cgroup v1 (these machines: one hierarchy per controller) and the v2 unified hierarchy
+are handled; systemd-style paths (`slice:prefix:name`, used with `SystemdCgroup = true`)
+are expanded to the directories systemd would create, as runc's fs driver does.
 """
 
 from __future__ import annotations
@@ -367,7 +367,8 @@ class Cgroup:
 
     def metrics(self) -> tuple[str, bytes]:
         """(type_url, serialized Metrics) as containerd's cgroups packages define them;
-        CRI accepts only these two type URLs in a Stats answer (reference §3.6)."""
+        CRI accepts only these two types in a Stats answer (containerd
+        internal/cri/server/container_stats_list.go)."""
         if self.unified:
             return "io.containerd.cgroups.v2.Metrics", self._metrics_v2().SerializeToString()
         return "io.containerd.cgroups.v1.Metrics", self._metrics_v1().SerializeToString()

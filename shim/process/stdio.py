@@ -1,10 +1,11 @@
 """The task's stdio, turned from what containerd sent into fds the instance process gets.
 
-containerd sends three strings (reference §4): a FIFO path (ctr, CRI: the client already
-opened the read ends), `file:///abs/path` (append to a file), or `binary:///abs/logger?k=v`
-(a logging binary that reads fds 3 and 4 and closes fd 5 when ready). The instance
-process dup2()s the fds onto 0/1/2, so guest output reaches `kubectl logs` with no
-copying through the shim.
+containerd sends three strings (the runc shim's createIO, containerd
+cmd/containerd-shim-runc-v2/process/io.go): a FIFO path (ctr, CRI: the client already
+opened the read ends), `file:///abs/path` (append to a file), or
+`binary:///abs/logger?k=v` (a logging binary that reads fds 3 and 4 and closes fd 5 when
+ready). The instance process dup2()s the fds onto 0/1/2, so guest output reaches `kubectl
+logs` with no copying through the shim.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """A native Linux container (the CRI pause container, a sidecar) run by the node's runc.
 
 Under Kubernetes the pod's RuntimeClass brings every container of the pod to this shim, so the
-pause container must be a real process in the pod's namespaces (reference §3.3, §6). It is run
-the way containerd-shim-runc-v2 runs it (go-runc): `runc create` with the task's stdio as fds
-0/1/2, `runc start`, `runc kill`, `runc update`, `runc delete --force`, with the runc shim's
-state root (/run/containerd/runc/<namespace>) and `<bundle>/log.json` as runc's log. runc creates
-the cgroup from the spec and removes it on delete; the shim only reads it (Stats, OOM, Pids).
+pause container must be a real process in the pod's namespaces: CRI keeps its Start pid and gives
+the pod's other containers /proc/<that pid>/ns/{net,ipc,uts} (containerd
+internal/cri/opts/spec_opts.go WithPodNamespaces). It is run the way containerd-shim-runc-v2 runs
+it (go-runc): `runc create` with the task's stdio as fds 0/1/2, `runc start`, `runc kill`, `runc
+update`, `runc delete --force`, with the runc shim's state root
+(/run/containerd/runc/<namespace>) and `<bundle>/log.json` as runc's log. runc creates the cgroup
+from the spec and removes it on delete; the shim only reads it (Stats, OOM, Pids).
 
 Every runc is a child of the daemon, and the one reaper (shim/process/reaper.py) reaps it: runc is
 spawned with posix_spawn (no subprocess.Popen, whose __del__ and wait() would call waitpid

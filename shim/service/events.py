@@ -1,11 +1,12 @@
 """Task events, published to containerd in the order they happened.
 
-containerd requires create -> start -> exit -> delete per task (reference §3.7), and ctr
-and Docker learn about exits from /tasks/exit. Events go through one queue and one
-sender, so their order on the wire is the order `publish` was called in, and a slow or
-restarting containerd never blocks a Task RPC. The channel is ttrpc `Events/Forward` on
-TTRPC_ADDRESS, like the Go shims; a failed send is retried a few times (containerd may
-be restarting) and then dropped with a log line, as the Go publisher does.
+containerd requires create -> start -> exit -> delete per task (containerd
+docs/runtime-v2.md "Events"), and ctr and Docker learn about exits from /tasks/exit.
+Events go through one queue and one sender, so their order on the wire is the order
+`publish` was called in, and a slow or restarting containerd never blocks a Task RPC. The
+channel is ttrpc `Events/Forward` on TTRPC_ADDRESS, like the Go shims; a failed send is
+retried a few times (containerd may be restarting) and then dropped with a log line, as
+the Go publisher does.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """One process that `Exec` added to a native task: `kubectl exec`, an exec probe, `ctr task exec`.
 
-This is the runc shim's exec process (containerd pkg/process/exec.go): Exec only records it (and
-the Task publishes /tasks/exec-added); Start opens its stdio and has the task's instance run it
-(`runc exec --detach`, shim/runc/instance.py), publishes /tasks/exec-started with its pid, and
-only then watches that pid, so its /tasks/exit (container_id = the task, id = the exec) can never
-come first, even for an `echo` that exits before runc does: the one reaper keeps an exit nobody
-watched yet (reference §3.7). Wait, State, Kill, CloseIO, ResizePty and Delete act on it by exec
-id; what is legal when is `task_state.EXEC_TRANSITIONS`. As in the runc shim, deleting an exec
-publishes no event; /tasks/delete belongs to the task.
+This is the runc shim's exec process (containerd pkg/process/exec.go): Exec only records it (and the
+Task publishes /tasks/exec-added); Start opens its stdio and has the task's instance run it (`runc
+exec --detach`, shim/runc/instance.py), publishes /tasks/exec-started with its pid, and only then
+watches that pid, so its /tasks/exit (container_id = the task, id = the exec) can never come first,
+even for an `echo` that exits before runc does: the one reaper keeps an exit nobody watched yet
+(containerd docs/runtime-v2.md "Events": exec-started before exit). Wait, State, Kill, CloseIO,
+ResizePty and Delete act on it by exec id; what is legal when is `task_state.EXEC_TRANSITIONS`. As
+in the runc shim, deleting an exec publishes no event; /tasks/delete belongs to the task.
 
 The exec's stdin FIFO is also held open for writing by the daemon until CloseIO (the runc shim's
 openStdin): the process reading it must not see EOF before the client has opened its end, only

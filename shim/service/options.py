@@ -1,9 +1,10 @@
 """Runtime options, as containerd hands them to a non-runc shim, and 2.3's bootstrap params.
 
 CRI turns the runtime's `options` TOML table into `runtimeoptions.v1.Options` whose
-`config_body` is that table re-serialised as TOML (reference §1.8); the same Any arrives on
-`start`'s stdin (1.6-2.2), inside BootstrapParams (2.3+), and as CreateTaskRequest.options.
-The one option this shim reads is `SystemdCgroup` (runwasi's `systemd_cgroup` alias too).
+`config_body` is that table re-serialised as TOML (containerd internal/cri/config/config.go
+GenerateRuntimeOptions); the same Any arrives on `start`'s stdin (1.6-2.2), inside
+BootstrapParams (2.3+), and as CreateTaskRequest.options. The one option this shim reads is
+`SystemdCgroup` (runwasi's `systemd_cgroup` alias too).
 """
 
 from __future__ import annotations

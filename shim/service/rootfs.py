@@ -1,9 +1,10 @@
 """Mounting the task's rootfs into the bundle, as the runc shim does, and unmounting it.
 
 containerd sends the snapshot as mounts in CreateTaskRequest.rootfs and leaves
-`<bundle>/rootfs` empty (reference §1.4, containerd-test-env §3): the shim mounts them in
-the host mount namespace, reads the app from there (spin.toml or the entrypoint .wasm),
-and must unmount at Delete or in `delete` after a crash, or the snapshot stays busy.
+`<bundle>/rootfs` an empty directory (containerd core/runtime/v2/bundle.go NewBundle): the
+shim mounts them in the host mount namespace, reads the app from there (spin.toml or the
+entrypoint .wasm), and must unmount at Delete or in `delete` after a crash, or the snapshot
+stays busy.
 """
 
 from __future__ import annotations

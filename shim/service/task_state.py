@@ -3,7 +3,8 @@
 Everything that decides whether an RPC may act on a process lives in this file, in two tables:
 `TRANSITIONS` for a task's init process and `EXEC_TRANSITIONS` for the processes `Exec` adds to a
 native task, so the Task service never scatters state checks. The init table follows runwasi's
-`task_state.rs` and the runc init process (reference §3.4, §3.5), with two deliberate choices
+`task_state.rs` (crates/containerd-shimkit/src/sandbox/shim/) and the runc init process
+(containerd cmd/containerd-shim-runc-v2/process/init_state.go), with two deliberate choices
 where the two differ:
 
 - Kill of a CREATED task kills its instance process, as runc does. runwasi refuses it, but

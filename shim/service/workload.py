@@ -1,12 +1,13 @@
 """Which kind of workload a task is: a native Linux container (run with runc) or a Spin/Wasm app.
 
 Under Kubernetes the RuntimeClass handler applies to the whole pod, so the pause container and any
-sidecar (busybox, a log shipper) come to this shim too (reference §6). runwasi answers the same
-question in its executor (`is_linux_container`): the CRI sandbox, or an `args[0]` that is an
-executable ELF or script inside the rootfs, runs natively; everything else is Wasm. A rootfs with
-a `/spin.toml` is a Spin app whatever its args say, and an empty rootfs (a Spin OCI artifact) has
-no executable, so both stay Wasm. The decision is pure file inspection, kept here so it can be
-tested without containerd.
+sidecar (busybox, a log shipper) come to this shim too (CRI runs the pause container with the pod's
+runtime handler: containerd internal/cri/server/sandbox_run.go, GetSandboxRuntime). runwasi answers
+the same question in its executor (`is_linux_container`): the CRI sandbox, or an `args[0]` that is
+an executable ELF or script inside the rootfs, runs natively; everything else is Wasm. A rootfs with
+a `/spin.toml` is a Spin app whatever its args say, and an empty rootfs (a Spin OCI artifact) has no
+executable, so both stay Wasm. The decision is pure file inspection, kept here so it can be tested
+without containerd.
 """
 
 from __future__ import annotations

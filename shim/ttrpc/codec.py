@@ -4,11 +4,11 @@ Everything that decides what bytes go on a ttrpc connection lives here, so every
 (partial reads, oversized frames, bad envelopes) is testable without sockets; server.py and
 client.py are thin asyncio loops around it (the h11 model, see STYLE.md).
 
-Frame layout [TT PROTOCOL.md; TT channel.go], reference §2.1:
+Frame layout [TT PROTOCOL.md; TT channel.go] (TT = containerd/ttrpc, the Go implementation):
 
     | length u32 BE | stream id u32 BE | type u8 | flags u8 | payload (length bytes) |
 
-Envelopes (reference §2.2): a Request frame carries a serialized `ttrpc.Request`, the server
+Envelopes [TT request.proto]: a Request frame carries a serialized `ttrpc.Request`, the server
 answers on the same stream id with a Response frame carrying a `ttrpc.Response` whose `status`
 is always set (code 0 => empty sub-message, as ttrpc-go does).
 

@@ -8,7 +8,8 @@ Two layers:
 - `TtrpcServer` (asyncio): accept loop, one read loop per connection feeding a `FrameDecoder`,
   one task per call. Calls on one connection run concurrently and their responses are written in
   completion order under a write lock, because containerd keeps a `Wait` open on its single
-  connection while it calls other methods (reference §2.1).
+  connection while it calls other methods (one ttrpc client per shim: containerd
+  core/runtime/v2/shim.go).
 
 Deliberate differences from ttrpc-go, each where Go would crash or drop the whole connection:
 a Data frame on a stream we know (Go dereferences a nil stream handler and panics) is ignored;

@@ -1,9 +1,10 @@
 """gRPC status codes and the one exception family the shim raises to put a status on the wire.
 
 containerd maps a ttrpc `google.rpc.Status` to its own error kinds with `errdefs.FromGRPC`
-(reference §2.3), so every failure the shim reports must carry a gRPC code. Handlers raise an
-`RpcError` (or a subclass with a class-level `code`, see shim/errors.py); the ttrpc server turns
-it into the Response status in one place, and the ttrpc client raises it back from a non-OK status.
+(errgrpc.ToNative in containerd 2.x), so every failure the shim reports must carry a gRPC code.
+Handlers raise an `RpcError` (or a subclass with a class-level `code`, see shim/errors.py); the
+ttrpc server turns it into the Response status in one place, and the ttrpc client raises it back
+from a non-OK status.
 
 Pure module: no I/O, no asyncio, no protobuf.
 """

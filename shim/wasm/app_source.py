@@ -5,7 +5,7 @@ Two halves, on either side of the sandbox's pivot_root:
 * `lay_out_image_app` runs on the node, before the instance process enters the container. Only when the rootfs
   holds no app (judged from names alone: lexists, never following an image symlink) does it import grpc and ask
   containerd for the container's image: an artifact's layers are in containerd's content store, not in the rootfs
-  (containerd >= 1.7 unpacks none of them; reference/containerd-test-env.md §4). It lays out the locked app from
+  (containerd >= 1.7 unpacks only tar layers: containerd client/image.go getLayers). It lays out the locked app from
   digest-checked blobs of the node's mirror into a directory the shim made (oci/source.py: component ids checked,
   archives streamed with bounded expansion), which the sandbox binds read-only at /.spin-shim/app.
 * `load_task_app` runs inside the sandbox, where `/` is the container's root: every path the image names

@@ -7,7 +7,9 @@ Why fork at Create and not at Start: the instance process loads (and on a cache 
 compiles) the app at Create, so a broken spin.toml, a corrupt wasm or an unknown trigger
 fails `ctr run` / CreateContainer with a clear message, and Start only has to send one
 byte. It also gives Create a real pid living in the task's cgroup and network namespace,
-which is what containerd and CRI expect of a created task (reference §3.3).
+which is what containerd and CRI expect of a created task (containerd's tasks.Create
+answers with the pid Connect reports: plugins/services/tasks/local.go,
+core/runtime/v2/shim.go PID).
 """
 
 from __future__ import annotations
