@@ -1,7 +1,7 @@
 """From a container to a locked-app directory: find its image in containerd, read the Spin layers, lay them out.
 
 Run by the instance process at task create, only when the rootfs holds no app (a Spin artifact's rootfs is an
-empty snapshot: containerd >= 1.7 unpacks no layer of it; reference/containerd-test-env.md §4). The result is the
+empty snapshot: containerd >= 1.7 unpacks only tar layers, see containerd client/image.go getLayers). The result is the
 directory runtime.locked_app reads (``spin.lock`` + ``blobs/sha256/<hex>``), built from hard links into the node's
 BlobMirror, so a warm start streams nothing but the manifest and the locked app (and unpacks no files archive: the
 mirror keeps each one unpacked, by layer, until containerd drops the layer).
