@@ -4,8 +4,8 @@ A wasm call is synchronous, so it cannot run on the event loop; but threads of o
 Spin guest spends most of a request in Python host calls (wasi:io, wasi:http, marshalling), not in wasm. Two
 guest threads of one worker therefore mostly take turns on the GIL: running them together makes each slower
 (convoys on the GIL, cache misses) without finishing more work, and it starves the event loop, which needs the
-GIL to accept, parse and write (reference/wasmtime-py-findings.md §4.2: a ThreadPoolExecutor(2) cost the JS
-guest 20 %). Parallelism comes from worker *processes* (runtime.http.workers).
+GIL to accept, parse and write (measured with wrk on 2 vCPUs while evaluating wasmtime-py: a ThreadPoolExecutor(2)
+cost the JS guest 20 %, 568 -> 452 req/s). Parallelism comes from worker *processes* (runtime.http.workers).
 
 Yet a guest that takes long must not hold up the others: one spinning until its deadline, one waiting for a slow
 client's upload, one streaming a long response. So the rule here ("adaptive"):
