@@ -62,7 +62,8 @@ def build_busybox_tar(directory: Path) -> Path:
 
 
 def import_image(ctrd: PrivateContainerd, tar: Path, *, all_platforms: bool = False) -> None:
-    """Import an OCI tar where CRI sees it (namespace k8s.io); wasm images need --all-platforms (ref §2)."""
+    """Import an OCI tar where CRI sees it (namespace k8s.io); wasm images need --all-platforms (without it ctr
+    imports only the node's platform, and a wasip1/wasm image fails with "image might be filtered out")."""
     ctrd.ctr("images", "import", *(["--all-platforms"] if all_platforms else []), str(tar), namespace=CRI_NAMESPACE)
 
 

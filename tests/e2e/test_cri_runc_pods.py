@@ -201,7 +201,9 @@ def test_image_status_and_a_failed_pull_carry_containerds_answer(
 def test_host_network_pod_runs_without_a_pod_ip(
     cri_containerd: tuple[PrivateContainerd, CriClient], cri_busybox: str
 ) -> None:
-    """kubelet leaves the hostname empty for hostNetwork pods; runc refuses one without a UTS namespace (ref §5.3)."""
+    """kubelet leaves the hostname empty for hostNetwork pods (kubelet kuberuntime_sandbox.go
+    generatePodSandboxConfig); runc refuses one without a private UTS namespace (runc
+    libcontainer/configs/validate/validator.go)."""
     ctrd, client = cri_containerd
     network = ctrd.cni_network
     assert network is not None

@@ -3,7 +3,8 @@
 Each app is pushed with `containerd-shim-spin-v2 push` to a real registry on 127.0.0.1, pulled with CRI
 PullImage and run in a pod whose RuntimeClass handler is this shim. containerd 1.7 and 2.1 unpack artifacts into an
 empty rootfs, so the shim reads the app from the content store; containerd 1.6 cannot pull them at all
-(reference/containerd-test-env.md §4), and there the image form (spin.toml in the rootfs) is what runs.
+(its unpack counts non-tar layers: "mismatched image rootfs and manifest layers"), and there the image form (spin.toml
+in the rootfs) is what runs.
 
 The precompile cache lives in the content store: the tests read its labels with our own containerd client and the
 shim's log lines ("<component>: precompile cache compiled|hit|rebuilt").

@@ -1,4 +1,5 @@
-"""oci.push: the layout `spin registry push` gives a Spin app (reference §5.4, §5.6), assembled without a registry.
+"""oci.push: the layout `spin registry push` gives a Spin app (spin crates/oci/src/client.rs; the locked app of
+crates/locked-app/src/locked.rs), assembled without a registry.
 
 The upload half is exercised here only against tiny stdlib HTTP servers (refusal, nothing listening); the real
 registry and containerd pulls are in tests/e2e/test_oci_push.py.

@@ -1,6 +1,6 @@
 """The ttrpc server (and client) over real sockets: concurrency, every error path, connection lifetime.
 
-Expected codes and messages are ttrpc-go's [TT server.go, services.go], reference §2.1-2.3.
+Expected codes and messages are ttrpc-go's (containerd/ttrpc server.go, services.go, channel.go).
 """
 
 from __future__ import annotations
