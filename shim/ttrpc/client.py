@@ -2,9 +2,9 @@
 
 Used to publish task events to containerd (`containerd.services.events.ttrpc.v1.Events/Forward` on
 TTRPC_ADDRESS, as containerd pkg/shim/publisher.go does) and by the tests to drive our server.
-Mirrors ttrpc-go's client [TT client.go]: stream ids are odd and increase by 2 from 1, any number of
-calls may be pending at once, a Response with a non-zero status is an error, and a dropped
-connection fails every pending call.
+Mirrors ttrpc-go's client [containerd/ttrpc client.go]: stream ids are odd and increase by 2
+from 1, any number of calls may be pending at once, a Response with a non-zero status is an
+error, and a dropped connection fails every pending call.
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@ Everything that decides what bytes go on a ttrpc connection lives here, so every
 (partial reads, oversized frames, bad envelopes) is testable without sockets; server.py and
 client.py are thin asyncio loops around it (the h11 model, see STYLE.md).
 
-Frame layout [TT PROTOCOL.md; TT channel.go] (TT = containerd/ttrpc, the Go implementation):
+Frame layout [containerd/ttrpc PROTOCOL.md, channel.go]:
 
     | length u32 BE | stream id u32 BE | type u8 | flags u8 | payload (length bytes) |
 
-Envelopes [TT request.proto]: a Request frame carries a serialized `ttrpc.Request`, the server
-answers on the same stream id with a Response frame carrying a `ttrpc.Response` whose `status`
-is always set (code 0 => empty sub-message, as ttrpc-go does).
+Envelopes [containerd/ttrpc request.proto]: a Request frame carries a serialized
+`ttrpc.Request`, the server answers on the same stream id with a Response frame carrying a
+`ttrpc.Response` whose `status` is always set (code 0 => empty sub-message, as ttrpc-go does).
 
 This module must stay cheap to import (the short-lived `start` command may use it): stdlib,
 protobuf and the generated envelope only; never asyncio.
@@ -29,7 +29,8 @@ from proto.ttrpc import request_pb2
 from shim.ttrpc.status import Code, RpcError
 
 MESSAGE_HEADER_LENGTH = 10
-# [TT channel.go messageLengthMax]; the same limit in ttrpc-rust [TTR src/proto.rs].
+# [containerd/ttrpc channel.go messageLengthMax]; the same limit in ttrpc-rust
+# [containerd/ttrpc-rust src/proto.rs].
 MAX_MESSAGE_LENGTH = 4 << 20
 
 MESSAGE_TYPE_REQUEST = 0x1
@@ -37,7 +38,7 @@ MESSAGE_TYPE_RESPONSE = 0x2
 MESSAGE_TYPE_DATA = 0x3
 
 # Request: REMOTE_CLOSED / REMOTE_OPEN (streaming only); Data: REMOTE_CLOSED, NO_DATA. Unary
-# Task and Events calls use flags 0 [TT channel.go].
+# Task and Events calls use flags 0 [containerd/ttrpc channel.go].
 FLAG_REMOTE_CLOSED = 0x1
 FLAG_REMOTE_OPEN = 0x2
 FLAG_NO_DATA = 0x4
@@ -65,7 +66,7 @@ class OversizedMessage(RpcError):
 
 
 def oversized_message_text(length: int) -> str:
-    """The exact status message ttrpc-go sends for an oversized frame [TT channel.go recv]."""
+    """The exact status message ttrpc-go sends for an oversized frame [containerd/ttrpc channel.go recv]."""
     return f"message length {length} exceed maximum message size of {MAX_MESSAGE_LENGTH}"
 
 
@@ -84,8 +85,8 @@ class OversizedFrame:
     """A frame whose declared length exceeded MAX_MESSAGE_LENGTH; its payload was discarded unread.
 
     Emitted once all `length` payload bytes have been skipped, like ttrpc-go (which discards and
-    then answers RESOURCE_EXHAUSTED on `stream_id`, keeping the connection open) [TT channel.go recv;
-    TT server.go run].
+    then answers RESOURCE_EXHAUSTED on `stream_id`, keeping the connection open)
+    [containerd/ttrpc channel.go recv; server.go run].
     """
 
     stream_id: int
@@ -224,7 +225,8 @@ def decode_request(data: bytes) -> request_pb2.Request:
 
 
 def metadata_dict(request: request_pb2.Request) -> dict[str, list[str]]:
-    """Request metadata as key -> values in wire order, like ttrpc-go's MD.fromRequest [TT metadata.go]."""
+    """Request metadata as key -> values in wire order, like ttrpc-go's MD.fromRequest
+    [containerd/ttrpc metadata.go]."""
     result: dict[str, list[str]] = {}
     for pair in request.metadata:
         result.setdefault(pair.key, []).append(pair.value)
@@ -272,7 +274,7 @@ def error_frame(stream_id: int, error: RpcError) -> bytes:
 def response_error(response: request_pb2.Response) -> RpcError | None:
     """The RpcError a Response carries, or None for success.
 
-    ttrpc-go's client treats only `status != nil && code != 0` as an error [TT client.go Call].
+    ttrpc-go's client treats only `status != nil && code != 0` as an error [containerd/ttrpc client.go Call].
     """
     if response.HasField("status") and response.status.code != Code.OK:
         return RpcError(response.status.message, code=response.status.code)

@@ -1,4 +1,5 @@
-"""ttrpc server: the shim daemon's listener, answering like ttrpc-go's server [TT server.go, services.go].
+"""ttrpc server: the shim daemon's listener, answering like ttrpc-go's server
+[containerd/ttrpc server.go, services.go].
 
 Two layers:
 
@@ -37,7 +38,7 @@ from shim.ttrpc.status import Code, RpcError
 
 log = logging.getLogger("shim.ttrpc")
 
-# containerd puts the namespace of every call here [CD17 namespaces/ttrpc.go].
+# containerd puts the namespace of every call here [containerd 1.7 namespaces/ttrpc.go].
 NAMESPACE_METADATA_KEY = "containerd-namespace-ttrpc"
 
 _READ_SIZE = 256 * 1024
@@ -51,7 +52,7 @@ class CallContext:
     service: str
     method: str
     stream_id: int
-    # Key -> values in wire order; ttrpc allows a key more than once [TT metadata.go].
+    # Key -> values in wire order; ttrpc allows a key more than once [containerd/ttrpc metadata.go].
     metadata: dict[str, list[str]]
     # First `containerd-namespace-ttrpc` value (what containerd's namespaces.Namespace reads), or None.
     namespace: str | None
@@ -89,7 +90,7 @@ class Call:
 
 
 class ConnectionRules:
-    """ttrpc-go's per-connection receive rules, without I/O [TT server.go serverConn.run].
+    """ttrpc-go's per-connection receive rules, without I/O [containerd/ttrpc server.go serverConn.run].
 
     `receive` returns a `Call` to run, the bytes of an error Response to send, or None (ignored).
     Checks run in Go's order: oversized frame, odd stream id, frame type, increasing stream id
@@ -159,7 +160,7 @@ def _error(stream_id: int, code: Code, message: str) -> bytes:
 async def run_call(call: Call) -> bytes:
     """Run one handler and return its Response frame; only cancellation propagates.
 
-    Status mapping [TT services.go unaryCall, protoUnmarshal]: payload parse failure -> INTERNAL
+    Status mapping [containerd/ttrpc services.go unaryCall, protoUnmarshal]: payload parse failure -> INTERNAL
     "ttrpc: error unmarshalling payload: ..."; RpcError -> its code and message; any other
     exception -> UNKNOWN with str(exc), logged with its traceback (a bug, not a protocol event).
     """
@@ -264,7 +265,7 @@ class _Connection:
 def _peer_is_same_user(sock: socket.socket | None) -> bool:
     """ttrpc's UnixSocketRequireSameUser: the peer's uid and gid must be our effective ones.
 
-    Go shims install this handshake [CDH pkg/shim/shim_linux.go; TT unixcreds_linux.go].
+    Go shims install this handshake [containerd pkg/shim/shim_linux.go; containerd/ttrpc unixcreds_linux.go].
     """
     if sock is None or sock.family != socket.AF_UNIX:
         return False
