@@ -43,7 +43,8 @@ def _exited(client: CriClient, container_id: str) -> bool:
 
 
 def _v1_cgroup(pod: PodHandle, controller: str) -> Path:
-    """The pod's cgroup in a v1 controller hierarchy (this host is cgroup v1 hybrid, ref §"Machine")."""
+    """The pod's cgroup in a v1 controller hierarchy (these machines are cgroup v1 hybrid: v1 controllers under
+    /sys/fs/cgroup/<controller>, cgroup2 only at /sys/fs/cgroup/unified)."""
     hierarchy = Path("/sys/fs/cgroup") / controller
     if not hierarchy.is_dir():
         pytest.skip(f"no cgroup v1 {controller} hierarchy on this host")

@@ -204,7 +204,7 @@ async def test_client_multiplexes_concurrent_calls_on_one_connection():
     assert not waiting.done()
     task.release_wait.set()
     assert (await waiting).exit_status == 7
-    # Odd stream ids, increasing by 2 from 1 [TT client.go].
+    # Odd stream ids, increasing by 2 from 1 [containerd/ttrpc client.go].
     assert sorted(ctx.stream_id for ctx in task.contexts) == list(range(3, 3 + 2 * 20, 2))
     client.close()
     await client.wait_closed()
