@@ -16,6 +16,9 @@
 #       (runtime-class-manager does the same without systemd: a signal to containerd, or to PID 1 on k3s);
 #     systemctl | signal: that way only; none: print that a restart is needed and do nothing.
 #     Running pods survive the restart: their shims outlive containerd, which reconnects to them.
+# INSTALLER_ACTION=uninstall runs the bundle's `containerd-shim-spin-v2 uninstall` instead of step 2 (the config
+# back as it was before install, the shim's link removed), restarts containerd the same way, and removes the
+# builds no process runs from any more (a Spin pod still running keeps its build until the next run).
 # A second run (the pod restarted, the DaemonSet rolled) changes nothing and restarts nothing. Every run appends
 # what it did to $INSTALL_DIR/installer.log on the node: kubelet keeps only the last run's log of an init
 # container, and after the restart it asked for, that is usually a second run that found nothing to do.
@@ -28,9 +31,14 @@ SHIM_BIN_DIR=${SHIM_BIN_DIR:-/usr/local/bin}
 RUNTIME_NAME=${RUNTIME_NAME:-spin}
 CONTAINERD_RESTART=${CONTAINERD_RESTART:-auto}
 INSTALL_ARGS=${INSTALL_ARGS:-}
+INSTALLER_ACTION=${INSTALLER_ACTION:-install}
 BUNDLE_GLOB=${BUNDLE_GLOB:-/installer/containerd-shim-spin-*.tar.gz}
 KEEP_BUILDS=2
 
+case "$INSTALLER_ACTION" in
+    install|uninstall) ;;
+    *) echo "node-installer: INSTALLER_ACTION=$INSTALLER_ACTION: choose install or uninstall" >&2; exit 1 ;;
+esac
 [ -d "$HOST_ROOT/proc" ] || { echo "node-installer: the node's root is not mounted at $HOST_ROOT" >&2; exit 1; }
 mkdir -p "$HOST_ROOT$INSTALL_DIR"
 LOG_FILE=$HOST_ROOT$INSTALL_DIR/installer.log
@@ -65,6 +73,13 @@ case "$CONTAINERD_CONFIG" in
         fi ;;
 esac
 
+# Uninstall reverts what install recorded beside the config (shim/install/install_record.py): without a record
+# there is nothing of ours on the node (never installed, or a rerun after the uninstall), and nothing to do.
+if [ "$INSTALLER_ACTION" = uninstall ] && [ ! -e "$HOST_ROOT$CONTAINERD_CONFIG.spin-install.json" ]; then
+    log "no install record beside $CONTAINERD_CONFIG: nothing to uninstall, containerd needs no restart"
+    exit 0
+fi
+
 # --- 1. the bundle on the node ---------------------------------------------------------------------------------
 MANIFEST=$(tar -xzOf "$BUNDLE" containerd-shim-spin/BUNDLE.json)
 field() { echo "$MANIFEST" | sed -n "s/^ *\"$1\": *\"\([^\"]*\)\".*/\1/p"; }
@@ -83,19 +98,24 @@ else
     log "unpacked $(basename "$BUNDLE") into $TARGET"
 fi
 
-# --- 2. the shim's own install, in the node's root -------------------------------------------------------------
+# --- 2. the shim's own install (or uninstall), in the node's root -----------------------------------------------
 BEFORE=$(cat "$HOST_ROOT$CONTAINERD_CONFIG" 2>/dev/null || echo "(no config)")
+if [ "$INSTALLER_ACTION" = install ]; then
+    set -- install --config "$CONTAINERD_CONFIG" --bin-dir "$SHIM_BIN_DIR" --runtime-name "$RUNTIME_NAME"
+else
+    set -- uninstall --config "$CONTAINERD_CONFIG"
+    KEEP_BUILDS=0
+fi
 # shellcheck disable=SC2086
-if OUTPUT=$(chroot "$HOST_ROOT" "$TARGET/bin/containerd-shim-spin-v2" install --config "$CONTAINERD_CONFIG" \
-        --bin-dir "$SHIM_BIN_DIR" --runtime-name "$RUNTIME_NAME" $INSTALL_ARGS 2>&1); then
+if OUTPUT=$(chroot "$HOST_ROOT" "$TARGET/bin/containerd-shim-spin-v2" "$@" $INSTALL_ARGS 2>&1); then
     echo "$OUTPUT"; echo "$OUTPUT" | record
 else
     echo "$OUTPUT" >&2; echo "$OUTPUT" | record
-    die "containerd-shim-spin-v2 install failed (its message is above); nothing restarted"
+    die "containerd-shim-spin-v2 $1 failed (its message is above); nothing restarted"
 fi
 AFTER=$(cat "$HOST_ROOT$CONTAINERD_CONFIG" 2>/dev/null || echo "(no config)")
 
-# Builds no process runs from, beyond the newest KEEP_BUILDS (the one just installed is always kept).
+# Builds no process runs from, beyond the newest KEEP_BUILDS (install keeps the one just installed).
 in_use() {
     for exe in /proc/[0-9]*/exe; do
         case "$(readlink "$exe" 2>/dev/null)" in "$1"/*) return 0 ;; esac
@@ -104,7 +124,7 @@ in_use() {
 }
 ls -1td "$HOST_ROOT$INSTALL_DIR"/*/ 2>/dev/null | tail -n +$((KEEP_BUILDS + 1)) | while read -r dir; do
     old=$(basename "$dir")
-    [ "$old" = "$BUILD" ] && continue
+    [ "$old" = "$BUILD" ] && [ "$INSTALLER_ACTION" = install ] && continue
     if in_use "$INSTALL_DIR/$old"; then
         log "keeping $INSTALL_DIR/$old: processes run from it"
     else

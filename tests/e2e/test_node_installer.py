@@ -10,7 +10,9 @@ containerd, it starts containerd again on the same config.
   containerd's PATH, adds the runtime to config.toml, and signals that containerd (not another one on the machine);
 - after the restart, a pod with the RuntimeClass of deploy/ runs on that runtime, through the bundle's interpreter,
   and answers on its pod IP;
-- a rerun of the installer (its pod deleted, the DaemonSet makes a new one) changes nothing and restarts nothing.
+- a rerun of the installer (its pod deleted, the DaemonSet makes a new one) changes nothing and restarts nothing;
+- the DaemonSet applied again with INSTALLER_ACTION=uninstall puts the config back byte for byte, removes the
+  shim's link and the build, and restarts containerd, which then has no Spin runtime.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class Node:
     def config(self) -> Path:
         return self.ctrd.config_path
 
-    def daemonset(self, image: str) -> str:
+    def daemonset(self, image: str, **env: str) -> str:
         """deploy/node-installer/daemonset.yaml as an operator applies it, with their image, pointed at this node's
         paths (a private containerd's config and PATH dir, an install dir of the test's own)."""
         text = DAEMONSET.read_text()
@@ -70,7 +72,7 @@ class Node:
         manifest = yaml.safe_load(text.replace(EXAMPLE_IMAGE, image))
         # The node's PATH has Debian's containerd 1.6, not this private 2.1: install is told which one reads it.
         values = {"INSTALL_DIR": str(self.install_dir), "CONTAINERD_CONFIG": str(self.config),
-                  "SHIM_BIN_DIR": str(self.bin_dir), "INSTALL_ARGS": "--containerd-version 2"}
+                  "SHIM_BIN_DIR": str(self.bin_dir), "INSTALL_ARGS": "--containerd-version 2", **env}
         for variable in manifest["spec"]["template"]["spec"]["initContainers"][0]["env"]:
             variable["value"] = values.get(variable["name"], variable["value"])
         return json.dumps(manifest)
@@ -88,27 +90,44 @@ class Node:
         init container, and after the containerd restart the first run asked for, it runs it again."""
         return (self.install_dir / "installer.log").read_text()
 
-    def wait_installer_ready(self) -> dict:
+    def wait_installer_ready(self, replacing: str = "") -> dict:
+        """The DaemonSet's one pod (not `replacing`, a pod deleted just before) Running with its idle container
+        Ready, i.e. its init container succeeded."""
         result = self.kube.kubectl("rollout", "status", "-n", "kube-system", f"daemonset/{DAEMONSET_NAME}",
                                    f"--timeout={INSTALL_TIMEOUT_S:.0f}s", check=False, timeout=INSTALL_TIMEOUT_S + 30)
         assert result.returncode == 0, f"the installer never got Ready: {result.stderr}\n{self.kube.describe('kube-system')}"
-        ready = [pod for pod in self.installer_pods() if pod["status"].get("phase") == "Running"]
-        assert len(ready) == 1, [pod["metadata"]["name"] for pod in self.installer_pods()]
-        return ready[0]
+
+        def ready() -> dict | None:
+            pods = [pod for pod in self.installer_pods() if pod["metadata"]["name"] != replacing
+                    and "deletionTimestamp" not in pod["metadata"] and pod["status"].get("phase") == "Running"
+                    and all(status.get("ready") for status in pod["status"].get("containerStatuses", [{}]))]
+            return pods[0] if len(pods) == 1 else None
+
+        return eventually(ready, timeout=60, what="one Ready installer pod")
 
     def build_dirs(self) -> list[Path]:
         return sorted(path for path in self.install_dir.iterdir() if path.is_dir())
 
 
-def _stop_processes_run_from(directory: Path) -> None:
-    """The bundle's warm fork server outlives containerd by design: stopped by pid, found by its executable."""
+def _processes_run_from(directory: Path) -> list[int]:
+    pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 if os.readlink(f"/proc/{entry}/exe").startswith(f"{directory}/"):
-                    os.kill(int(entry), signal.SIGTERM)
+                    pids.append(int(entry))
             except OSError:
                 continue
+    return pids
+
+
+def _stop_processes_run_from(directory: Path) -> None:
+    """The bundle's warm fork server outlives containerd by design: stopped by pid, found by its executable."""
+    for pid in _processes_run_from(directory):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +171,20 @@ def node(tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, registr
 
 @dataclass
 class Installed:
+    image: str
+    config_before: bytes
     containerd_pid_before: int
     pod: dict
     log: str
+
+
+def _restart_when_signalled(node: Node) -> None:
+    """The node's supervisor: containerd ends on the installer's SIGTERM and is started again on the same config."""
+    if not wait_until(lambda: node.ctrd.pid is None, timeout=INSTALL_TIMEOUT_S, interval=0.2):
+        logs = [node.install_log(pod) for pod in node.installer_pods()]
+        pytest.fail(f"the installer did not restart containerd; its logs: {logs}\n{node.kube.describe('kube-system')}")
+    node.ctrd._spawn_daemon()  # what restart_daemon() does after its own SIGTERM; here the installer sent it
+    node.ctrd._wait_ready()
 
 
 @pytest.fixture(scope="module")
@@ -163,17 +193,12 @@ def installed(node: Node, registry: Registry, tmp_path_factory: pytest.TempPathF
     tar = build_installer_image(image, node.bundle, tmp_path_factory.mktemp("installer-image"))
     node.ctrd.ctr("images", "import", str(tar), namespace=PUSH_NAMESPACE)
     node.ctrd.ctr("images", "push", "--plain-http", image, namespace=PUSH_NAMESPACE)
-    pid_before = node.ctrd.pid
+    pid_before, config_before = node.ctrd.pid, node.config.read_bytes()
     assert pid_before is not None
     node.kube.kubectl("apply", "-f", "-", input=node.daemonset(image))
-    # The node's supervisor: containerd ends on the installer's SIGTERM and is started again on the same config.
-    if not wait_until(lambda: node.ctrd.pid is None, timeout=INSTALL_TIMEOUT_S, interval=0.2):
-        logs = [node.install_log(pod) for pod in node.installer_pods()]
-        pytest.fail(f"the installer did not restart containerd; its logs: {logs}\n{node.kube.describe('kube-system')}")
-    node.ctrd._spawn_daemon()  # what restart_daemon() does after its own SIGTERM; here the installer sent it
-    node.ctrd._wait_ready()
+    _restart_when_signalled(node)
     pod = node.wait_installer_ready()
-    return Installed(pid_before, pod, node.installer_record())
+    return Installed(image, config_before, pid_before, pod, node.installer_record())
 
 
 def test_the_installer_puts_the_bundle_on_the_node_and_the_runtime_in_its_config(node: Node,
@@ -211,12 +236,32 @@ def test_a_rerun_changes_nothing_and_restarts_nothing(node: Node, installed: Ins
     config, pid = node.config.read_bytes(), node.ctrd.pid
     first = installed.pod["metadata"]["name"]
     node.kube.kubectl("delete", "pod", "-n", "kube-system", first, "--wait=true", "--timeout=60s", timeout=90)
-    pod = eventually(lambda: next((p for p in node.installer_pods() if p["metadata"]["name"] != first
-                                   and p["status"].get("phase") == "Running"), None),
-                     timeout=INSTALL_TIMEOUT_S, what="the DaemonSet's new installer pod running")
+    pod = node.wait_installer_ready(replacing=first)
     log = eventually(lambda: node.install_log(pod), what="the new installer pod's log")
     assert "is already this build" in log and "unchanged: containerd needs no restart" in log, log
     assert node.installer_record().count("sending SIGTERM") == 1
     assert node.config.read_bytes() == config
     assert node.ctrd.pid == pid
     assert len(node.build_dirs()) == 1
+
+
+def test_the_daemonset_with_the_uninstall_action_reverts_the_node(node: Node, installed: Installed) -> None:
+    _stop_processes_run_from(node.install_dir)  # the warm fork server of the Spin pods (gone) keeps its build
+    assert wait_until(lambda: not _processes_run_from(node.install_dir), timeout=15)
+    signalled_before = node.installer_record().count("sending SIGTERM")
+    node.kube.kubectl("apply", "-f", "-", input=node.daemonset(installed.image, INSTALLER_ACTION="uninstall",
+                                                                INSTALL_ARGS=""))
+    _restart_when_signalled(node)
+    node.wait_installer_ready()
+    assert node.config.read_bytes() == installed.config_before
+    assert not os.path.lexists(node.bin_dir / SHIM_NAME)
+    assert node.build_dirs() == [], node.installer_record()
+    assert node.installer_record().count("sending SIGTERM") == signalled_before + 1
+    # A rerun (the pod deleted, the DaemonSet makes a new one) finds nothing to uninstall and restarts nothing.
+    pid, pod = node.ctrd.pid, node.wait_installer_ready()
+    node.kube.kubectl("delete", "pod", "-n", "kube-system", pod["metadata"]["name"], "--wait=true", "--timeout=60s",
+                      timeout=90)
+    rerun = node.wait_installer_ready(replacing=pod["metadata"]["name"])
+    assert "nothing to uninstall" in node.install_log(rerun), node.install_log(rerun)
+    assert node.ctrd.pid == pid and node.config.read_bytes() == installed.config_before
+    assert RUNTIME not in node.config.read_text()
