@@ -20,6 +20,7 @@ APT_PACKAGES=(
     containerd runc busybox-static wabt gcc libc6-dev iproute2 curl wrk docker-registry
     containernetworking-plugins python3-venv debian-archive-keyring ca-certificates libseccomp2
     iptables conntrack openssl redis-server postgresql mariadb-server mosquitto
+    patchelf binutils  # scripts/build_bundle.py: the bundled interpreter's rpath, its debug sections stripped
 )
 
 log() { printf '[setup] %s\n' "$*"; }
