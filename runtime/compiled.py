@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import wasmtime
 
     from runtime.precompile import CacheResult
-    from runtime.wasm_binary import WasmKind
+    from runtime.wasm_binary import ExportRequirement, WasmKind
 
 #: The largest wasm file this runtime compiles. Compiling takes several times the file in memory, outside the
 #: pod's limit (README, "Security model"); the biggest real components (componentize-py apps) are ~40 MB.
@@ -31,11 +31,13 @@ class ComponentLoad(NamedTuple):
     cache: CacheResult
 
 
-def compile_wasm(wasm_path: Path, what: str, name: str,
-                 settings: RuntimeSettings) -> tuple[Any, ComponentLoad, wasmtime.Engine]:
+def compile_wasm(wasm_path: Path, what: str, name: str, settings: RuntimeSettings, *,
+                 exports: ExportRequirement | None = None) -> tuple[Any, ComponentLoad, wasmtime.Engine]:
     """The precompiled module or component for ``wasm_path`` (from the cache, or compiled and cached).
 
-    Raises WasmLoadError naming ``what`` for a file that is not valid wasm.
+    ``exports``: what the trigger calls in a component (runtime.wasm_binary), checked before a compile from the
+    binary's export names, so a component built for another trigger fails in milliseconds, not after a compile.
+    Raises WasmLoadError naming ``what`` for a file that is not valid wasm or lacks ``exports``.
     """
     import logging
 
@@ -46,7 +48,7 @@ def compile_wasm(wasm_path: Path, what: str, name: str,
     engine = shared_engine()
     cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify,
                             store_factory=settings.precompiled_store)
-    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest)
+    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest, exports=exports)
     logging.getLogger(__name__).debug("loaded %s: cache %s in %.1f ms", what, result.outcome, result.seconds * 1000)
     return compiled, ComponentLoad(name=name, wasm_path=wasm_path, kind=kind, cache=result), engine
 

@@ -121,13 +121,22 @@ def fingerprint_digest(fingerprint: str | None = None) -> str:
     return hashlib.sha256((fingerprint or engine_fingerprint()).encode()).hexdigest()[:16]
 
 
-def new_engine() -> wasmtime.Engine:
-    """A fresh Engine with ENGINE_SETTINGS. Prefer ``shared_engine()``; one Engine per process is the rule."""
+def new_engine(*, parallel_compilation: bool = True) -> wasmtime.Engine:
+    """A fresh Engine with ENGINE_SETTINGS. Prefer ``shared_engine()``; one Engine per process is the rule.
+
+    ``parallel_compilation=False`` is for a compile process forked from a process whose rayon pool (wasmtime's
+    parallel compile runs on rayon's process-global pool) already exists: the pool's threads do not survive fork,
+    and a parallel compile in the child waits for them forever (runtime.compile_process). It changes how long a
+    compile takes, not the code it makes, so it is not part of the fingerprint (a blob compiled either way loads
+    in either Engine; tests/unit/test_precompile_process.py).
+    """
     import wasmtime
 
     config = wasmtime.Config()
     for name, value in ENGINE_SETTINGS.items():
         setattr(config, name, value)
+    if not parallel_compilation:
+        config.parallel_compilation = False
     return wasmtime.Engine(config)
 
 

@@ -70,6 +70,11 @@ class Wasip3Evidence:
     stream_future_types: int = 0
     #: False when the type scan stopped at a construct this reader does not know (names were still read).
     types_complete: bool = True
+    #: Every top-level export name, in binary order (what a trigger can call: runtime.wasm_binary's
+    #: ExportRequirement), and whether every export section was read to its end and the file to its last section
+    #: (only then may a missing export be judged).
+    exports: list[str] = field(default_factory=list)
+    exports_complete: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.p3_imports or self.p3_exports or self.async_functions or self.stream_future_types)
@@ -96,8 +101,9 @@ def _listing(names: list[str]) -> str:
     return shown if len(names) <= MAX_LISTED else f"{shown}, ..."
 
 
-def refuse_wasip3(wasm_path: Path, what: str) -> None:
-    """Raise WasmLoadError naming the problem and the fix when ``wasm_path`` is a WASIp3 component.
+def refuse_wasip3(wasm_path: Path, what: str) -> Wasip3Evidence:
+    """Raise WasmLoadError naming the problem and the fix when ``wasm_path`` is a WASIp3 component; else what the
+    scan found (its export names, for the trigger's check before the compile: one read of the file serves both).
 
     Anything that is not a readable component (a core module, a missing or unreadable file, bad bytes) passes:
     the loader's own checks and the compile report those, as before.
@@ -108,6 +114,7 @@ def refuse_wasip3(wasm_path: Path, what: str) -> None:
             f"{what}: is a WASIp3 (component-model async) component: {evidence.describe()}. This shim runs "
             f"WASIp2 components only (wasi:http/incoming-handler@0.2.x for HTTP); {REBUILD_HINT}"
         )
+    return evidence
 
 
 def scan_file(wasm_path: Path) -> Wasip3Evidence:
@@ -160,6 +167,7 @@ def _scan_top_level(file: BinaryIO) -> Wasip3Evidence:
     if file.read(8) != _COMPONENT_HEADER:
         return evidence
     budget = _Budget()
+    evidence.exports_complete = True
     try:
         for section_id, size in _file_sections(file):
             if section_id not in (_SECTION_IMPORT, _SECTION_EXPORT, _SECTION_TYPE, _SECTION_COMPONENT):
@@ -169,6 +177,7 @@ def _scan_top_level(file: BinaryIO) -> Wasip3Evidence:
                 budget.take(size)
             except _Stop:
                 evidence.types_complete = False
+                evidence.exports_complete = evidence.exports_complete and section_id != _SECTION_EXPORT
                 file.seek(size, os.SEEK_CUR)
                 continue
             payload = file.read(size)
@@ -178,8 +187,12 @@ def _scan_top_level(file: BinaryIO) -> Wasip3Evidence:
                 _section(section_id, _Reader(payload), evidence, depth=0, budget=budget)
             except _Stop:
                 evidence.types_complete = False
+                evidence.exports_complete = evidence.exports_complete and section_id != _SECTION_EXPORT
+        if file.tell() > file.seek(0, os.SEEK_END):  # a skipped section ran past the end: a truncated file
+            evidence.exports_complete = False
     except _Stop:
         evidence.types_complete = False
+        evidence.exports_complete = False
     return evidence
 
 
@@ -286,6 +299,7 @@ def _section(section_id: int, r: _Reader, evidence: Wasip3Evidence, *, depth: in
             _sortidx(r)
             if r.byte() == 0x01:
                 _externdesc(r)
+            evidence.exports.append(name)
             if _WASI_P3_NAME.match(name):
                 evidence.p3_exports.append(name)
     elif section_id == _SECTION_TYPE:
