@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from runtime.precompile import CacheResult
     from runtime.wasm_binary import ExportRequirement, WasmKind
 
-#: The largest wasm file this runtime compiles. Compiling takes several times the file in memory, outside the
-#: pod's limit (README, "Security model"); the biggest real components (componentize-py apps) are ~40 MB.
+#: The largest wasm file this runtime compiles. Compiling takes several times the file in memory (407 MiB for the
+#: 12 MB js-echo), outside the pod's limit, in a compile process capped by runtime.compile_process's
+#: SPIN_SHIM_COMPILE_MEMORY_MAX (README, "Security model"); the biggest real components (componentize-py apps)
+#: are ~40 MB.
 MAX_WASM_BYTES = 512 << 20
 
 

@@ -14,6 +14,9 @@ The decision comes from the component binary alone, read here without wasmtime:
 * its component-level types (top level and nested components): a function type declared ``async`` (binary
   0x43) or a ``stream``/``future`` type (0x66/0x65) can only come from the component-model async ABI.
 
+The same scan lists every top-level export name, for the trigger's check before the compile
+(runtime.wasm_binary's ExportRequirement, called by runtime.precompile): one read of the file serves both.
+
 Only the component's own sections are read; the core modules inside it, which are nearly all of its bytes, are
 skipped with a seek, so the check costs a few milliseconds on a 40 MB file. It is best-effort by design: a
 construct the reader does not know (a newer binary draft) ends the type scan, never the load, and the compile
