@@ -1,6 +1,7 @@
 """Which layers of an image make a Spin app: the pure half of reading an OCI artifact (no I/O, unit-tested).
 
-Follows containerd-shim-spin's source selection (reference/shim-v2-protocol.md §5.3): a locked-app layer (or, in
+Follows containerd-shim-spin's source selection (containerd-shim-spin containerd-shim-spin/src/source.rs
+``Source::from_ctx``): a locked-app layer (or, in
 artifacts from older Spin releases, a locked-app *config*) makes a Spin app whose wasm and files are the other
 layers; a single `application/wasm` layer and nothing else is a wkg package; an image with none of Spin's media
 types is not an artifact at all (the shim then looks for spin.toml in the rootfs, as for any image).

@@ -1,7 +1,8 @@
 """A small, synchronous client of containerd's gRPC API: the calls the shim needs to read images and keep blobs.
 
-Containers/Get, Images/Get, Content Info/Read/Update/Write and Leases Create/Delete (reference/shim-v2-protocol.md
-§5.1), over the unix socket containerd gives the shim (`-address`), with the namespace in every call's metadata.
+Containers/Get, Images/Get, Content Info/Read/Update/Write and Leases Create/Delete (the calls runwasi's
+``load_modules`` makes: runwasi crates/containerd-shim-wasm/src/containerd/client.rs, lease.rs), over the unix
+socket containerd gives the shim (`-address`), with the namespace in every call's metadata.
 Synchronous on purpose: it runs in an instance process at task create, one call after another, where there is no
 event loop to share.
 

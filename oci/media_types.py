@@ -1,7 +1,8 @@
 """The media types and labels that make an OCI image a Spin app, as `spin registry push` writes them.
 
 One table, shared by the reader (the shim at task create) and the writer (the push command), so the two can never
-disagree. Values are Spin's (spin crates/oci/src/client.rs; reference/shim-v2-protocol.md §5.3, §5.4).
+disagree. Values are Spin's (spin crates/oci/src/client.rs: its media type constants and
+``push_locked_core``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Precompiled components kept in containerd's content store, next to the image they were compiled from.
 
-runwasi's scheme (reference/shim-v2-protocol.md §5.2), with our own key: on a miss the compiled blob is written
-with Content/Write under a short lease, then labelled from the wasm layer and the image manifest:
+runwasi's scheme (runwasi crates/containerd-shim-wasm/src/containerd/client.rs ``load_modules``), with our own
+key: on a miss the compiled blob is written with Content/Write under a short lease, then labelled from the wasm
+layer and the image manifest:
 
     layer     containerd-shim-spin.python/precompiled/<engine key> = sha256:<compiled>     (lookup)
     layer     containerd.io/gc.ref.content.spin-precompiled.<engine key> = sha256:<compiled>  (GC reference)

@@ -1,13 +1,15 @@
 """`containerd-shim-spin-v2 push`: a spin.toml app pushed to an OCI registry exactly as `spin registry push` does.
 
-Two halves, like Spin's `push_locked_core` / `assemble_layers` (reference/shim-v2-protocol.md §5.4, §5.6):
+Two halves, like Spin's `push_locked_core` / `assemble_layers` (spin crates/oci/src/client.rs; the lock's shape is
+spin crates/locked-app/src/locked.rs):
 
 * ``assemble_app`` (pure apart from reading the app dir): spin.toml -> the locked app JSON with content refs by
   digest, and the blobs to upload in order: one wasm layer per distinct component wasm, one data layer per
   mounted file above ``INLINE_MAX_SIZE`` bytes (smaller ones are inlined, base64, in the locked app), the locked
   app as the LAST layer, an OCI image config whose label names the locked app's digest, and the manifest.
   Layers are de-duplicated by digest. The image config's ``rootfs.diff_ids`` is empty: nothing to unpack, which
-  containerd 1.7+ accepts and 1.6 refuses ("mismatched image rootfs and manifest layers", containerd-test-env §4).
+  containerd accepts since 1.6.25 / 1.7.7 and older ones refuse ("mismatched image rootfs and manifest layers":
+  containerd image.go ``getLayers`` skips non-tar layers only from those versions on; Debian's 1.6.20 refuses).
 * ``push_artifact``: the upload, with the oras library (blob POST+PUT, manifest PUT), and nothing else.
 
 Errors a user can fix are a ``PushError`` (or the manifest's ``ManifestError``), each a one-line message; ``main``
