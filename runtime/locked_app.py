@@ -3,7 +3,7 @@ as spin.toml, so triggers, variables, files and precompilation work the same whi
 
 The runtime knows nothing about registries or containerd: it is given an *app directory* laid out as::
 
-    <app_dir>/spin.lock              the locked app, content refs by digest (reference/shim-v2-protocol.md §5.6)
+    <app_dir>/spin.lock              the locked app, content refs by digest (spin crates/locked-app/src/locked.rs)
     <app_dir>/blobs/sha256/<hex>     every piece of content the lock refers to by digest (wasm and files)
 
 (the shim's oci/ package builds it from containerd's content store). Content given inline (small files) is written

@@ -4,9 +4,10 @@ Built once per host function when the Linker is built (the import's FuncType is 
 for the parameters and results that need converting; a signature of ints, strings and bytes gets no adapter.
 
 Lifting (guest -> host): resources become reps (``to_host``, which also releases the guest's borrow: every
-ResourceAny must be converted or dropped before the host function returns, findings §3.2 gotcha 1), results become
-Ok/Err, variants Variant, records dicts. An untagged wasmtime value carries no tag, so the case is recovered from
-the payload's exact Python type: untagged means the cases' class sets are disjoint, which makes that unambiguous.
+ResourceAny must be converted or dropped before the host function returns, or wasmtime fails the call with "borrow
+handles still remain at the end of the call"), results become Ok/Err, variants Variant, records dicts. An untagged
+wasmtime value carries no tag, so the case is recovered from the payload's exact Python type: untagged means the
+cases' class sets are disjoint, which makes that unambiguous.
 
 Lowering (host -> guest): every result/variant/option becomes a ``Tagged(case, payload)`` that the patched
 ``_lower`` (runtime.host.marshal) maps by name, instead of wasmtime-py's class test. The class test picks the wrong

@@ -1,9 +1,10 @@
 """Per-request state reachable from host functions: one RequestContext per request, found through a thread-local.
 
-Host callbacks get a ``StoreContext`` without ``.data()`` (findings §3.2 gotcha 3), and a worker runs requests on
-several guest threads at once, each thread one request at a time (contract.py: ``Executor.handle`` runs on a
-guest thread). So the executor binds the request's context to its thread for the duration of the wasm call
-(``bound``), and the registry's call wrapper reads it once per host call and passes it as the first argument.
+Host callbacks get a ``StoreContext`` without ``.data()`` (only ``Store`` has it: wasmtime-py wasmtime/_store.py),
+and a worker runs requests on several guest threads at once, each thread one request at a time (contract.py:
+``Executor.handle`` runs on a guest thread). So the executor binds the request's context to its thread for the
+duration of the wasm call (``bound``), and the registry's call wrapper reads it once per host call and passes it as
+the first argument.
 
 A RequestContext holds what every provider needs: the component (config, services, a per-component memo), the
 resource table, the request head/body and response sink, and a ``state`` dict for providers' own per-request

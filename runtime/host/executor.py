@@ -158,7 +158,8 @@ class ComponentExecutor:
         store = wasmtime.Store(self.engine)
         if self.config.max_instance_memory is not None:
             store.set_limits(memory_size=self.config.max_instance_memory)
-        # Before instantiate: instantiation runs guest code paths that check the deadline too (findings §1).
+        # Before instantiate: instantiation runs guest code paths that check the deadline too (a Store with no
+        # deadline set traps as soon as instantiation runs guest code).
         store.set_epoch_deadline(self.ticker.ticks_for(remaining))
         failure: Exception | None = None
         t1 = t2 = t3 = t0

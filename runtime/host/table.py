@@ -1,8 +1,9 @@
 """The per-request table of host resources: the guest holds integer handles (reps), Python keeps the objects.
 
-wasmtime-py has no ``store.data()`` (findings §3.2 gotcha 3), so a host resource is a ``ResourceHost(rep, type)``
-whose rep indexes this table. One table per request: reps start at 1 for each request and nothing outlives it
-(``clear`` runs when the request ends, whatever the guest forgot to drop).
+wasmtime-py has no ``store.data()`` in host callbacks (their ``StoreContext`` lacks it: wasmtime-py
+wasmtime/_store.py), so a host resource is a ``ResourceHost(rep, type)`` whose rep indexes this table. One table per
+request: reps start at 1 for each request and nothing outlives it (``clear`` runs when the request ends, whatever
+the guest forgot to drop).
 """
 
 from __future__ import annotations

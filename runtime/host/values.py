@@ -2,9 +2,10 @@
 
 wasmtime-py 50 spells a WIT ``result``/``variant``/``option`` either "tagged" (``Variant(tag, payload)``) or
 "untagged" (the bare payload, ``None`` for an empty case), chosen by whether the cases' Python classes overlap
-(findings §3.2 gotcha 2): ``result<_, stream-error>`` is ``Variant("ok")`` but ``result<_, header-error>`` is
-``None``. Host code written against that rule breaks whenever a WIT type changes shape, so host functions here see
-and return one fixed form instead, and ``runtime.host.adapt`` converts at the boundary, driven by the real types:
+(wasmtime-py wasmtime/component/_types.py ``VariantLikeType._tagged``): ``result<_, stream-error>`` is
+``Variant("ok")`` but ``result<_, header-error>`` is ``None``. Host code written against that rule breaks whenever a
+WIT type changes shape, so host functions here see and return one fixed form instead, and ``runtime.host.adapt``
+converts at the boundary, driven by the real types:
 
 =========================  ==============================================================================
 WIT type                   form a host function sees / returns
