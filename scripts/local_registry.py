@@ -2,7 +2,8 @@
 
 `Registry` runs one on a free port with its storage in a temp dir, waits until `GET /v2/` answers 200, and stops it
 (SIGTERM, then SIGKILL) so no process outlives the test session. `trust_registry` writes containerd's hosts.toml for
-it, so containerd's CRI plugin and the 1.7+ transfer service pull over plain HTTP (containerd-test-env.md §4, §5.5).
+it, so containerd's CRI plugin and the 1.7+ transfer service pull over plain HTTP (a hosts.toml whose `server` and
+`[host."http://..."]` are http:// URLs, under the registry `config_path` containerd reads).
 
 Lives in scripts/ so that benchmarks can use it; the pytest fixture is in tests/e2e/registry_support.py.
 
