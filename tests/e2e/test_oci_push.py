@@ -1,9 +1,10 @@
 """`containerd-shim-spin-v2 push` against a real registry, read back over the distribution API, pulled by containerd.
 
-What is pinned: the layout `spin registry push` writes (reference/shim-v2-protocol.md §5.4, §5.6) as seen from
-the registry, that containerd 1.7 and 2.1 pull it into their content store, and that containerd 1.6 cannot
-unpack it ("mismatched image rootfs and manifest layers": the config's empty diff_ids against N layers,
-containerd-test-env.md §4), which is containerd 1.6's limit, not the artifact's.
+What is pinned: the layout `spin registry push` writes (spin crates/oci/src/client.rs ``push_locked_core``; the lock
+as spin crates/locked-app/src/locked.rs has it) as seen from the registry, that containerd 1.7 and 2.1 pull it into
+their content store, and that containerd 1.6 cannot unpack it ("mismatched image rootfs and manifest layers": the
+config's empty diff_ids against N layers; containerd image.go ``getLayers`` skips non-tar layers only since 1.6.25
+and 1.7.7, and Debian's 1.6 is 1.6.20), which is containerd 1.6's limit, not the artifact's.
 """
 
 from __future__ import annotations

@@ -150,8 +150,8 @@ def test_field_numbers_match_the_reference_tables():
 
 
 def test_plain_address_output_is_not_a_valid_bootstrap_result():
-    # Reference §1.5: containerd 2.3 tries BootstrapResult first; a plain "unix://..." must fail to
-    # parse so it falls back to the legacy form.
+    # containerd 2.3 tries BootstrapResult first (containerd core/runtime/v2/shim.go parseStartResponse); a plain
+    # "unix://..." must fail to parse so it falls back to the legacy form.
     from google.protobuf.message import DecodeError
 
     from proto.containerd.runtime.bootstrap.v1 import bootstrap_pb2

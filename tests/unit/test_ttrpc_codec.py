@@ -24,7 +24,8 @@ from shim.ttrpc.status import Code, RpcError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Reference §2.2 worked example: Connect{id:"abc"} on stream 1 with namespace "default".
+# A worked example encoded by hand from ttrpc's PROTOCOL.md (10-byte frame header) and request.proto (Request,
+# Response, KeyValue): Connect{id:"abc"} on stream 1 with namespace "default".
 CONNECT_ABC_FRAME = bytes.fromhex(
     "00000050 00000001 01 00"
     "0a17" + b"containerd.task.v2.Task".hex() + "1207" + b"Connect".hex() + "1a050a03" + b"abc".hex()
