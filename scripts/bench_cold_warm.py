@@ -53,6 +53,7 @@ from bench_density import (  # noqa: E402
     PodRun,
     Side,
     _cleanup,
+    cgroup_working_set,
     interrupts_as_exceptions,
     leftovers,
     pod_processes,
@@ -68,8 +69,9 @@ from private_containerd import SUPPORTED_VERSIONS, PrivateContainerd  # noqa: E4
 
 
 def start_and_measure(launcher: PodLauncher, ctrd: PrivateContainerd, name: str, requests: int,
-                      settle: float) -> tuple[int, dict[str, tuple[int, int]], float]:
-    """(PSS sum, {kind: (processes, PSS)}, seconds to Ready) of one pod after its requests; the pod is removed."""
+                      settle: float) -> tuple[int, dict[str, tuple[int, int]], float, int | None]:
+    """(PSS sum, {kind: (processes, PSS)}, seconds to Ready, the pod cgroup's working set) of one pod after its
+    requests; the pod is removed."""
     before = process_keys()
     run = launcher.start_and_probe(PodRun(0), name)
     try:
@@ -80,6 +82,7 @@ def start_and_measure(launcher: PodLauncher, ctrd: PrivateContainerd, name: str,
             raise RuntimeError(f"{name}: {failures} of {requests} requests did not answer 200")
         time.sleep(settle)
         processes = pod_processes(before, ctrd.address)
+        working_set = cgroup_working_set(run.pod) if run.pod is not None else None
     finally:
         launcher.teardown([run], 1)
         wait_shims_gone(ctrd)
@@ -88,7 +91,8 @@ def start_and_measure(launcher: PodLauncher, ctrd: PrivateContainerd, name: str,
         by_kind[item.kind][0] += 1
         by_kind[item.kind][1] += item.memory.pss
     total = sum(item.memory.pss for item in processes)
-    return total, {kind: (count, pss) for kind, (count, pss) in by_kind.items()}, run.ready - run.started
+    return (total, {kind: (count, pss) for kind, (count, pss) in by_kind.items()}, run.ready - run.started,
+            working_set)
 
 
 def warm_fork_server(cri: CriClient, ctrd: PrivateContainerd, key: str, pod_ids: list[str]) -> None:
@@ -105,8 +109,11 @@ def warm_fork_server(cri: CriClient, ctrd: PrivateContainerd, key: str, pod_ids:
     time.sleep(1.0)  # listening: a start that came too early would fork its daemon itself again
 
 
-def print_pod(label: str, total: int, by_kind: dict[str, tuple[int, int]], ready_s: float) -> None:
-    print(f"{label}: {total / MIB:.1f} MiB PSS, Ready in {ready_s:.1f} s", flush=True)
+def print_pod(label: str, total: int, by_kind: dict[str, tuple[int, int]], ready_s: float,
+              working_set: int | None) -> None:
+    seen = f"{working_set / MIB:.1f} MiB" if working_set is not None else "unknown"
+    print(f"{label}: {total / MIB:.1f} MiB PSS, Ready in {ready_s:.1f} s; pod cgroup working set (what kubelet "
+          f"sees) {seen}", flush=True)
     for kind, (count, pss) in sorted(by_kind.items(), key=lambda entry: -entry[1][1]):
         print(f"    {kind:24s} x{count}  {pss / MIB:7.1f} MiB")
 
@@ -152,12 +159,12 @@ def _run(args: argparse.Namespace, key: str) -> int:
             warm_fork_server(cri, ctrd, key, pod_ids)
             print(f"containerd {ctrd.version_string}, {os.cpu_count()} CPUs; {side.label}, "
                   f"{WORKERS_ENV}={args.workers}, {args.requests} requests, {args.settle:.0f} s settle", flush=True)
-            cold, cold_kinds, cold_ready = start_and_measure(launcher, ctrd, "cold-warm-cold", args.requests,
-                                                             args.settle)
-            print_pod("cold start (compiled)", cold, cold_kinds, cold_ready)
-            warm, warm_kinds, warm_ready = start_and_measure(launcher, ctrd, "cold-warm-warm", args.requests,
-                                                             args.settle)
-            print_pod("warm start (cache hit)", warm, warm_kinds, warm_ready)
+            cold, cold_kinds, cold_ready, cold_ws = start_and_measure(launcher, ctrd, "cold-warm-cold",
+                                                                      args.requests, args.settle)
+            print_pod("cold start (compiled)", cold, cold_kinds, cold_ready, cold_ws)
+            warm, warm_kinds, warm_ready, warm_ws = start_and_measure(launcher, ctrd, "cold-warm-warm",
+                                                                      args.requests, args.settle)
+            print_pod("warm start (cache hit)", warm, warm_kinds, warm_ready, warm_ws)
             ratio = cold / warm
             within = ratio <= 1 + args.tolerance
             print(f"cold / warm PSS = {ratio:.3f} ({cold / MIB:.1f} / {warm / MIB:.1f} MiB): "
