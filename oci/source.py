@@ -6,7 +6,7 @@ directory runtime.locked_app reads (``spin.lock`` + ``blobs/sha256/<hex>``), bui
 BlobMirror, so a warm start streams nothing but the manifest and the locked app (and unpacks no files archive: the
 mirror keeps each one unpacked, by layer, until containerd drops the layer).
 
-Everything read here is image content (/work/shared/DESIGN.md, "Trust boundary"), so every read is bounded: the
+Everything read here is image content (README, "Security model"), so every read is bounded: the
 manifests and the lock are read whole only up to a cap, and files archives (gzipped tars) are streamed member by
 member into a staging dir of the mirror, a chunk at a time, under caps on what they expand to, how many entries
 they hold and how big one file or header may be. Going past a cap is an ArtifactError naming the image, the layer

@@ -14,7 +14,7 @@ into ``blobs/`` too, so from then on every ref is a blob. Each component's files
 ``parse_locked_app`` is pure (text in, model out); ``load_locked_app`` adds the filesystem half. Every error is a
 ManifestError naming the lock (as the caller wants it called, e.g. "the locked app of image x") and what is wrong.
 
-The lock is image content (/work/shared/DESIGN.md, "Trust boundary"): its component ids name directories and its file
+The lock is image content (README, "Security model"): its component ids name directories and its file
 paths name files, so ids must be Spin's kebab ids (runtime.ids) and paths relative without '..', and the filesystem
 half walks the app dir one name at a time through directory fds opened with O_NOFOLLOW, so that nothing it creates,
 replaces or links can land outside ``app_dir`` even when the directory holds symlinks it did not make.

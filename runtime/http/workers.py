@@ -19,7 +19,7 @@ supervisor killed outright leaves no orphan serving the port.
 One way to share the port: every worker accepts on the one listening socket it inherits through fork, watched
 with EPOLLEXCLUSIVE (``ListenerSelector``: a connection wakes one idle worker, not all) and accepted one per
 wakeup, after which the worker queues up behind the others (runtime.http.server's ``_Acceptor``), so a burst
-spreads over the workers. There is no SO_REUSEPORT anywhere, on purpose (security review findings 7 and 8):
+spreads over the workers. There is no SO_REUSEPORT anywhere, on purpose:
 
 - a socket joining a reuseport group must belong to the same effective uid as the group's first socket; the
   listener is bound as root before the instance process drops to the task's uid, so workers of a non-root task

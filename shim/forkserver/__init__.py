@@ -1,5 +1,5 @@
 """The node's warm fork server: one long-lived process per shim build that has imported the daemon and the
-runtime once, and forks each pod's daemon on `start`'s request (DESIGN.md, "Process model").
+runtime once, and forks each pod's daemon on `start`'s request (README, "Behaviour as containerd and its users see it").
 
 `start` (shim/cli/start.py) binds the daemon's socket as before and asks the server over a root-only unix socket
 (client.py); the server forks a daemon that takes on exactly the context `start` had (adopt.py: environment,

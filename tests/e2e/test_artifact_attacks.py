@@ -1,7 +1,7 @@
 """Hostile Spin OCI artifacts through containerd's CRI plugin: regression tests for two security-review findings.
 
 Each image here is crafted by hand (manifest, locked app, layers) and pushed to the test registry: it is untrusted
-input whose whole point is to be malformed (README "Security model"; /work/shared/DESIGN.md "Trust boundary").
+input whose whole point is to be malformed (README "Security model").
 
 1. A `spin.lock` whose component id is a path: absolute (`/tmp/<unique>`) or climbing (`../../.../tmp/<unique>`),
    the component carrying inline `files`. The shim lays a component's files out under `files/<component id>/`, so

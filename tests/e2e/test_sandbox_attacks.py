@@ -1,5 +1,5 @@
-"""Crafted images cannot reach the node through a Wasm task (security review findings 2, 3, 5), and a non-root
-task serves with any number of workers (finding 7) and a read-only root stays so: one task per test, each
+"""Crafted images cannot reach the node through a Wasm task, and a non-root
+task serves with any number of workers and a read-only root stays so: one task per test, each
 leak-checked.
 
 Each image is py-spin (the Spin Python SDK app: /file?path= reads a file the guest can see, /counter and /kv/ use

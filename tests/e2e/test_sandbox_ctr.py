@@ -1,5 +1,5 @@
 """A Wasm task is a container: its instance process lives in its own root, as the spec's user, with the spec's
-seccomp profile and device rules, and owns its port (security review findings 6, 8; README "Security model").
+seccomp profile and device rules, and owns its port (README "Security model").
 
 Everything through `ctr run` on containerd 2.1 with the Spin Python SDK app (py-spin); crafted images are in
 test_sandbox_attacks.py, the CRI side in test_sandbox_cri.py.

@@ -1,5 +1,5 @@
-"""A worker at its open-files limit neither spins nor stops serving for good (security review finding 9: "a worker
-at its fd limit spins at ~70 % CPU and stops accepting until connections close").
+"""A worker at its open-files limit neither spins nor stops serving for good (before the fix, a worker
+at its fd limit spun at ~70 % CPU and stopped accepting until connections closed).
 
 The task's spec limits RLIMIT_NOFILE to 64 (the instance process applies process.rlimits, shim/wasm/sandbox/
 credentials.py) and SPIN_SHIM_HTTP_WORKERS=1 gives it one worker (the instance process itself since InlineServer, a

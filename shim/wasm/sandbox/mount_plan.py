@@ -7,7 +7,7 @@ this keeps the file trees and leaves out the pseudo file systems:
   /etc/resolv.conf, /etc/hostname, /dev/termination-log; spin-operator's /runtime-config.toml and CA bundle) and
   tmpfs mounts (emptyDir medium Memory, ctr's /dev and /dev/shm) are mounted as the spec says, plus `nosuid` and
   `nodev` always: a guest's `files` can come from any of them, and a device node in a volume or an image must
-  never reach a host device (security review finding 3);
+  never reach a host device;
 * proc, sysfs, cgroup, cgroup2, devpts and mqueue are not mounted: a Wasm guest has no use for them, and procfs
   in the node's pid namespace (the instance process has no pid namespace of its own) would show the node's
   processes to the shim code that serves the guest's files;
