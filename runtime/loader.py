@@ -370,9 +370,9 @@ def _build(
 ) -> LoadedApp:
     from runtime.guest import ComponentCommand, CoreCommand
     from runtime.interrupt import Interrupter
-    from runtime.wasm_binary import WasmKind
+    from runtime.wasm_binary import WASI_COMMAND_EXPORT, WasmKind
 
-    compiled, load, engine = compile_wasm(wasm_path, what, setup.name, settings)
+    compiled, load, engine = compile_wasm(wasm_path, what, setup.name, settings, exports=WASI_COMMAND_EXPORT)
     command: CoreCommand | ComponentCommand
     if load.kind is WasmKind.COMPONENT:
         command = ComponentCommand(setup, engine, settings.max_instance_memory, compiled)  # type: ignore[arg-type]

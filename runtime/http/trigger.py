@@ -84,15 +84,56 @@ class HttpRoute:
 
 def parse_http_triggers(manifest: Manifest) -> list[HttpRoute]:
     """Every ``[[trigger.http]]`` of the manifest, validated (pure: no files, no wasm)."""
+    _check_http_app_options(manifest)
     return [_parse_http_trigger(manifest, trigger) for trigger in manifest.triggers_of_type(HTTP_TRIGGER)]
+
+
+def _check_http_app_options(manifest: Manifest) -> None:
+    """``[application.trigger.http]`` (a version 1 manifest's ``trigger = { type = "http", base = ... }``) as
+    Spin's http trigger checks it (spin crates/trigger-http ``validate_app``): only ``base`` is known, and as no
+    route is prefixed with it since Spin 2, a base other than "/" is refused rather than silently ignored."""
+    options = manifest.application.trigger_options.get(HTTP_TRIGGER)
+    if not options:
+        return
+    from runtime.unknown_keys import unknown_keys_phrase
+
+    where = f"{manifest.path}: [application.trigger.http]"
+    unknown = set(options) - {"base"}
+    if unknown:
+        raise ManifestError(f"{where}: {unknown_keys_phrase(unknown, ('base',))} (the http trigger's only "
+                            "application option is the deprecated `base`)")
+    base = options.get("base", "/")
+    if base != "/":
+        raise ManifestError(
+            f"{where}: base = {base!r}: this application is using the deprecated trigger 'base' field. The base "
+            "must be prepended to each [[trigger.http]]'s 'route' (in a version 1 manifest: each "
+            "[component.trigger] route), and `base` removed or set to \"/\""
+        )
+
+
+def _describe_value(value: Any) -> str:
+    """A TOML value as the user wrote it, with its type: ``42 (an integer)``, ``true (a boolean)``."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, int):
+        return f"{value} (an integer)"
+    if isinstance(value, float):
+        return f"{value} (a float)"
+    if isinstance(value, list):
+        return f"{value!r} (an array)"
+    if isinstance(value, dict):
+        return f"{value!r} (a table)"
+    return f"{value!r} ({type(value).__name__})"
 
 
 def _parse_http_trigger(manifest: Manifest, trigger: Trigger) -> HttpRoute:
     where = f"{manifest.path}: [[trigger.http]] {trigger.id!r}"
     config = dict(trigger.config)
-    unknown = sorted(set(config) - _TRIGGER_KEYS)
+    unknown = set(config) - _TRIGGER_KEYS
     if unknown:
-        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+        from runtime.unknown_keys import unknown_keys_phrase
+
+        raise ManifestError(f"{where}: {unknown_keys_phrase(unknown, (*_TRIGGER_KEYS, 'component'))} "
                             "(known: route, component, static_response, executor)")
     static = config.get("static_response")
     if trigger.component is None and static is None:
@@ -104,8 +145,12 @@ def _parse_http_trigger(manifest: Manifest, trigger: Trigger) -> HttpRoute:
         if route != {"private": True}:
             raise ManifestError(f"{where}: `route` must be a path string or {{ private = true }}; got {route!r}")
         route = None
+    elif "route" not in config:
+        raise ManifestError(f"{where}: `route` is required (a path such as \"/...\" or \"/api/...\", or "
+                            "{ private = true })")
     elif not isinstance(route, str):
-        raise ManifestError(f"{where}: `route` is required (a path such as \"/...\" or \"/api/...\")")
+        raise ManifestError(f"{where}: `route` must be a string (a path such as \"/...\" or \"/api/...\") or "
+                            f"{{ private = true }}; got {_describe_value(route)}")
     executor: ExecutorKind | None = None
     entrypoint, argv = "_start", "${SCRIPT_NAME} ${ARGS}"
     raw_executor = config.get("executor")
@@ -116,9 +161,12 @@ def _parse_http_trigger(manifest: Manifest, trigger: Trigger) -> HttpRoute:
                 f"got {raw_executor!r}"
             )
         kind = raw_executor["type"]
-        extra = sorted(set(raw_executor) - _EXECUTOR_KEYS[kind])
+        extra = set(raw_executor) - _EXECUTOR_KEYS[kind]
         if extra:
-            raise ManifestError(f"{where}: executor {kind!r} has no option(s) {', '.join(map(repr, extra))}")
+            from runtime.unknown_keys import keys_with_suggestions
+
+            raise ManifestError(f"{where}: executor {kind!r} has no option(s) "
+                                f"{keys_with_suggestions(extra, _EXECUTOR_KEYS[kind])}")
         if kind == "wagi":
             executor = "wagi"
             entrypoint = raw_executor.get("entrypoint", entrypoint)
@@ -345,13 +393,14 @@ def _load_executor(manifest: Manifest, route: HttpRoute, files: StagedFiles, env
     from runtime.compiled import compile_wasm
     from runtime.manifest import LocalSource
     from runtime.paths import resolve_in_root
-    from runtime.wasm_binary import WasmKind
+    from runtime.wasm_binary import HTTP_HANDLER_EXPORT, WasmKind
 
     component = manifest.components[route.component_id]
     assert isinstance(component.source, LocalSource)  # load_manifest rejected the others
     wasm_path = resolve_in_root(manifest.app_dir, component.source.path)
     what = f"component {component.id!r} ({component.source.path})"
-    compiled, load, engine = compile_wasm(wasm_path, what, component.id, settings)
+    compiled, load, engine = compile_wasm(wasm_path, what, component.id, settings,
+                                          exports=None if route.executor == "wagi" else HTTP_HANDLER_EXPORT)
 
     executor_kind: ExecutorKind
     if load.kind is WasmKind.COMPONENT:

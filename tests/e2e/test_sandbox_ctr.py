@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 ENV = {"SPIN_VARIABLE_API_TOKEN": "t"}
 
 
-# -- the process: namespaces, root, credentials, seccomp, devices (finding 6) ------------------------------------
+# -- the process: namespaces, root, credentials, seccomp, devices ------------------------------------
 
 
 @pytest.fixture(scope="module")

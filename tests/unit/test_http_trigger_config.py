@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from runtime.errors import InvalidSettingError, ManifestError
@@ -50,6 +52,14 @@ executor = { type = "wagi", entrypoint = "main", argv = "${SCRIPT_NAME}" }
 
 @pytest.mark.parametrize("table, message", [
     ('component = "a"', "`route` is required"),
+    ('route = 42\ncomponent = "a"', '`route` must be a string (a path such as "/..." or "/api/...") or '
+                                  "{ private = true }; got 42 (an integer)"),
+    ('route = true\ncomponent = "a"', "`route` must be a string"),
+    ('route = ["/a"]\ncomponent = "a"', "got ['/a'] (an array)"),
+    ('rout = "/"\ncomponent = "a"', "unknown key(s) 'rout' (did you mean `route`?)"),
+    ('route = "/"\ncompnent = "a"', "unknown key(s) 'compnent' (did you mean `component`?)"),
+    ('route = "/"\ncomponent = "a"\nexecutor = { type = "wagi", entrypont = "x" }',
+     "executor 'wagi' has no option(s) 'entrypont' (did you mean `entrypoint`?)"),
     ('route = { private = false }\ncomponent = "a"', "{ private = true }"),
     ('route = "/"\ncomponent = "a"\nexecutor = { type = "fast" }', "`executor` must be"),
     ('route = "/"\ncomponent = "a"\nexecutor = { type = "spin", argv = "x" }', "has no option"),
@@ -149,3 +159,29 @@ static_response = { body = "s" }
 """, "/spin.toml")
     kept = retained_routes(manifest, {"SPIN_COMPONENTS_TO_RETAIN": "a"})
     assert [r.component_id for r in kept] == ["a"]
+
+
+def test_application_http_options_are_checked_as_spin_checks_them():
+    """[application.trigger.http]: only the deprecated `base`, and only "/" (Spin 2+ prefixes no route with it)."""
+    trigger = '[[trigger.http]]\nroute = "/..."\ncomponent = "a"\n'
+
+    def app(options: str) -> str:
+        return HEAD.replace('name = "app"\n', f'name = "app"\n[application.trigger.http]\n{options}\n') + trigger
+
+    assert [r.route for r in parse_http_triggers(parse_manifest(app('base = "/"'), "/spin.toml"))] == ["/..."]
+    with pytest.raises(ManifestError, match=r"base = '/api': this application is using the deprecated trigger"):
+        parse_http_triggers(parse_manifest(app('base = "/api"'), "/spin.toml"))
+    with pytest.raises(ManifestError, match=r"unknown key\(s\) 'bse' \(did you mean `base`\?\)"):
+        parse_http_triggers(parse_manifest(app('bse = "/"'), "/spin.toml"))
+
+
+def test_a_base_other_than_slash_is_refused_as_spins_http_trigger_refuses_it():
+    # Spin's crates/loader/tests/triggers/http.toml (tests/unit/data/spin-manifest-v1/SOURCES.md).
+    spin_v1 = (Path(__file__).parent / "data" / "spin-manifest-v1" / "loader-triggers-http.toml").read_text()
+    manifest = parse_manifest(spin_v1, "/spin.toml")  # trigger = { type = "http", base = "/test" }
+    assert dict(manifest.application.trigger_options["http"]) == {"base": "/test"}
+    with pytest.raises(ManifestError, match="deprecated trigger 'base' field. The base must be prepended"):
+        parse_http_triggers(manifest)
+    with_slash = spin_v1.replace('base = "/test"', 'base = "/"')
+    routes = parse_http_triggers(parse_manifest(with_slash, "/spin.toml"))
+    assert [r.route for r in routes] == ["/hello/...", "/waggy/..."]
