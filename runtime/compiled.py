@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 #: SPIN_SHIM_COMPILE_MEMORY_MAX (README, "Security model"); the biggest real components (componentize-py apps)
 #: are ~40 MB.
 MAX_WASM_BYTES = 512 << 20
+#: Beside the precompiled blobs: the sha256 of wasm files hashed since this boot (runtime.verified_blobs.KnownDigests).
+DIGESTS_DIR_NAME = "wasm-digests"
 
 
 class ComponentLoad(NamedTuple):
@@ -46,7 +48,7 @@ def compile_wasm(wasm_path: Path, what: str, name: str, settings: RuntimeSetting
     from runtime.engine import shared_engine
     from runtime.precompile import PrecompileCache
 
-    kind, digest = _sniff(wasm_path, what)
+    kind, digest = _sniff(wasm_path, what, settings.cache_dir)
     engine = shared_engine()
     cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify,
                             store_factory=settings.precompiled_store)
@@ -55,14 +57,18 @@ def compile_wasm(wasm_path: Path, what: str, name: str, settings: RuntimeSetting
     return compiled, ComponentLoad(name=name, wasm_path=wasm_path, kind=kind, cache=result), engine
 
 
-def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
-    """Kind from the header and sha256 of the whole file, in one pass over it."""
+def _sniff(wasm_path: Path, what: str, cache_dir: Path) -> tuple[WasmKind, str]:
+    """Kind from the header and sha256 of the whole file, in one pass over it; a file hashed before since this boot
+    (same inode, size, mtime and ctime: runtime.verified_blobs) is not read again past its header."""
     import hashlib
 
     from runtime.wasm_binary import detect_kind
 
     from runtime.capped_read import CappedReadError, open_regular, read_chunks
+    from runtime.precompile import PRECOMPILED_DIR_NAME
+    from runtime.verified_blobs import KnownDigests
 
+    known_digests = KnownDigests(cache_dir / PRECOMPILED_DIR_NAME / DIGESTS_DIR_NAME)
     digest = hashlib.sha256()
     head = b""
     try:
@@ -70,12 +76,24 @@ def _sniff(wasm_path: Path, what: str) -> tuple[WasmKind, str]:
         if fd is None:
             raise CappedReadError("cannot read: No such file or directory")
         try:
+            before = os.fstat(fd)
+            known = known_digests.lookup(before)
+            if known is not None:
+                return detect_kind(os.pread(fd, 8, 0), name=what), known
             for chunk in read_chunks(fd, MAX_WASM_BYTES):
                 if len(head) < 8:
                     head += chunk[: 8 - len(head)]
                 digest.update(chunk)
+            unchanged = _identity(os.fstat(fd)) == _identity(before)
         finally:
             os.close(fd)
     except CappedReadError as exc:
         raise AppNotFoundError(f"{what}: {wasm_path}: {exc}") from None
-    return detect_kind(head, name=what), digest.hexdigest()
+    kind = detect_kind(head, name=what)
+    if unchanged:  # not written to while it was read
+        known_digests.record(before, digest.hexdigest())
+    return kind, digest.hexdigest()
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
