@@ -96,3 +96,19 @@ WASI_COMMAND_EXPORT = ExportRequirement(
     kind_of_component="a WASI command component",
     hint="an HTTP component needs an http trigger in spin.toml",
 )
+#: What a redis trigger calls (the rule of runtime.redis_trigger.executor; its p3 successor,
+#: spin:redis/inbound-redis@3.0.0, declares async functions and is refused by runtime.wasip3 first).
+REDIS_HANDLER_EXPORT = ExportRequirement(
+    pattern=r"fermyon:spin/inbound-redis",
+    wanted="fermyon:spin/inbound-redis",
+    kind_of_component="a Redis component",
+    hint="a [[trigger.redis]] component implements handle-message, e.g. built with spin-sdk 3's `spin-redis` world",
+)
+#: What an mqtt trigger calls: spin-trigger-mqtt's world exports the function itself, not an interface (the rule of
+#: runtime.mqtt.executor).
+MQTT_HANDLER_EXPORT = ExportRequirement(
+    pattern=r"handle-message",
+    wanted="`handle-message`",
+    kind_of_component="an MQTT component",
+    hint="a [[trigger.mqtt]] component implements spin-trigger-mqtt's spin-mqtt world",
+)

@@ -30,7 +30,13 @@ from runtime.loader import load_app
 from runtime.precompile import PrecompileCache
 from runtime.settings import RuntimeSettings
 from runtime.wasip3 import scan_bytes
-from runtime.wasm_binary import HTTP_HANDLER_EXPORT, WASI_COMMAND_EXPORT, WasmKind
+from runtime.wasm_binary import (
+    HTTP_HANDLER_EXPORT,
+    MQTT_HANDLER_EXPORT,
+    REDIS_HANDLER_EXPORT,
+    WASI_COMMAND_EXPORT,
+    WasmKind,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -217,6 +223,33 @@ def test_the_export_requirements_match_the_executors_rules():
     assert HTTP_HANDLER_EXPORT.missing(["wasi:http/handler@0.3.0", "wasi:http/incoming-handler@0.2"])
     assert not WASI_COMMAND_EXPORT.missing(["wasi:cli/run@0.2.6"])
     assert WASI_COMMAND_EXPORT.missing(["wasi:cli/run@0.3.0"])
+    assert not REDIS_HANDLER_EXPORT.missing(["fermyon:spin/inbound-redis"])
+    assert REDIS_HANDLER_EXPORT.missing(["spin:redis/inbound-redis@3.0.0"])
+    assert not MQTT_HANDLER_EXPORT.missing(["spin:mqtt-trigger/spin-mqtt-types", "handle-message"])
+    assert MQTT_HANDLER_EXPORT.missing(["handle-message-async"])
+
+
+def test_the_built_trigger_apps_pass_their_own_export_check():
+    """The real SDK builds (scripts/build_http_apps.py), read by the scan: each has what its trigger calls."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from build_http_apps import ToolchainMissing, build
+
+    try:
+        built = build()
+    except ToolchainMissing as exc:
+        pytest.skip(str(exc))
+    import json
+
+    from runtime.wasip3 import scan_file
+
+    apps = {name: built / entry["dir"] for name, entry in json.loads((built / "index.json").read_text())["apps"].items()}
+    for app, requirement in (("js-echo", HTTP_HANDLER_EXPORT), ("py-spin", HTTP_HANDLER_EXPORT),
+                             ("py-redis", REDIS_HANDLER_EXPORT), ("py-mqtt", MQTT_HANDLER_EXPORT)):
+        evidence = scan_file(apps[app] / "app.wasm")
+        assert evidence.exports_complete, app
+        assert not requirement.missing(evidence.exports), (app, evidence.exports)
 
 
 def test_a_missing_export_names_what_the_component_exports():
