@@ -240,13 +240,19 @@ def test_namespace_packages_imported_before_the_pivot_keep_their_portions_throug
         import nsdemo.before
         import nsdemo.nested.leaf_before  # noqa: F401 - a nested namespace package, imported before too
 
-        for name in [name for name in sys.modules if name.startswith("google.rpc")]:
-            sys.modules.pop(name)  # other tests of this process may have imported it
+        # Other tests of this process may have imported google.rpc: it is dropped so that the pivoted import must
+        # find it again, and the module imported after the pivot is one never imported in this process (executing
+        # an imported one's descriptors again is protobuf's "duplicate symbol" error).
+        fresh_rpc = next(f"google.rpc.{path.stem}" for portion in google.__path__
+                         for path in sorted(Path(portion, "rpc").glob("*_pb2.py"))
+                         if f"google.rpc.{path.stem}" not in sys.modules)
+        for name in [name for name in sys.modules if name == "google.rpc" or name.startswith("google.rpc.")]:
+            sys.modules.pop(name)
         plan = RootPlan(rootfs=rootfs, mounts=(), readonly=False, cache_dir=tmp_path / "cache",
                         module_dirs=python_paths.module_dirs())
         enter_root(plan)
         python_paths.remap_imports(plan.module_binds)
-        import google.rpc.status_pb2
+        rpc_module = importlib.import_module(fresh_rpc)
         import nsdemo.after
         import nsdemo.nested.leaf_after
         import nsfresh.mod
@@ -256,7 +262,7 @@ def test_namespace_packages_imported_before_the_pivot_keep_their_portions_throug
             planted_import = "imported"
         except ImportError as exc:
             planted_import = type(exc).__name__
-        return {"google_rpc": google.rpc.status_pb2.__file__, "nsdemo_path": list(nsdemo.__path__),
+        return {"google_rpc": rpc_module.__file__, "nsdemo_path": list(nsdemo.__path__),
                 "before": nsdemo.before.PORTION, "after": [nsdemo.after.PORTION, nsdemo.after.__file__],
                 "leaf_after": nsdemo.nested.leaf_after.__file__, "fresh": nsfresh.mod.__file__,
                 "planted": planted_import}

@@ -192,8 +192,10 @@ def _leb(value: int) -> bytes:
 
 
 def _compiled_entries(cache: Path) -> list[Path]:
-    """runtime.precompile's blobs (<fingerprint>/<sha256>/); its locks/ dir holds the compile locks, taken first."""
-    return [path for path in cache.glob("precompiled/*/*") if path.parent.name != "locks"]
+    """runtime.precompile's blobs (<fingerprint>/<sha256>/); beside them locks/ (the compile locks, taken first),
+    verified/ and wasm-digests/ (runtime.verified_blobs' markers: the wasm was hashed, not compiled)."""
+    return [path for path in cache.glob("precompiled/*/*")
+            if path.parent.name not in ("locks", "verified", "wasm-digests")]
 
 
 def test_a_bare_p3_wasm_is_refused_before_its_compile(tmp_path: Path):
