@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from runtime.manifest import Manifest
     from runtime.settings import RuntimeSettings
     from runtime.spin.services import SpinServices
+    from runtime.wasm_binary import ExportRequirement
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,11 @@ def trigger_services(manifest: Manifest, trigger_type: str, env: Mapping[str, st
 def load_trigger_components(
     manifest: Manifest, component_ids: Collection[str], env: Mapping[str, str], settings: RuntimeSettings,
     services: SpinServices, *, make_executor: Callable[[Any, Any, Any], _E], core_module_refusal: str,
+    exports: ExportRequirement | None = None,
 ) -> tuple[dict[str, _E], tuple[ComponentLoad, ...], list[StagedFiles]]:
     """Stage, compile and load each component (in the given order). ``core_module_refusal`` is what a WASI p1 core
-    module hears (these triggers call component exports). Raises AppError; nothing staged is left behind then."""
+    module hears (these triggers call component exports); ``exports``, what the trigger calls, is checked before a
+    compile (runtime.precompile). Raises AppError; nothing staged is left behind then."""
     from runtime.files import stage_component_files, sweep_stale_staging
 
     sweep_stale_staging(settings.cache_dir)
@@ -101,7 +104,7 @@ def load_trigger_components(
                                           settings.cache_dir)
             staged.append(files)
             executors[component_id], load = _load_executor(manifest, component_id, files, env, settings, services,
-                                                           make_executor, core_module_refusal)
+                                                           make_executor, core_module_refusal, exports)
             loads.append(load)
     except BaseException:
         for files in staged:
@@ -112,7 +115,7 @@ def load_trigger_components(
 
 def _load_executor(manifest: Manifest, component_id: str, files: StagedFiles, env: Mapping[str, str],
                    settings: RuntimeSettings, services: SpinServices, make_executor: Callable[[Any, Any, Any], _E],
-                   core_module_refusal: str) -> tuple[_E, ComponentLoad]:
+                   core_module_refusal: str, exports: ExportRequirement | None) -> tuple[_E, ComponentLoad]:
     from runtime.compiled import compile_wasm
     from runtime.errors import WasmLoadError
     from runtime.http.contract import ComponentConfig
@@ -124,7 +127,7 @@ def _load_executor(manifest: Manifest, component_id: str, files: StagedFiles, en
     assert isinstance(component.source, LocalSource)  # load_manifest rejected the others
     wasm_path = resolve_in_root(manifest.app_dir, component.source.path)
     what = f"component {component_id!r} ({component.source.path})"
-    compiled, load, engine = compile_wasm(wasm_path, what, component_id, settings)
+    compiled, load, engine = compile_wasm(wasm_path, what, component_id, settings, exports=exports)
     if load.kind is not WasmKind.COMPONENT:
         raise WasmLoadError(f"{what}: is a WASI p1 core module; {core_module_refusal}")
     config = ComponentConfig(

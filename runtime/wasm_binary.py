@@ -75,9 +75,11 @@ class ExportRequirement:
 
 
 def _listing(names: Sequence[str]) -> str:
+    """Quoted, since componentize-py components export an instance named `exports` ("it exports exports, ..."
+    read as a garbled sentence)."""
     if not names:
         return "nothing"
-    shown = ", ".join(names[:MAX_LISTED_EXPORTS])
+    shown = ", ".join(f"`{name}`" for name in names[:MAX_LISTED_EXPORTS])
     return shown if len(names) <= MAX_LISTED_EXPORTS else f"{shown}, ... ({len(names)} names)"
 
 

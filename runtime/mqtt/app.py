@@ -34,6 +34,7 @@ from runtime.mqtt.trigger_config import (
     parse_mqtt_triggers,
     subscriptions,
 )
+from runtime.wasm_binary import MQTT_HANDLER_EXPORT
 
 if TYPE_CHECKING:
     from runtime.compiled import ComponentLoad
@@ -93,7 +94,8 @@ def load_mqtt_app(manifest: Manifest, args: list[str], env: dict[str, str], sett
     executors, loads, staged = load_trigger_components(
         manifest, [t.component_id for t in triggers], env, settings, services, make_executor=MqttExecutor,
         core_module_refusal="a [[trigger.mqtt]] component must be a component of spin-trigger-mqtt's spin-mqtt "
-                            "world (exporting handle-message)")
+                            "world (exporting handle-message)",
+        exports=MQTT_HANDLER_EXPORT)
     topics = ", ".join(f"{t.topic!r} -> {t.component_id}" for t in triggers)
     description = (f"Spin app {manifest.application.name!r} (mqtt trigger, component(s) "
                    f"{', '.join(repr(c) for c in executors)}; {broker.address}: {topics})")

@@ -31,6 +31,7 @@ from runtime.redis_trigger.config import (
     group_subscriptions,
     parse_redis_triggers,
 )
+from runtime.wasm_binary import REDIS_HANDLER_EXPORT
 
 if TYPE_CHECKING:
     from runtime.compiled import ComponentLoad
@@ -82,7 +83,8 @@ def load_redis_app(manifest: Manifest, args: list[str], env: dict[str, str], set
     executors, loads, staged = load_trigger_components(
         manifest, [t.component_id for t in triggers], env, settings, services, make_executor=RedisExecutor,
         core_module_refusal="a [[trigger.redis]] component must be a component exporting "
-                            "fermyon:spin/inbound-redis (Spin 1 Redis modules are not supported)")
+                            "fermyon:spin/inbound-redis (Spin 1 Redis modules are not supported)",
+        exports=REDIS_HANDLER_EXPORT)
     channels = "; ".join(f"{s.shown_address}: {', '.join(repr(c) for c in s.channels)}" for s in subscriptions)
     description = (f"Spin app {manifest.application.name!r} (redis trigger, component(s) "
                    f"{', '.join(repr(c) for c in executors)}; {channels})")

@@ -235,9 +235,9 @@ def test_a_component_without_the_trigger_export_fails_before_any_compile(daemon,
     }, ["/"])
     cases = [
         (as_command, "wrong-as-command",
-         "component 'echo' (app.wasm): not a WASI command component: it exports wasi:http/incoming-handler@0.2"),
+         "component 'echo' (app.wasm): not a WASI command component: it exports `wasi:http/incoming-handler@0.2"),
         (command_as_http, "wrong-as-http",
-         "component 'hello' (hello.wasm): not an HTTP component: it exports wasi:cli/run@0.2"),
+         "component 'hello' (hello.wasm): not an HTTP component: it exports `wasi:cli/run@0.2"),
     ]
     for image, task_id, message in cases:
         task = HttpTask(daemon, image, task_id)

@@ -256,8 +256,8 @@ def test_a_missing_export_names_what_the_component_exports():
     with pytest.raises(WasmLoadError) as info:
         HTTP_HANDLER_EXPORT.check([f"example:n/i{i}" for i in range(10)], "component 'x' (x.wasm)")
     assert str(info.value).startswith(
-        "component 'x' (x.wasm): not an HTTP component: it exports example:n/i0, example:n/i1, example:n/i2, "
-        "example:n/i3, example:n/i4, example:n/i5, example:n/i6, example:n/i7, ... (10 names), not "
+        "component 'x' (x.wasm): not an HTTP component: it exports `example:n/i0`, `example:n/i1`, `example:n/i2`, "
+        "`example:n/i3`, `example:n/i4`, `example:n/i5`, `example:n/i6`, `example:n/i7`, ... (10 names), not "
         "wasi:http/incoming-handler@0.2.x (")
     with pytest.raises(WasmLoadError, match="it exports nothing, not wasi:cli/run@0.2.x"):
         WASI_COMMAND_EXPORT.check([], "app.wasm")
@@ -271,7 +271,7 @@ def test_an_http_trigger_on_a_command_component_fails_before_its_compile(build_d
         'spin_manifest_version = 2\n[application]\nname = "wrong"\n'
         '[[trigger.http]]\nroute = "/..."\ncomponent = "hello"\n[component.hello]\nsource = "hello.wasm"\n')
     with pytest.raises(WasmLoadError, match=r"^component 'hello' \(hello\.wasm\): not an HTTP component: it exports "
-                                            r"wasi:cli/run@0\.2\.\d+, not wasi:http/incoming-handler@0\.2\.x"):
+                                            r"`wasi:cli/run@0\.2\.\d+`, not wasi:http/incoming-handler@0\.2\.x"):
         load_app(app_dir, ["/"], {}, RuntimeSettings(cache_dir=tmp_path / "cache"))
     assert compiles == []
 
@@ -279,7 +279,7 @@ def test_an_http_trigger_on_a_command_component_fails_before_its_compile(build_d
 def test_a_bare_http_component_fails_as_a_command_before_its_compile(tmp_path, compiles):
     (tmp_path / "app.wasm").write_bytes(_exporting("wasi:http/incoming-handler@0.2.0"))
     with pytest.raises(WasmLoadError, match=r"^app\.wasm: not a WASI command component: it exports "
-                                            r"wasi:http/incoming-handler@0\.2\.0, not wasi:cli/run@0\.2\.x"):
+                                            r"`wasi:http/incoming-handler@0\.2\.0`, not wasi:cli/run@0\.2\.x"):
         load_app(tmp_path, ["/app.wasm"], {}, RuntimeSettings(cache_dir=tmp_path / "cache"))
     assert compiles == []
 
