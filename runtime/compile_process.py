@@ -19,7 +19,7 @@ The child:
   6), so the compile is not charged to the pod, as in runwasi and containerd-shim-spin, which compile in the shim:
   a compile needs 400+ MiB where the app then needs tens, so inside a 128-256 MiB pod limit no componentize-py or
   JS app could ever start cold. Work on untrusted input outside the pod's limit needs a documented cap
-  (DESIGN.md, "Trust boundary"): this is it, about 5x the largest compile measured;
+  (README, "Security model"): this is it, about 5x the largest compile measured;
 * writes only into the unlinked file it inherited, so a child that is killed (the cap, the OOM killer, a signal)
   leaves nothing that could be taken for a cache entry;
 * reports ``ok`` or an error text over a pipe and ends with ``os._exit`` (never the parent's atexit handlers, nor

@@ -2,7 +2,7 @@
 
 A precompiled (serialized) module/component only loads into an Engine built by the same wasmtime with the same
 code-generation settings on a CPU with the same features; wasmtime itself checks this at deserialize time and
-fails (reference/wasmtime-py-findings.md: a CLI-made .cwasm is rejected by wasmtime-py). The fingerprint turns
+fails (a .cwasm made by the wasmtime 49.0.3 CLI fails to load in wasmtime-py 50). The fingerprint turns
 that rule into a cache key so that a wasmtime upgrade, a config change or an image of the cache copied to another
 CPU model never even tries the wrong blob.
 
@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 #: - cranelift_opt_level "speed": the default; measured 6.2 s vs 4.3 s ("none") to compile a 37 MB component,
 #:   paid once per (wasm, fingerprint), while the run time gain is paid back on every request.
 #: - wasm_component_model: on by default in wasmtime 50; stated so the fingerprint does not depend on a default.
-#: Not set: consume_fuel (epochs are cheaper for deadlines), the pooling allocator (no gain measured, findings
-#: §4.1), memory_reservation/guard sizes (defaults; part of the version).
+#: Not set: consume_fuel (epochs are cheaper for deadlines), the pooling allocator (no gain measured in the
+#: in-process request loop), memory_reservation/guard sizes (defaults; part of the version).
 ENGINE_SETTINGS: dict[str, object] = {
     "epoch_interruption": True,
     "cranelift_opt_level": "speed",

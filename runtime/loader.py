@@ -3,8 +3,8 @@
 The shim calls ``load_app`` at task Create, so every mistake a user can make (no app, bad spin.toml, unsupported
 trigger, corrupt wasm, missing imports, files outside the app, a bad SPIN_MAX_INSTANCE_MEMORY) raises an AppError
 there with a message meant for them; ``LoadedApp.run`` at task Start only runs. Resolution mirrors
-containerd-shim-spin (``/spin.toml`` in the rootfs; reference/shim-v2-protocol.md §5.3) with runwasi's fallback
-for plain images (``args[0]`` is the wasm file; §5.1).
+containerd-shim-spin (``/spin.toml`` in the rootfs: its ``SPIN_MANIFEST_FILE_PATH``) with runwasi's fallback
+for plain images (``args[0]`` is the wasm file, as runwasi's sandbox context splits it).
 
 Argument and environment rules (decided here; the shim passes the OCI spec's process.args and process.env):
 
