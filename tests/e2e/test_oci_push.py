@@ -235,6 +235,28 @@ def test_containerd_pulls_the_pushed_app(containerd, registry: Registry, py_spin
     assert py_spin.ref in images and py_spin.digest in images
 
 
+def test_ctr_runs_the_pulled_artifact(containerd, registry: Registry, py_spin: Pushed):  # noqa: F811
+    """`ctr run` of a Spin artifact works where containerd can pull it (1.7, 2.x): the empty rootfs makes the shim
+    read the app from the content store, as for a CRI pod (README, "Spin OCI artifacts")."""
+    from tests.e2e.http_support import HttpTask
+
+    if containerd.version == "1.6":
+        pytest.skip("containerd 1.6 cannot pull Spin artifacts (test_containerd_pulls_the_pushed_app shows why)")
+    trust_registry(containerd, registry)
+    pulled = containerd.ctr("images", "pull", "--plain-http", py_spin.ref, check=False, timeout=180)
+    assert pulled.returncode == 0, pulled.stderr
+    task = HttpTask(containerd, py_spin.ref, f"ctr-artifact-{containerd.version.replace('.', '')}",
+                    env={"SPIN_VARIABLE_API_TOKEN": "t"})
+    try:
+        result = task.run()
+        assert result.returncode == 0, result.stderr
+        response = task.get("/hello")
+        assert response.status == 200 and response.body == b"Hello from Python!", (response, task.log())
+    finally:
+        task.stop_task()
+        task.remove()
+
+
 def test_hosts_toml_lets_cri_pull_over_plain_http(containerd_21, registry: Registry, multi: Pushed):  # noqa: F811
     hosts_toml = trust_registry(containerd_21, registry)
     assert hosts_toml == containerd_21.certs_dir / registry.host / "hosts.toml"
