@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from runtime.errors import ManifestError
 from runtime.manifest import Manifest, Trigger
 from runtime.spin.template import Template, TemplateError
+from runtime.unknown_keys import unknown_keys_phrase
 
 MQTT_TRIGGER = "mqtt"
 DEFAULT_PORT = 1883
@@ -99,7 +100,7 @@ def parse_broker_settings(manifest: Manifest, value_of: Callable[[str], str]) ->
                             "password, keep_alive_interval)")
     unknown = sorted(set(metadata) - set(_METADATA_KEYS))
     if unknown:
-        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+        raise ManifestError(f"{where}: {unknown_keys_phrase(unknown, _METADATA_KEYS)} "
                             f"(known: {', '.join(_METADATA_KEYS)})")
     missing = [key for key in _METADATA_KEYS if key not in metadata]
     if missing:
@@ -121,7 +122,8 @@ def _parse_trigger(manifest: Manifest, trigger: Trigger, value_of: Callable[[str
     config = dict(trigger.config)
     unknown = sorted(set(config) - set(_TRIGGER_KEYS))
     if unknown:
-        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: component, topic, qos)")
+        raise ManifestError(f"{where}: {unknown_keys_phrase(unknown, (*_TRIGGER_KEYS, 'component'))} "
+                            "(known: component, topic, qos)")
     if trigger.component is None:
         raise ManifestError(f"{where}: names no `component` (the component that handles the topic's messages)")
     for key in _TRIGGER_KEYS:

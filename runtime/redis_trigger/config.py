@@ -24,6 +24,7 @@ from runtime.errors import ManifestError
 from runtime.manifest import Manifest, Trigger
 from runtime.spin.redis_url import masked, parse_redis_url
 from runtime.spin.template import Template, TemplateError
+from runtime.unknown_keys import unknown_keys_phrase
 
 REDIS_TRIGGER = "redis"
 #: ``[[trigger.redis]]`` keys besides ``id`` and ``component`` (runtime.manifest takes those two out).
@@ -82,7 +83,7 @@ def _default_address(manifest: Manifest, value_of: Callable[[str], str]) -> str 
     where = f"{manifest.path}: [application.trigger.redis]"
     unknown = sorted(set(metadata) - _METADATA_KEYS)
     if unknown:
-        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (known: address)")
+        raise ManifestError(f"{where}: {unknown_keys_phrase(unknown, _METADATA_KEYS)} (known: address)")
     if "address" not in metadata:
         return None
     return _resolve(where, "address", metadata["address"], value_of)
@@ -94,7 +95,7 @@ def _parse_trigger(manifest: Manifest, trigger: Trigger, default_address: str | 
     config = dict(trigger.config)
     unknown = sorted(set(config) - _TRIGGER_KEYS)
     if unknown:
-        raise ManifestError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} "
+        raise ManifestError(f"{where}: {unknown_keys_phrase(unknown, (*_TRIGGER_KEYS, 'component'))} "
                             "(known: channel, component, address)")
     if trigger.component is None:
         raise ManifestError(f"{where}: names no `component` (the component that handles the channel's messages)")

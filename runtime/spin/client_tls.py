@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.capped_read import CappedReadError, read_capped
+from runtime.unknown_keys import unknown_keys_phrase
 
 MAX_PEM_BYTES = 1 << 20
 _KEYS = frozenset({"component_ids", "hosts", "ca_use_platform_roots", "ca_use_webpki_roots", "ca_roots_file",
@@ -91,7 +92,7 @@ def parse_client_tls(raw: Any, where: str, resolve: Callable[[str], Path]) -> tu
 def _parse_one(table: dict[str, Any], where: str, resolve: Callable[[str], Path]) -> ClientTlsSpec:
     unknown = sorted(set(table) - _KEYS)
     if unknown:
-        raise ClientTlsError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} (Spin's keys: "
+        raise ClientTlsError(f"{where}: {unknown_keys_phrase(unknown, _KEYS)} (Spin's keys: "
                              f"{', '.join(sorted(_KEYS))})")
     components = _string_list(table, "component_ids", where)
     for component in components:

@@ -56,6 +56,7 @@ from runtime.capped_read import CappedReadError, read_capped
 from runtime.errors import AppError
 from runtime.paths import PathEscapeError, resolve_in_root
 from runtime.spin.redis_url import masked, parse_redis_url
+from runtime.unknown_keys import unknown_keys_phrase
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def _parse_state_files(raw: Any, table: str, path: Path, root_dir: Path) -> dict
             )
         unknown = sorted(set(spec) - _SPIN_STORE_KEYS)
         if unknown:
-            raise RuntimeConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for type \"spin\"")
+            raise RuntimeConfigError(f"{where}: {unknown_keys_phrase(unknown, _SPIN_STORE_KEYS)} for type \"spin\"")
         db_path = spec.get("path")
         if db_path is None:
             specs[label] = StateFileSpec(label)
@@ -255,7 +256,7 @@ def _redis_store(label: str, spec: dict[str, Any], where: str) -> StateFileSpec:
     """``type = "redis"`` with its ``url`` (Spin's ``key-value-redis`` runtime config takes nothing else)."""
     unknown = sorted(set(spec) - {"type", "url"})
     if unknown:
-        raise RuntimeConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for type \"redis\" "
+        raise RuntimeConfigError(f"{where}: {unknown_keys_phrase(unknown, ('type', 'url'))} for type \"redis\" "
                                  "(it takes url)")
     url = spec.get("url")
     if not isinstance(url, str) or not url:
@@ -291,7 +292,7 @@ def _parse_variables_providers(
         unknown = sorted(set(spec) - _ENV_PROVIDER_KEYS)
         if unknown:
             raise RuntimeConfigError(
-                f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for type \"env\" (it takes prefix and "
+                f"{where}: {unknown_keys_phrase(unknown, _ENV_PROVIDER_KEYS)} for type \"env\" (it takes prefix and "
                 "dotenv_path)"
             )
         prefix = spec.get("prefix")

@@ -188,7 +188,7 @@ def _edit_manifest(app_dir: Path, old: str, new: str) -> None:
 
 @pytest.mark.parametrize(("old", "new", "message"), [
     ('qos = "1"', 'qos = "3"', '`qos` must be "0", "1" or "2"'),
-    ('qos = "1"', 'qos = "1"\ntopc = "x"', "unknown key(s) 'topc'"),
+    ('qos = "1"', 'qos = "1"\ntopc = "x"', "unknown key(s) 'topc' (did you mean `topic`?)"),
     ('keep_alive_interval = "30"\n', "", "`keep_alive_interval` is required"),
     ('address = "mqtt://', 'address = "mqtts://', "mqtts:// brokers are not supported by this shim"),
     ('topic = "{{ topic }}"', 'topic = "a/#/b"', "'#' must be a whole level, and the last one"),

@@ -73,6 +73,7 @@ def test_root_flags_follow_spins_table(root: Path, keys: str, platform: bool, we
     ('component_ids = ["a"]\nhosts = ["h"]\nclient_private_key_file = "certs/client.key"',
      "client_private_key_file specified without client_cert_file"),
     ('component_ids = ["a"]\nhosts = ["h"]\ncert_chain_file = "x"', "unknown key(s) 'cert_chain_file'"),
+    ('component_ids = ["a"]\nhost = ["h"]', "'host' (did you mean `hosts`?)"),
     ('component_ids = ["a"]\nhosts = ["h"]\nca_roots_file = "certs/client.key"', "holds no PEM certificate"),
     ('component_ids = ["a"]\nhosts = ["h"]\nca_roots_file = "certs/missing.crt"', "no such file"),
     ('component_ids = ["a"]\nhosts = ["h"]\nca_use_platform_roots = false\nca_use_webpki_roots = false',

@@ -90,6 +90,8 @@ def test_subscriptions_group_by_address_and_channel():
     ('[[trigger.redis]]\naddress = "redis://h:1"\nchannel = "c"\ncomponent = "a"\nqueue = 1\n', "unknown key(s) 'queue'"),
     ('[application.trigger.redis]\nhost = "h"\n[[trigger.redis]]\nchannel = "c"\ncomponent = "a"\n',
      "[application.trigger.redis]: unknown key(s) 'host'"),
+    ('[[trigger.redis]]\naddress = "redis://h:1"\nchanel = "c"\ncomponent = "a"\n',
+     "unknown key(s) 'chanel' (did you mean `channel`?)"),
     ('[[trigger.redis]]\naddress = "redis://{{ nope }}:1"\nchannel = "c"\ncomponent = "a"\n', "no application variable 'nope'"),
     ('[variables]\nport = { required = true }\n'
      '[[trigger.redis]]\naddress = "redis://h:{{ port }}"\nchannel = "c"\ncomponent = "a"\n', "SPIN_VARIABLE_PORT"),

@@ -342,6 +342,7 @@ def test_spin_operator_render_with_a_redis_store_is_accepted(tmp_path: Path):
     ('type = "redis"\nurl = "http://x"\n', "not a redis:// or rediss:// URL"),
     ('type = "redis"\nurl = "redis://u:hunter2@h:99999"\n', "redis://u:***@h:99999"),
     ('type = "redis"\nurl = "redis://h"\npath = "x"\n', "unknown key(s) 'path' for type \"redis\""),
+    ('type = "redis"\nurls = "redis://h"\n', "'urls' (did you mean `url`?)"),
 ])
 def test_a_redis_store_needs_a_redis_url_and_never_shows_its_password(tmp_path: Path, table: str, reason: str):
     message = rejected(f"[key_value_store.cache]\n{table}", tmp_path)
