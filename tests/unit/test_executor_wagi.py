@@ -6,7 +6,6 @@ Also home of the small doubles the Spin 1 executor tests share (MemoryBody, Reco
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from runtime.executors import load_wagi
 from runtime.executors.wagi import WagiExecutor
 from runtime.files import Preopen
 from runtime.http.contract import ComponentConfig, GuestFailure, Headers, RequestHead, RouteInfo
+from tests.unit.guest_fixtures import built_guests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,18 +80,9 @@ def make_head(method: str = "GET", target: str = "/api/items?a=1&b=two+words", *
                        deadline=time.monotonic() + timeout, content_length=content_length)
 
 
-def build_dir() -> Path:
-    spec = importlib.util.spec_from_file_location("build_guests", REPO / "scripts" / "build_guests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build()
-    return module.BUILD_DIR
-
-
 @pytest.fixture(scope="module")
 def guests() -> Path:
-    return build_dir()
+    return built_guests()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ the e2e test's (tests/e2e/test_precompile_memory.py) and scripts/bench_cold_warm
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import resource
 import signal
@@ -37,32 +36,9 @@ from runtime.wasm_binary import (
     WASI_COMMAND_EXPORT,
     WasmKind,
 )
+from tests.unit.guest_fixtures import build_dir, compiles  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def build_dir() -> Path:
-    spec = importlib.util.spec_from_file_location("build_guests", REPO / "scripts" / "build_guests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build()
-    return module.BUILD_DIR
-
-
-@pytest.fixture
-def compiles(monkeypatch) -> list[str]:
-    """Names of the wasm files PrecompileCache set out to compile (the parent's side of the compile)."""
-    seen: list[str] = []
-    original = PrecompileCache._compile
-
-    def counting(self, wasm_path, kind, *, name):
-        seen.append(Path(wasm_path).name)
-        return original(self, wasm_path, kind, name=name)
-
-    monkeypatch.setattr(PrecompileCache, "_compile", counting)
-    return seen
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ on a thread that calls interrupt() while the main thread is inside run().
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import sys
@@ -29,22 +28,14 @@ from runtime.errors import (
 from runtime.exits import EXIT_INTERRUPTED, EXIT_TRAP
 from runtime.loader import load_app
 from runtime.settings import RuntimeSettings
+from tests.unit.guest_fixtures import built_guests
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _build_guests() -> Path:
-    spec = importlib.util.spec_from_file_location("build_guests", REPO / "scripts" / "build_guests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build()
-    return module.BUILD_DIR
-
-
 @pytest.fixture(scope="module")
 def build_dir() -> Path:
-    return _build_guests()
+    return built_guests()
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +392,7 @@ def test_modules_and_components_that_are_not_commands_are_rejected(tmp_path, set
     (tmp_path / "lib.wasm").write_bytes(wasmtime.wat2wasm(
         '(component (core module $m (func (export "f"))) (core instance $i (instantiate $m))'
         ' (func $f (canon lift (core func $i "f"))) (export "f" (func $f)))'))
-    with pytest.raises(WasmLoadError, match=r"exports f, not wasi:cli/run@0.2.x"):
+    with pytest.raises(WasmLoadError, match=r"exports `f`, not wasi:cli/run@0.2.x"):
         load_app(tmp_path, ["/lib.wasm"], {}, settings)
 
 

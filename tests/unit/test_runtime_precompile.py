@@ -6,7 +6,6 @@ loader reports, never by timing.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -19,32 +18,9 @@ from runtime.loader import load_app
 from runtime.precompile import PrecompileCache
 from runtime.settings import RuntimeSettings
 from runtime.wasm_binary import WasmKind
+from tests.unit.guest_fixtures import build_dir, compiles  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def build_dir() -> Path:
-    spec = importlib.util.spec_from_file_location("build_guests", REPO / "scripts" / "build_guests.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build()
-    return module.BUILD_DIR
-
-
-@pytest.fixture
-def compiles(monkeypatch) -> list[str]:
-    """Names of the wasm files PrecompileCache compiled during the test."""
-    seen: list[str] = []
-    original = PrecompileCache._compile
-
-    def counting(self, wasm_path, kind, *, name):
-        seen.append(Path(wasm_path).name)
-        return original(self, wasm_path, kind, name=name)
-
-    monkeypatch.setattr(PrecompileCache, "_compile", counting)
-    return seen
 
 
 def blobs(cache_dir: Path) -> list[Path]:
