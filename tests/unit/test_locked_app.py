@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import ManifestError, UnsupportedTriggerError
-from runtime.locked_app import parse_locked_app
 from runtime.loader import load_locked_app
+from runtime.locked_app import parse_locked_app
 from runtime.settings import RuntimeSettings
-from tests.unit.test_runtime_command import _build_guests
+from tests.unit.guest_fixtures import built_guests
 
 LOCK = Path("/apps/x/spin.lock")
 
 
 @pytest.fixture(scope="module")
 def guests() -> Path:
-    return _build_guests()
+    return built_guests()
 
 
 @pytest.fixture
