@@ -27,6 +27,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from tests.upstream_support import serving_in_thread
+
 #: opentelemetry.proto.trace.v1.Span.SpanKind values.
 SPAN_KIND_INTERNAL, SPAN_KIND_SERVER, SPAN_KIND_CLIENT = 1, 2, 3
 #: opentelemetry.proto.trace.v1.Status.StatusCode values.
@@ -163,17 +165,9 @@ def running_receiver() -> Iterator[OtlpReceiver]:
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as server:
+        receiver.port = server.server_address[1]
         yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @contextlib.contextmanager

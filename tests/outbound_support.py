@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.upstream_support import serving_in_thread
+
 
 @dataclass(frozen=True)
 class Pki:
@@ -179,14 +181,8 @@ def server_tls(pki: Pki, require_client_cert: bool = False) -> ssl.SSLContext:
 
 @contextlib.contextmanager
 def counting_server(tls: ssl.SSLContext | None = None, host: str = "127.0.0.1") -> Iterator[CountingServer]:
-    server = CountingServer(tls, host)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(CountingServer(tls, host)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]

@@ -8,42 +8,23 @@ the component as `greeting`, `token` and a literal; the default key-value store 
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from typing import Iterator
 
 import pytest
 
 from tests.e2e.http_support import HttpTask, serving
 from tests.redis_support import running_redis
+from tests.upstream_support import answering_upstream
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[str]:
-    """A plain HTTP server on loopback for the app's outbound requests; yields its port as text."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            body = f"upstream saw {self.path}".encode()
-            self.send_response(203)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield str(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A plain HTTP server for the app's outbound requests, on every address; yields its port as text."""
+    with answering_upstream(host="0.0.0.0") as server:
+        yield str(server.port)
 
 
 @pytest.fixture(scope="module")

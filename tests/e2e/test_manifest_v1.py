@@ -10,13 +10,12 @@ the component's environment, files and key-value store work as in the version 2 
 
 from __future__ import annotations
 
-import http.server
-import threading
 from typing import Iterator
 
 import pytest
 
 from tests.e2e.http_support import HttpTask, serving
+from tests.upstream_support import answering_upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -48,26 +47,8 @@ token = "{{{{ api_token }}}}"
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[int]:
     """A plain HTTP server on loopback for the app's outbound requests; yields its port."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            body = f"upstream saw {self.path}".encode()
-            self.send_response(203)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering_upstream() as server:
+        yield server.port
 
 
 @pytest.fixture(scope="module")

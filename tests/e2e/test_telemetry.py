@@ -8,8 +8,6 @@ namespace reaches; the exporters run in the HTTP workers, inside the task's sand
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 
@@ -18,6 +16,7 @@ import pytest
 from tests.e2e.http_support import HttpTask, serving
 from tests.otlp_support import (SPAN_KIND_CLIENT, SPAN_KIND_SERVER, OtlpReceiver, running_grpc_receiver,
                                  running_receiver)
+from tests.upstream_support import answering_upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -35,28 +34,8 @@ def receiver() -> Iterator[OtlpReceiver]:
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[tuple[int, list[dict[str, str]]]]:
     """A plain HTTP server for the app's outbound call; yields its port and the headers of each request."""
-    seen: list[dict[str, str]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            seen.append({name.lower(): value for name, value in self.headers.items()})
-            body = b"upstream"
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering_upstream(status=200, body=b"upstream") as server:
+        yield server.port, server.headers
 
 
 def _otel_env(receiver: OtlpReceiver, **more: str) -> dict[str, str]:

@@ -1,10 +1,9 @@
 """py-spin (the Spin Python SDK test app) loaded and served in this process, as the instance process serves it with
-one worker (InlineServer), for the telemetry unit tests; and a plain upstream that records the headers it got."""
+one worker (InlineServer), for the telemetry unit tests."""
 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import shutil
 import socket
@@ -13,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.unit.test_host_marshal import app_wasm
@@ -97,34 +96,3 @@ def served_py_spin(tmp_path: Path, env: dict[str, str], more_hosts: tuple[str, .
         assert outcome == [0]
 
 
-@dataclass
-class Upstream:
-    port: int = 0
-    headers: list[dict[str, str]] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def recording_upstream() -> Iterator[Upstream]:
-    upstream = Upstream()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            upstream.headers.append({k.lower(): v for k, v in self.headers.items()})
-            body = b"upstream says hi"
-            self.send_response(203)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    upstream.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield upstream
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -9,7 +9,6 @@ at load, concurrent requests on two guest threads, and no file descriptors left 
 
 from __future__ import annotations
 
-import http.server
 import io
 import os
 import threading
@@ -30,6 +29,7 @@ from runtime.host.values import Variant
 from runtime.host.wasi.http import IncomingExchange, OutgoingBody, OutgoingResponse, ResponseBodyTarget, Fields
 from runtime.http.contract import ClientGone, ComponentConfig, GuestFailure, RequestHead, RouteInfo
 from tests.unit.test_host_marshal import BUILD_DIR, app_wasm, load_component
+from tests.upstream_support import answering_upstream
 
 
 class MemoryBody:
@@ -192,23 +192,8 @@ def test_files_are_readable_and_nothing_outside_the_preopens(py_spin: ComponentE
 
 @pytest.fixture
 def upstream() -> Iterator[str]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = f"upstream saw {self.path}".encode()
-            self.send_response(203)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with answering_upstream() as server:
+        yield server.url
 
 
 def test_outbound_http_to_an_allowed_host(py_spin: ComponentExecutor, upstream: str) -> None:

@@ -14,7 +14,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from oci.push import (
     parse_reference,
 )
 from runtime.errors import ManifestError
+from tests.upstream_support import serving_in_thread
 
 WASM = b"\0asm\x01\0\0\0"
 OTHER_WASM = b"\0asm\x0d\0\x01\0"
@@ -483,15 +483,9 @@ class _RefusingRegistry(http.server.BaseHTTPRequestHandler):
 
 
 def test_cli_registry_refusal_is_exit_1_with_status_and_registry_message(tmp_path, capsys):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingRegistry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingRegistry)) as server:
         port = server.server_address[1]
         assert main([str(make_app(tmp_path / "app", SIMPLE)), f"127.0.0.1:{port}/apps/x:v1"]) == 1
-    finally:
-        server.shutdown()
-        server.server_close()
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f"registry 127.0.0.1:{port} refused blob sha256:" in err

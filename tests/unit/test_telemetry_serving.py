@@ -15,7 +15,8 @@ import pytest
 import runtime.telemetry as state
 from runtime.host import registry
 from tests.otlp_support import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, running_receiver
-from tests.unit.telemetry_app import recording_upstream, served_py_spin
+from tests.unit.telemetry_app import served_py_spin
+from tests.upstream_support import answering_upstream
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -36,7 +37,8 @@ def _otel_env(receiver, **more: str) -> dict[str, str]:
 
 
 def test_request_trace_has_spins_spans_with_the_incoming_parent(tmp_path, receiver):
-    with recording_upstream() as upstream, served_py_spin(tmp_path, _otel_env(receiver)) as app:
+    with (answering_upstream(body=b"upstream says hi") as upstream,
+          served_py_spin(tmp_path, _otel_env(receiver)) as app):
         traceparent = f"00-{TRACE_ID}-{PARENT_ID}-01"
         assert app.get("/kv/colour", method="PUT", body=b"blue", headers={"traceparent": traceparent})[0] == 200
         status, body = app.get(f"/outbound?url=http://127.0.0.1:{upstream.port}/x",
