@@ -171,18 +171,51 @@ class HttpTask:
             pass
 
 
+def run_or_fail(task: HttpTask) -> HttpTask:
+    """``task`` running, or the test failed with ctr's error and the container log."""
+    result = task.run()
+    assert result.returncode == 0, f"ctr run failed: {result.stderr}\nlog:\n{task.log()}"
+    return task
+
+
 @contextlib.contextmanager
 def serving(daemon: object, image: str, task_id: str, env: dict[str, str],
             ctr_args: tuple[str, ...] = ()) -> Iterator[HttpTask]:
     """A running HttpTask for a `with` block (a module fixture); removed and leak-checked afterwards."""
-    task = HttpTask(daemon, image, task_id, env=env, ctr_args=ctr_args)
-    result = task.run()
-    assert result.returncode == 0, f"ctr run failed: {result.stderr}\nlog:\n{task.log()}"
+    task = run_or_fail(HttpTask(daemon, image, task_id, env=env, ctr_args=ctr_args))
     try:
         yield task
     finally:
         task.remove()
         assert_no_leaks(daemon, [task_id])
+
+
+class TaskGroup:
+    """The tasks a test module starts one at a time and removes together. The leak check runs once, when none is
+    left: it looks at every shim process of the daemon, so it would count a sibling still running as a leak."""
+
+    def __init__(self, daemon: object) -> None:
+        self.daemon = daemon
+        self.tasks: list[HttpTask] = []
+
+    def run(self, task: HttpTask) -> HttpTask:
+        self.tasks.append(task)
+        return run_or_fail(task)
+
+    def include(self, task_id: str) -> None:
+        """A task the test ran and removed itself, still named in the final leak check."""
+        self.tasks.append(HttpTask(self.daemon, "", task_id))
+
+
+@contextlib.contextmanager
+def task_group(daemon: object) -> Iterator[TaskGroup]:
+    group = TaskGroup(daemon)
+    try:
+        yield group
+    finally:
+        for task in group.tasks:
+            task.remove()
+        assert_no_leaks(daemon, [task.task_id for task in group.tasks])
 
 
 def wait_for_log(task: HttpTask, needle: str, timeout: float = 10.0) -> bool:

@@ -15,33 +15,21 @@ from typing import Iterator
 import h11
 import pytest
 
-from tests.e2e.http_support import HttpTask, wait_for_log
-from tests.e2e.support import assert_no_leaks
+from tests.e2e.http_support import HttpTask, TaskGroup, task_group, wait_for_log
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def started(containerd_21) -> Iterator[list[HttpTask]]:
-    """The module's tasks, removed together and then leak-checked (the check sees every shim process)."""
-    tasks: list[HttpTask] = []
-    yield tasks
-    for task in tasks:
-        task.remove()
-    assert_no_leaks(containerd_21, [task.task_id for task in tasks])
-
-
-def _run(started: list[HttpTask], task: HttpTask) -> HttpTask:
-    started.append(task)
-    result = task.run()
-    assert result.returncode == 0, f"ctr run failed: {result.stderr}\nlog:\n{task.log()}"
-    return task
+def started(containerd_21) -> Iterator[TaskGroup]:
+    with task_group(containerd_21) as group:
+        yield group
 
 
 @pytest.fixture(scope="module")
 def app(containerd_21, images_21, http_apps, started) -> HttpTask:
     image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
-    return _run(started, HttpTask(containerd_21, image, "http-failures", env={
+    return started.run(HttpTask(containerd_21, image, "http-failures", env={
         "SPIN_VARIABLE_API_TOKEN": "x", "SPIN_SHIM_REQUEST_TIMEOUT": "3",
         "SPIN_MAX_INSTANCE_MEMORY": str(256 * 1024 * 1024),
     }))
@@ -50,7 +38,7 @@ def app(containerd_21, images_21, http_apps, started) -> HttpTask:
 @pytest.fixture(scope="module")
 def js_app(containerd_21, images_21, http_apps, started) -> HttpTask:
     image = images_21.wasm_image("js-echo", {"/": http_apps["js-echo"]}, ["/"])
-    return _run(started, HttpTask(containerd_21, image, "http-failures-js"))
+    return started.run(HttpTask(containerd_21, image, "http-failures-js"))
 
 
 class _KeepAliveClient:

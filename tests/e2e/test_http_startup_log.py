@@ -19,8 +19,8 @@ import pytest
 
 from tests.e2e.conftest import running_containerd
 from tests.e2e.cri_support import cri_ready, import_image
-from tests.e2e.http_support import HttpTask, curl, free_port, wait_for_log
-from tests.e2e.support import RUNTIME, assert_no_leaks, wait_until
+from tests.e2e.http_support import HttpTask, TaskGroup, curl, free_port, task_group, wait_for_log
+from tests.e2e.support import RUNTIME, wait_until
 
 from mkoci import build_image_tar  # noqa: E402  (scripts/ is on sys.path)
 
@@ -44,34 +44,22 @@ def js_image(images_21, http_apps) -> str:
 
 
 @pytest.fixture(scope="module")
-def started(containerd_21) -> Iterator[list[HttpTask]]:
-    """Every ctr task of this module, removed together at the end and then checked for leaks (the check looks at
-    every shim process of the daemon, so it runs once no task is left)."""
-    tasks: list[HttpTask] = []
-    yield tasks
-    for task in tasks:
-        task.remove()
-    assert_no_leaks(containerd_21, [task.task_id for task in tasks])
-
-
-def _run(started: list[HttpTask], task: HttpTask) -> HttpTask:
-    started.append(task)
-    result = task.run()
-    assert result.returncode == 0, f"ctr run failed: {result.stderr}\nlog:\n{task.log()}"
-    return task
+def started(containerd_21) -> Iterator[TaskGroup]:
+    with task_group(containerd_21) as group:
+        yield group
 
 
 @pytest.fixture(scope="module")
 def quiet(containerd_21, js_image, started) -> HttpTask:
     """js-echo with `--net-host` on 127.0.0.1:<port>, access log off."""
-    return _run(started, HttpTask(containerd_21, js_image, "startup-quiet"))
+    return started.run(HttpTask(containerd_21, js_image, "startup-quiet"))
 
 
 @pytest.fixture(scope="module")
 def chatty(containerd_21, js_image, started) -> HttpTask:
     """js-echo with `--net-host`, SPIN_SHIM_ACCESS_LOG=1, listening on a host name as Spin allows."""
     port = free_port()
-    return _run(started, HttpTask(containerd_21, js_image, "startup-chatty", port=port,
+    return started.run(HttpTask(containerd_21, js_image, "startup-chatty", port=port,
                                   env={"SPIN_HTTP_LISTEN_ADDR": f"localhost:{port}", "SPIN_SHIM_ACCESS_LOG": "1"}))
 
 
@@ -143,7 +131,7 @@ def test_a_task_without_net_host_warns_that_nothing_outside_can_reach_it(contain
         containerd_21.ctr("containers", "rm", task_id, check=False)
         shutil.rmtree(log_dir, ignore_errors=True)
     assert task_id not in containerd_21.ctr("containers", "ls", "-q", check=False).stdout.split()
-    started.append(HttpTask(containerd_21, js_image, task_id))  # in the module's final leak check
+    started.include(task_id)
 
 
 # ------------------------------------------------------------------------------------------------ CRI
