@@ -22,30 +22,10 @@ from shim.install.command import NOTHING_CHANGED, RESTART_HINT, SHIM_BINARY_NAME
 from shim.install.config_revert import hunks_of, remove_runtimes
 from shim.install.containerd_config import RuntimeSettings, edit_config
 from shim.install.install_record import RuntimeEntry
-from tests.unit.test_node_install import configs
+from tests.unit.test_node_install import HAND_WRITTEN, configs
 
 DATA = Path(__file__).parent / "data"
 SPIN = "io.containerd.spin.v2"
-
-HAND_WRITTEN = """\
-# containerd config, managed by hand
-version = 2  # schema 2: containerd 1.6/1.7
-
-root = '/var/lib/containerd'
-
-[plugins."io.containerd.grpc.v1.cri"]
-sandbox_image = "registry.k8s.io/pause:3.9"   # pinned
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-runtime_type = "io.containerd.runc.v2"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-SystemdCgroup = true
-
-# registry mirrors
-[plugins."io.containerd.grpc.v1.cri".registry]
-config_path = "/etc/containerd/certs.d"
-"""
 
 
 @pytest.fixture
