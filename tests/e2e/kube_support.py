@@ -194,16 +194,24 @@ def running_kube(version: str, tmp_path_factory: pytest.TempPathFactory, shim_ca
         app_image = registry.ref("spin-test/py-spin-kube", "v1")
         push_app(http_apps["py-spin"], app_image)
         import_image(ctrd, build_busybox_tar(tmp_path_factory.mktemp("busybox-kube")))
-        cluster = KubeCluster(ctrd, workdir, bin_dir=bin_dir)
-        try:
-            cluster.start()
-        except KubeClusterError as exc:
-            pytest.fail(str(exc))
-        try:
+        with started_cluster(ctrd, workdir, bin_dir) as cluster:
             cluster.kubectl("apply", "-f", str(DEPLOY / "runtime-class.yaml"))
             yield Kube(cluster, ctrd, app_image, BUSYBOX_REF)
-        finally:
-            cluster.stop()
+
+
+@contextlib.contextmanager
+def started_cluster(ctrd: PrivateContainerd, workdir: Path, bin_dir: Path) -> Iterator[KubeCluster]:
+    """A kube-apiserver and a kubelet on ``ctrd``, stopped when the block ends; a start that fails fails the test
+    with what the cluster reported (its components' logs)."""
+    cluster = KubeCluster(ctrd, workdir, bin_dir=bin_dir)
+    try:
+        cluster.start()
+    except KubeClusterError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,14 @@ import yaml
 from tests.e2e.bundle_support import cached_bundle
 from tests.e2e.conftest import http_apps, shim_cache_dir  # noqa: F401  (fixtures)
 from tests.e2e.cri_support import cri_ready
-from tests.e2e.kube_support import DEPLOY, Kube, container_id, eventually, http_get, namespace, pod_manifest
+from tests.e2e.kube_support import (DEPLOY, Kube, container_id, eventually, http_get, namespace, pod_manifest,
+                                     started_cluster)
 from tests.e2e.registry_support import Registry, push_app, registry, trust_registry  # noqa: F401  (fixture)
 from tests.e2e.support import RUNTIME, SHIM_NAME, wait_until
 
 import build_bundle  # noqa: E402  (scripts/ is on sys.path via conftest)
 from build_installer_image import build_installer_image  # noqa: E402
-from kube_cluster import KubeCluster, KubeClusterError, kube_bin_dir  # noqa: E402
+from kube_cluster import kube_bin_dir  # noqa: E402
 from private_containerd import PrivateContainerd  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -153,17 +154,12 @@ def node(tmp_path_factory: pytest.TempPathFactory, shim_cache_dir: Path, registr
             trust_registry(ctrd, registry)
             app_image = registry.ref("spin-test/py-spin-installer", "v1")
             push_app(http_apps["py-spin"], app_image)
-            cluster = KubeCluster(ctrd, workdir, bin_dir=bin_dir)
-            try:
-                cluster.start()
-            except KubeClusterError as exc:
-                pytest.fail(str(exc))
-            try:
-                yield Node(Kube(cluster, ctrd, app_image, ""), ctrd, install_dir, node_bin, bundle)
-            finally:
-                cluster.kubectl("delete", "daemonset", "-n", "kube-system", DAEMONSET_NAME, "--ignore-not-found",
-                                "--wait=true", "--timeout=60s", check=False, timeout=90)
-                cluster.stop()
+            with started_cluster(ctrd, workdir, bin_dir) as cluster:
+                try:
+                    yield Node(Kube(cluster, ctrd, app_image, ""), ctrd, install_dir, node_bin, bundle)
+                finally:
+                    cluster.kubectl("delete", "daemonset", "-n", "kube-system", DAEMONSET_NAME,
+                                    "--ignore-not-found", "--wait=true", "--timeout=60s", check=False, timeout=90)
     finally:
         ctrd.stop()
         _stop_processes_run_from(install_dir)
