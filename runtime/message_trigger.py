@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from runtime.exits import write_stderr_line
+from runtime.log_time import utc_timestamp
 
 if TYPE_CHECKING:
     from runtime.compiled import ComponentLoad
@@ -55,6 +56,12 @@ class MessageOutcome:
     component_id: str
     error: str | None = None
     seconds: float = 0.0
+
+
+def message_failure_line(error: str, source: str, now: float | None = None) -> str:
+    """The container-log line of one message whose handler failed: when (as the HTTP trigger's request failure
+    lines), what, and which message (``source``: e.g. ``Redis channel 'orders' of redis://host:6379``)."""
+    return f"{utc_timestamp(now)} {error} (message on {source}); the subscription goes on"
 
 
 class Subscriber(Protocol):

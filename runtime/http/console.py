@@ -18,11 +18,11 @@ tests. The lines go to the task's stderr in one write(2) each (runtime.http.serv
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from runtime.errors import InvalidSettingError
+from runtime.log_time import utc_timestamp
 
 if TYPE_CHECKING:
     from runtime.compiled import ComponentLoad
@@ -44,14 +44,6 @@ def access_log_enabled(env: Mapping[str, str]) -> bool:
     if value in _OFF:
         return False
     raise InvalidSettingError(f"{ACCESS_LOG_ENV}={raw!r}: expected 1/true/yes/on or 0/false/no/off")
-
-
-def utc_timestamp(now: float | None = None) -> str:
-    """``2026-12-03T18:21:21.123Z`` for ``now`` (seconds since the epoch; default: the current time)."""
-    if now is None:
-        now = time.time()
-    millis = int(now * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}Z"
 
 
 # ------------------------------------------------------------------------------------------------ start-up

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.exits import write_stderr_line
+from runtime.message_trigger import message_failure_line
 from runtime.mqtt.pump import SUCCESS, pump_once
 from runtime.mqtt.trigger_config import Subscription
 
@@ -172,7 +173,7 @@ class Subscriber:
             error = f"spin: mqtt trigger: handler failed: {_reason(exc)}"
         if error is not None:
             self.failures += 1
-            self._log(f"{error} (message on MQTT topic {received.topic!r} of {self._where}); the subscription goes on")
+            self._log(message_failure_line(error, f"MQTT topic {received.topic!r} of {self._where}"))
 
     def _wait_before_retry(self, reason: str, attempt: int) -> None:
         if self._stop.is_set():

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.exits import write_stderr_line
+from runtime.message_trigger import message_failure_line
 from runtime.redis_trigger.config import Subscription
 from runtime.redis_trigger.executor import MessageOutcome
 
@@ -146,8 +147,8 @@ class Subscriber:
             outcome = self._handlers[component_id](bytes(payload))
             if outcome.error is not None:
                 self.failures += 1
-                self._log(f"{outcome.error} (message on Redis channel {channel!r} of "
-                          f"{self.subscription.shown_address}); the subscription goes on")
+                self._log(message_failure_line(
+                    outcome.error, f"Redis channel {channel!r} of {self.subscription.shown_address}"))
 
     def _wait_before_retry(self, where: str, attempt: int, reason: str, was_listening: bool) -> None:
         if self._stop.is_set():
