@@ -204,14 +204,27 @@ def test_bad_trigger_config_fails_the_load_with_the_reason(tmp_path, old, new, m
     assert "[application.trigger.mqtt]" in str(caught.value) or "[[trigger.mqtt]]" in str(caught.value)
 
 
-def test_a_component_of_another_world_is_refused_at_load(tmp_path):
+def test_a_component_of_another_world_is_refused_at_load_alike_cold_and_warm(tmp_path):
+    """Cold: refused from its export names before a compile. Warm: the same wasm compiled and cached before (as
+    another app's Redis component), so the load finds it in the cache; the refusal must read the same."""
     app_dir = copy_py_mqtt(tmp_path)
     shutil.copyfile(app_wasm("py-redis"), app_dir / "app.wasm")  # exports fermyon:spin/inbound-redis
-    with pytest.raises(AppError) as caught:
-        load_app(app_dir, ["/"], {"SPIN_VARIABLE_MQTT_PORT": "1883"}, RuntimeSettings(cache_dir=CACHE_DIR))
-    message = str(caught.value)
-    assert "py-mqtt: not an MQTT component: it exports " in message and "fermyon:spin/inbound-redis" in message
-    assert "not `handle-message`" in message
+    settings = RuntimeSettings(cache_dir=tmp_path / "cache")
+    expected = ("component 'py-mqtt' (app.wasm): not an MQTT component: it exports `exports`, "
+                "`fermyon:spin/inbound-redis`, not `handle-message` (a [[trigger.mqtt]] component implements "
+                "spin-trigger-mqtt's spin-mqtt world)")
+    with pytest.raises(AppError) as cold:
+        load_app(app_dir, ["/"], {"SPIN_VARIABLE_MQTT_PORT": "1883"}, settings)
+    assert str(cold.value) == expected
+    assert not any((tmp_path / "cache").rglob("*.cwasm")), "refused before a compile: nothing cached"
+
+    from runtime.compiled import compile_wasm
+
+    _, load, _ = compile_wasm(app_dir / "app.wasm", "py-redis", "py-redis", settings)  # no trigger's requirement
+    assert load.cache.outcome == "compiled"
+    with pytest.raises(AppError) as warm:
+        load_app(app_dir, ["/"], {"SPIN_VARIABLE_MQTT_PORT": "1883"}, settings)
+    assert str(warm.value) == expected
 
 
 def test_a_spin_mqtt_trigger_3_component_is_refused_at_load_as_wasip3(tmp_path):
