@@ -204,6 +204,16 @@ def test_a_misspelt_key_gets_a_did_you_mean(text, expected):
     assert expected in error_of(text)
 
 
+def test_a_flood_of_unknown_keys_gives_a_short_error():
+    """spin.toml is image content: 80 000 unknown keys (880 kB) or one 100 000-character key must not become a
+    megabyte of Create error; ten keys are named, the rest counted, a long key cut."""
+    message = error_of(MINIMAL + "".join(f"k{i:06d} = 1\n" for i in range(80_000)))
+    assert "'k000000'" in message and "'k000009'" in message and "'k000010'" not in message
+    assert "... and 79990 more" in message and len(message) < 2000, message[:3000]
+    message = error_of(MINIMAL + "x" * 100_000 + " = 1\n")
+    assert "'" + "x" * 64 + "'... (100000 characters)" in message and len(message) < 2000, message[:3000]
+
+
 def test_component_source_is_required_and_typed():
     assert "`source` is required" in error_of(MINIMAL.replace('source = "hello.wasm"', 'description = "x"'))
     assert "`source` must be a path string" in error_of(MINIMAL.replace('"hello.wasm"', "42"))
