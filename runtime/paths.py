@@ -15,10 +15,15 @@ from pathlib import Path
 
 #: Same bound as Linux's MAXSYMLINKS: a longer chain is a loop.
 _MAX_SYMLINKS = 40
+#: Linux's PATH_MAX less the terminating NUL: no longer path names a file, so one is refused before any lookup
+#: (and before a message quotes it).
+_MAX_PATH_BYTES = 4095
 
 
 class PathEscapeError(ValueError):
-    """The path (or a symlink on the way) points outside the root; the message says which part."""
+    """The path cannot be resolved inside the root: it (or a symlink on the way) points outside, or the kernel
+    refuses a lookup on the way (a name over 255 bytes, a path over PATH_MAX, a directory it may not search). The
+    message says which part. The path is image content either way: the user's error to fix, not the shim's."""
 
 
 def resolve_in_root(root: Path, path: str | os.PathLike[str]) -> Path:
@@ -27,6 +32,9 @@ def resolve_in_root(root: Path, path: str | os.PathLike[str]) -> Path:
     ``path`` may be absolute (from the image root) or relative (to the image root). Components that do not
     exist are kept as written, so callers test existence themselves and can say what was looked for.
     """
+    size = len(os.fsencode(str(path)))
+    if size > _MAX_PATH_BYTES:
+        raise PathEscapeError(f"a path of {size} bytes is longer than Linux allows ({_MAX_PATH_BYTES})")
     base = Path(os.path.realpath(root))
     pending = [p for p in str(path).split("/") if p not in ("", ".")]
     pending.reverse()  # a stack: pending[-1] is the next component
@@ -50,13 +58,20 @@ def resolve_in_root(root: Path, path: str | os.PathLike[str]) -> Path:
         except NotADirectoryError:
             resolved.append(part)
             continue
+        except OSError as exc:  # ENAMETOOLONG (a name over 255 bytes), EACCES, ELOOP: the image's path, not ours
+            raise PathEscapeError(f"{path!s}: cannot look up {'/'.join([*resolved, part])}: "
+                                  f"{exc.strerror or exc}") from None
         if not stat.S_ISLNK(mode):
             resolved.append(part)
             continue
         symlinks += 1
         if symlinks > _MAX_SYMLINKS:
             raise PathEscapeError(f"{path!s}: too many levels of symbolic links")
-        target = os.readlink(candidate)
+        try:
+            target = os.readlink(candidate)
+        except OSError as exc:  # replaced meanwhile: the image changes under a running shim only in an attack
+            raise PathEscapeError(f"{path!s}: cannot read symlink {'/'.join([*resolved, part])}: "
+                                  f"{exc.strerror or exc}") from None
         if target.startswith("/"):
             resolved = []  # absolute symlinks are relative to the image root
         elif _climbs_above(resolved, target):
