@@ -18,7 +18,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from shim.errors import InvalidArgument
-from shim.process.pipes import read_until_eof
+from shim.process.pipes import PipeOverflow, read_until_eof
 
 _LOGGER_READY_TIMEOUT = 10.0
 
@@ -125,9 +125,13 @@ async def _start_logger(uri: urllib.parse.ParseResult, task_id: str, namespace: 
     stdio.logger = logger
     stdio._owned.extend((out_w, err_w))
     try:
-        await asyncio.wait_for(read_until_eof(ready_r), _LOGGER_READY_TIMEOUT)
+        # The protocol is EOF alone (containerd's shim logging: the binary closes fd 5 when ready); bytes are
+        # tolerated, as ctr's own loggers write none, but not without end.
+        await asyncio.wait_for(read_until_eof(ready_r, 64 * 1024), _LOGGER_READY_TIMEOUT)
     except asyncio.TimeoutError:
         raise InvalidArgument(f"logging binary {uri.path} did not become ready") from None
+    except PipeOverflow:
+        raise InvalidArgument(f"logging binary {uri.path} wrote without end to its ready fd (fd 5)") from None
     finally:
         os.close(ready_r)
     return out_w, err_w

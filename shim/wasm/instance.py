@@ -23,12 +23,16 @@ from typing import Any
 
 from shim.errors import Internal, InvalidArgument, NotFound, Unimplemented
 from shim.kernel.cgroups import Cgroup, cgroup_pids, cgroup_stats
-from shim.process.pipes import read_until_eof
+from shim.process.pipes import PipeOverflow, read_until_eof
 from shim.process.reaper import ExitStatus, Reaper
 from shim.process.stdio import TaskStdio
 from shim.wasm.instance_process import InstancePlan, run_instance_process
 
 log = logging.getLogger("shim.wasm.instance")
+
+#: Bytes of the instance process's one status message the daemon reads at most (shim.process.pipes). A report is
+#: a few kB: its error is cut to shim.wasm.instance_process.MAX_ERROR_CHARS.
+MAX_STATUS_REPORT = 1 << 20
 
 
 #: Why Exec (kubectl exec, exec probes) is refused for a Wasm task; native tasks run it with runc.
@@ -69,14 +73,21 @@ class WasmInstance:
         os.close(go_r)
         self._go_w = go_w
         self._stdio.close()  # the instance process holds its own copies now
-        report = await read_until_eof(status_r)
-        os.close(status_r)
+        overflow = False
+        try:
+            report = await read_until_eof(status_r, MAX_STATUS_REPORT)
+        except PipeOverflow:
+            report, overflow = b"", True  # not a report: the instance process is aborted below
+        finally:
+            os.close(status_r)
         try:
             message = json.loads(report) if report else None
         except ValueError:
             message = None
         if not isinstance(message, dict) or not message.get("ready"):
             await self._abort()
+            if overflow:
+                raise Internal(f"instance process sent a status report over {MAX_STATUS_REPORT} bytes; stopped it")
             if isinstance(message, dict) and message.get("error"):
                 error_class = InvalidArgument if message.get("user_error") else Internal
                 raise error_class(message["error"])

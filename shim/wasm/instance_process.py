@@ -276,8 +276,20 @@ def _describe_loads(app: Any) -> list[str]:
     return lines
 
 
+#: Characters of a Create error kept. Messages quote image content (keys, paths, routes) and each error site
+#: bounds what it quotes; this is the backstop, so no image makes a Create error longer than a screen or two.
+MAX_ERROR_CHARS = 4096
+
+
+def clipped_error(message: str) -> str:
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return f"{message[:MAX_ERROR_CHARS]}... ({len(message) - MAX_ERROR_CHARS} more characters cut)"
+
+
 def _fail(status_w: int, message: str, *, user_error: bool) -> None:
     """Tell the user (the task's stderr: the container log) and the daemon (the Create error)."""
+    message = clipped_error(message)
     os.write(2, f"spin shim: {message}\n".encode("utf-8", "replace"))
     _report(status_w, {"error": message, "user_error": user_error})
     return None
