@@ -131,6 +131,40 @@ def test_runtime_config_symlinked_to_a_node_file_is_not_read(containerd_21, imag
         assert_no_leaks(containerd_21, ["sandbox-rtc"])
 
 
+FLOOD_MANIFEST = """spin_manifest_version = 2
+[application]
+name = "flood"
+[[trigger.http]]
+route = "/..."
+component = "py-spin"
+[component.py-spin]
+source = "{source}"
+"""
+
+
+@pytest.mark.parametrize("task_id, source, extra, expected", [
+    # 880 kB of unknown keys: ten named, the rest counted (it was a 1 MB Create error after 4 s of difflib)
+    ("sandbox-key-flood", "app.wasm", "".join(f"k{i:06d} = 1\n" for i in range(80_000)),
+     "unknown key(s) 'k000000', 'k000001'"),
+    # a 300-byte file name: ENAMETOOLONG inside the sandbox, the image's error (it was "cannot set up the instance
+    # process", an internal error)
+    ("sandbox-long-name", "x" * 300 + ".wasm", "", "File name too long"),
+    # a 600 kB path: refused before any lookup; the Create error stops at 4096 characters
+    ("sandbox-long-path", "a/" * 300_000 + "app.wasm", "", "longer than Linux allows"),
+])
+def test_oversized_manifest_content_is_a_short_user_error(containerd_21, images_21, http_apps, task_id, source,
+                                                          extra, expected):
+    manifest = FLOOD_MANIFEST.format(source=source) + extra
+    image = images_21.wasm_image(f"py-spin-{task_id}", {
+        "/app.wasm": http_apps["py-spin"] / "app.wasm",
+        "/spin.toml": manifest.encode(),
+    }, ["/"])
+    error, log = _create_error(containerd_21, image, task_id)
+    assert expected in error and expected in log, (error[:2000], log[:2000])
+    assert "cannot set up the instance process" not in error  # a user error (InvalidArgument), not internal
+    assert len(error) < 6000 and len(log) < 6000, (len(error), len(log))
+
+
 def test_non_root_task_with_two_workers_serves_as_its_user(containerd_21, images_21, http_apps):
     image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
     env = {**ENV, "SPIN_SHIM_HTTP_WORKERS": "2"}
