@@ -14,6 +14,10 @@ the app dir, under ``/``; ``{source, destination}`` puts a file or a directory a
 
 The staging dir belongs to one LoadedApp and is removed by ``StagedFiles.cleanup`` (LoadedApp.close, run's end);
 dirs left by a crashed process are swept by the next load (``sweep_stale_staging``), keyed by the pid in the name.
+
+The walk and the matching are bounded (``MAX_MATCH_WORK``): both the files and the patterns are image content,
+and they run before the instance process joins the pod's cgroup (shim.wasm.instance_process, step 6), so a rootfs
+of millions of files or a spin.toml of thousands of globs and ``**`` must cost the node seconds, not hours.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from runtime.manifest import Component, GlobFiles, MappedFiles
 from runtime.paths import PathEscapeError, resolve_in_root
 
 STAGING_DIR_NAME = "staging"
+#: Glob-matching steps (a path segment against a pattern segment) and files walked that one component's ``files``
+#: may cost: 3-6 s of matching here; a 20 000-file static site with three globs and two exclusions needs 1.6 M
+#: (tests/unit/test_files_bounds.py).
+MAX_MATCH_WORK = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -52,35 +60,58 @@ class StagedFiles:
             self.staging_dir = None
 
 
-def _excluded(rel_path: str, exclude: tuple[str, ...]) -> bool:
-    return any(_glob_match(rel_path, pattern) for pattern in exclude)
+class _Work:
+    """What is left of one component's ``MAX_MATCH_WORK``; ``spend`` raises the ManifestError that ends the load."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.left = MAX_MATCH_WORK
+
+    def spend(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0:
+            raise ManifestError(
+                f"{self.where}: matching the globs and exclude_files against the app's files takes more than "
+                f"{MAX_MATCH_WORK} steps (too many files under the app dir, or too many or too deep patterns); "
+                "map directories with {{ source, destination }} or narrow the globs")
 
 
-def _glob_match(rel_path: str, pattern: str) -> bool:
+def _excluded(rel_path: str, exclude: tuple[str, ...], work: _Work) -> bool:
+    return any(_glob_match(rel_path, pattern, work) for pattern in exclude)
+
+
+def _glob_match(rel_path: str, pattern: str, work: _Work) -> bool:
     """Spin-style glob on a relative POSIX path: ``*`` stays inside one directory, ``**`` spans any number.
 
-    Written out (segment by segment) because PurePath.full_match only exists from Python 3.13.
+    Written out (segment by segment) because PurePath.full_match only exists from Python 3.13; as a table of
+    which path prefixes each pattern prefix matches, so ``**/**/**/...`` costs pattern segments x path segments
+    steps, not the exponential number of ways to split the path among them.
     """
     path_parts = rel_path.split("/")
     pattern_parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    work.spend(len(pattern_parts) * (len(path_parts) + 1))
+    # matched[i]: the pattern so far matches the first i segments of the path.
+    matched = [True] + [False] * len(path_parts)
+    for part in pattern_parts:
+        if part == "**":  # zero or more whole segments
+            for i in range(1, len(matched)):
+                matched[i] = matched[i] or matched[i - 1]
+        else:
+            matched = [False] + [matched[i] and fnmatch.fnmatchcase(segment, part)
+                                 for i, segment in enumerate(path_parts)]
+        if not any(matched):
+            return False
+    return matched[-1]
 
-    def match(pi: int, si: int) -> bool:
-        if pi == len(pattern_parts):
-            return si == len(path_parts)
-        if pattern_parts[pi] == "**":
-            return any(match(pi + 1, k) for k in range(si, len(path_parts) + 1))
-        return si < len(path_parts) and fnmatch.fnmatchcase(path_parts[si], pattern_parts[pi]) and match(pi + 1, si + 1)
 
-    return match(0, 0)
-
-
-def _walk_files(directory: Path, private: Path | None = None) -> list[Path]:
+def _walk_files(directory: Path, work: _Work, private: Path | None = None) -> list[Path]:
     """Regular files under ``directory`` (not following symlinked dirs: the image's layout is what counts),
     leaving out the ``private`` tree."""
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(directory):
         if private is not None:
             dirnames[:] = [d for d in dirnames if Path(dirpath, d) != private]
+        work.spend(1 + len(filenames))
         for filename in filenames:
             found.append(Path(dirpath, filename))
     return found
@@ -104,6 +135,7 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
     direct: list[Preopen] = []
     staged: dict[str, Path] = {}
     where = f"{manifest_path}: component {component.id!r}: files"
+    work = _Work(where)
     root = Path(os.path.realpath(app_dir))
     private = Path(os.path.realpath(private_dir)) if private_dir is not None else None
     if private is not None and _inside(root, private):
@@ -114,9 +146,9 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
             pattern = mount.pattern
             if pattern.startswith("/") or ".." in PurePosixPath(pattern).parts:
                 raise ManifestError(f"{where}: glob {pattern!r} must be relative to the app dir and must not use '..'")
-            for host_file in _walk_files(root, private):
+            for host_file in _walk_files(root, work, private):
                 rel = host_file.relative_to(root).as_posix()
-                if _glob_match(rel, pattern) and not _excluded(rel, component.exclude_files):
+                if _glob_match(rel, pattern, work) and not _excluded(rel, component.exclude_files, work):
                     staged["/" + rel] = _checked_file(root, rel, where, private)
             # Spin accepts a glob that matches nothing; so do we (an empty static dir is a valid app).
             continue
@@ -132,14 +164,15 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
         if _inside(source, private):
             raise ManifestError(f"{where}: source {mount.source!r} is the runtime's own directory, not the app's")
         if source.is_dir():
-            files = _walk_files(source, private)
+            files = _walk_files(source, work, private)
             rel_files = [(f, f.relative_to(source).as_posix()) for f in files]
-            hidden = [rel for f, rel in rel_files if _excluded(f.relative_to(root).as_posix(), component.exclude_files)]
+            hidden = [rel for f, rel in rel_files
+                      if _excluded(f.relative_to(root).as_posix(), component.exclude_files, work)]
             if not hidden and destination != "/" and not (private is not None and _inside(private, source)):
                 direct.append(Preopen(host_path=source, guest_path=destination))
                 continue
             for host_file, rel in rel_files:
-                if not _excluded(host_file.relative_to(root).as_posix(), component.exclude_files):
+                if not _excluded(host_file.relative_to(root).as_posix(), component.exclude_files, work):
                     guest = (destination.rstrip("/") + "/" + rel)
                     staged[guest] = _checked_file(root, host_file.relative_to(root).as_posix(), where, private)
         elif source.is_file():
@@ -161,8 +194,9 @@ def list_component_files(app_dir: Path, manifest_path: Path, component: Componen
     where = f"{manifest_path}: component {component.id!r}: files"
     root = Path(os.path.realpath(app_dir))
     placed = dict(staged)
+    work = _Work(where)
     for preopen in direct:
-        for host_file in _walk_files(preopen.host_path):
+        for host_file in _walk_files(preopen.host_path, work):
             rel = host_file.relative_to(preopen.host_path).as_posix()
             guest = preopen.guest_path.rstrip("/") + "/" + rel
             placed[guest] = _checked_file(root, host_file.relative_to(root).as_posix(), where)

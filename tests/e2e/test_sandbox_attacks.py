@@ -165,6 +165,23 @@ def test_oversized_manifest_content_is_a_short_user_error(containerd_21, images_
     assert len(error) < 6000 and len(log) < 6000, (len(error), len(log))
 
 
+def test_a_glob_of_many_double_stars_over_a_deep_tree_does_not_hold_up_create(containerd_21, images_21, http_apps):
+    # 25 `**` against 40-deep paths that almost match: the recursive matcher it replaced would try C(65, 25) ways to
+    # split each path, outside the pod's CPU limit (the load runs before the cgroup join): Create would not return
+    deep = "/".join(["d"] * 40)
+    manifest = (http_apps["py-spin"] / "spin.toml").read_text().replace(
+        'files = [{ source = "static", destination = "/static" }]',
+        'files = [{ source = "static", destination = "/static" }, "' + "/".join(["**"] * 25) + '/x"]')
+    assert manifest.count("**/**") > 20
+    image = images_21.wasm_image("py-spin-glob-bomb", {
+        "/": http_apps["py-spin"],
+        "/spin.toml": manifest.encode(),
+        **{f"/{deep}/{name}": b"" for name in ("a", "b", "c")},
+    }, ["/"])
+    with serving(containerd_21, image, "sandbox-glob-bomb", ENV) as task:
+        assert task.get("/file?path=/static/hello.txt").status == 200
+
+
 def test_non_root_task_with_two_workers_serves_as_its_user(containerd_21, images_21, http_apps):
     image = images_21.wasm_image("py-spin", {"/": http_apps["py-spin"]}, ["/"])
     env = {**ENV, "SPIN_SHIM_HTTP_WORKERS": "2"}
