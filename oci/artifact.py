@@ -40,7 +40,7 @@ class SpinArtifact:
 def parse_manifest_json(raw: bytes, image: str) -> dict[str, Any]:
     try:
         manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise ArtifactError(f"image {image}: its manifest is not JSON ({exc})") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"image {image}: its manifest is not a JSON object")

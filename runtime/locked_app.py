@@ -103,7 +103,7 @@ def parse_locked_app(text: str | bytes, lock_path: Path, name: str | None = None
     lock = _Lock(name or str(lock_path))
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise lock.error(f"not valid JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise lock.error("must be a JSON object")

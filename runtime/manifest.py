@@ -197,6 +197,8 @@ def parse_manifest(text: str, path: Path | str = MANIFEST_FILE_NAME) -> Manifest
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already ends with "(at line L, column C)".
         raise ctx.error(f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ctx.error("invalid TOML: arrays or inline tables nested too deeply") from None
 
     labels: Mapping[str, tuple[str, tuple[str, ...]]] = {}
     if _check_version(ctx, doc) == 1:

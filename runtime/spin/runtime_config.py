@@ -175,6 +175,8 @@ def parse_runtime_config(text: str, path: Path, root_dir: Path) -> RuntimeConfig
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RuntimeConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise RuntimeConfigError(f"{path}: invalid TOML: arrays or inline tables nested too deeply") from None
     state_files: dict[str, dict[str, StateFileSpec]] = {}
     client_tls: tuple[Any, ...] = ()
     for table, value in doc.items():

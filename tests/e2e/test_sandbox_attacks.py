@@ -151,6 +151,9 @@ source = "{source}"
     ("sandbox-long-name", "x" * 300 + ".wasm", "", "File name too long"),
     # a 600 kB path: refused before any lookup; the Create error stops at 4096 characters
     ("sandbox-long-path", "a/" * 300_000 + "app.wasm", "", "longer than Linux allows"),
+    # arrays nested 100 000 deep: tomllib's RecursionError, which killed the instance process without a word
+    ("sandbox-deep-toml", "app.wasm", "deep = " + "[" * 100_000 + "]" * 100_000 + "\n",
+     "arrays or inline tables nested too deeply"),
 ])
 def test_oversized_manifest_content_is_a_short_user_error(containerd_21, images_21, http_apps, task_id, source,
                                                           extra, expected):

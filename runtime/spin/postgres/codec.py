@@ -202,8 +202,8 @@ def _reject_constant(name: str) -> Any:
 def _encode_jsonb(document: bytes) -> bytes:
     try:
         value = json.loads(document, parse_constant=_reject_constant)
-    except ValueError:  # also UnicodeDecodeError
-        raise ParameterError(f"invalid JSON {document.decode('utf-8', 'replace')}") from None
+    except (ValueError, RecursionError):  # also UnicodeDecodeError; RecursionError: nested too deeply
+        raise ParameterError(f"invalid JSON {document.decode('utf-8', 'replace')[:200]}") from None
     return b"\x01" + json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -412,7 +412,7 @@ def _jsonb(raw: bytes) -> bytes:
         raise ConversionError("unsupported JSONB encoding version")
     try:
         value = json.loads(raw[1:])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ConversionError("invalid JSON from database") from None
     return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
