@@ -1,7 +1,7 @@
 """Image documents nested deeper than Python's recursion limit (spin.toml, runtime-config.toml, spin.lock, an
 artifact's manifest): tomllib and json parse nesting recursively, so such a file raised RecursionError, which no
-error path of the instance process expected (the task died at Create with no message). Each is now the file's own
-error, naming it."""
+error path of the instance process expected (Create failed as "instance process exited during create", a
+traceback in the container log). Each is now the file's own error, naming it."""
 
 from __future__ import annotations
 
