@@ -211,6 +211,10 @@ def _prepare(plan: InstancePlan, cgroup: "Cgroup | None", status_w: int, phases:
         return _fail(status_w, f"cannot set up the instance process: {exc}", user_error=False)
     except ContentStoreError as exc:
         return _fail(status_w, f"cannot read the image from containerd: {exc}", user_error=False)
+    except Exception as exc:  # noqa: BLE001 - a bug of the shim's: still a Create error the user sees, not a bare exit
+        os.write(2, traceback.format_exc().encode("utf-8", "replace"))
+        return _fail(status_w, f"internal error while setting up the task ({type(exc).__name__}: {exc}); the "
+                               "container log has the traceback", user_error=False)
     _report(status_w, {"ready": True, "loads": _describe_loads(app), "sandbox": sandbox_notes,
                         "phases": phases.summary()})
     return app
