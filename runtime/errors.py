@@ -24,6 +24,15 @@ class WasmLoadError(AppError):
     """Corrupt/invalid wasm, or a wasm that is neither a WASI p1 command module nor a WASI p2 command component."""
 
 
+class WasmResourceError(WasmLoadError):
+    """The system refused what loading a (valid) compiled wasm needs: memory for its mapping, a file descriptor.
+    ``errno``: the refusal's error number (ENOMEM when a memory cap of the load was reached)."""
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class UnsupportedTriggerError(AppError):
     """A trigger type this build cannot run (unknown, or not implemented yet)."""
 

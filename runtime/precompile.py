@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol, Union
 
 from runtime.compile_process import first_cause
 from runtime.engine import engine_fingerprint, fingerprint_digest
-from runtime.errors import WasmLoadError
+from runtime.errors import WasmLoadError, WasmResourceError
 from runtime.verified_blobs import VERIFIED_DIR_NAME, VerifiedBlobs
 from runtime.wasm_binary import ExportRequirement, WasmKind
 
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 PRECOMPILED_DIR_NAME = "precompiled"
 _BLOB_NAME = re.compile(r"^(?P<size>\d+)-(?P<sha>[0-9a-f]{64})\.cwasm$")
+#: How wasmtime (Rust's std::io::Error) ends a message caused by a system call's failure.
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 CacheOutcome = Literal["hit", "compiled", "rebuilt"]
 #: Given the engine fingerprint's digest (the cache key), the store for blobs of that engine.
@@ -217,10 +219,10 @@ class PrecompileCache:
         """
         started = time.perf_counter()
         digest = wasm_sha256 or sha256_file(wasm_path)
-        cached, dropped = self._load_cached(digest, kind)
+        cached, dropped = self._load_cached(digest, kind, name)
         if cached is None:
             with self._compile_lock(digest):
-                cached, dropped_again = self._load_cached(digest, kind)
+                cached, dropped_again = self._load_cached(digest, kind, name)
                 dropped += dropped_again
                 if cached is None:
                     if kind is WasmKind.COMPONENT:
@@ -260,8 +262,14 @@ class PrecompileCache:
 
     # ------------------------------------------------------------------------------------------------ reading
 
-    def _load_cached(self, wasm_sha256: str, kind: WasmKind) -> tuple[tuple[Path, Compiled] | None, int]:
-        """(the first valid stored blob and its object, or None; how many invalid blobs were dropped)."""
+    def _load_cached(self, wasm_sha256: str, kind: WasmKind, name: str
+                     ) -> tuple[tuple[Path, Compiled] | None, int]:
+        """(the first valid stored blob and its object, or None; how many invalid blobs were dropped).
+
+        A blob wasmtime refuses for an operating-system reason (``(os error 12)``: its mapping hit a memory cap or
+        the node is out of memory) is not invalid: it stays, and the load fails with WasmResourceError. Dropping
+        it made a memory shortage delete the node's compiled blob (every pod of the image then compiled again).
+        """
         dropped = 0
         try:
             for blob in self.store.candidates(wasm_sha256):
@@ -270,10 +278,17 @@ class PrecompileCache:
                     try:
                         return (blob.path, self._deserialize(blob.path, kind)), dropped
                     except Exception as exc:  # wasmtime.WasmtimeError; imported lazily
+                        os_error = _OS_ERROR.search(str(exc))
+                        if os_error is not None:
+                            raise WasmResourceError(f"{name}: cannot load its precompiled form: "
+                                                    f"{first_cause(str(exc)).split('; ')[-1]}",
+                                                    int(os_error[1])) from None
                         problem = f"wasmtime refused it: {str(exc).splitlines()[0]}"
                 log.warning("dropping invalid precompiled blob %s: %s", blob.path, problem)
                 dropped += 1
                 self.store.discard(wasm_sha256, blob)
+        except WasmResourceError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a store that cannot answer is a miss, not a failed start
             log.warning("precompile cache lookup failed (%s); compiling", exc)
         return None, dropped
