@@ -19,7 +19,8 @@ Order matters and is the point of this module:
    limit on purpose: a cold compile of a large component can take several times the memory the
    app will ever use, it is the node's work (the blob is shared by every pod of the image)
    rather than the app's, and runwasi and containerd-shim-spin compile in the shim, outside the
-   container's cgroup, too; its untrusted inputs are bounded instead (README, "Security model");
+   container's cgroup, too; its untrusted inputs are bounded instead (README, "Security model"), and
+   its memory by RLIMIT_DATA (shim/wasm/load_memory.py, SPIN_SHIM_LOAD_MEMORY_MAX);
 7. become the spec's user: rlimits, groups, the five capability sets, no_new_privs, umask,
    seccomp (shim/wasm/sandbox/credentials.py); report ready or a user-facing error;
 8. wait for Start, run, exit with the guest's code. SIGTERM interrupts a command guest at its
@@ -224,7 +225,7 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: Phases
     """The loaded app, and what the sandbox left out of the spec (for the daemon's log)."""
     from runtime import telemetry
     from runtime.settings import RuntimeSettings
-    from shim.wasm import app_source
+    from shim.wasm import app_source, load_memory
     from shim.wasm.sandbox import python_paths, root
     from shim.wasm.sandbox.credentials import apply_credentials
 
@@ -235,6 +236,7 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: Phases
     phases.mark("imports")
     laid_out = app_source.lay_out_image_app(plan)
     phases.mark("layout")
+    load_limit, data_before = load_memory.load_memory_max(), load_memory.data_size()  # the root has no /proc
     cgroup_procs = cgroup.open_procs_files() if cgroup is not None else []
     try:
         root_plan = root.RootPlan(
@@ -247,7 +249,8 @@ def _load_in_sandbox(plan: InstancePlan, cgroup: "Cgroup | None", phases: Phases
         phases.mark("root")
         settings = RuntimeSettings(cache_dir=Path(root.SHIM_DIR), max_instance_memory=plan.max_instance_memory,
                                    scratch_dir=Path(root.SCRATCH), cpus=container_cpus(plan.resources))
-        app = app_source.load_task_app(plan, laid_out, settings)
+        with load_memory.load_memory_capped(load_limit, data_before):
+            app = app_source.load_task_app(plan, laid_out, settings)
         phases.mark("load")
         root.release_host_paths(root_plan)
         root.choose_trust_store()
