@@ -38,6 +38,7 @@ import signal
 import time
 from pathlib import Path
 
+from runtime.byte_settings import byte_setting
 from runtime.errors import WasmLoadError
 from runtime.wasm_binary import WasmKind
 
@@ -61,26 +62,7 @@ _ERROR = b"error:"
 
 def compile_memory_max(environ: dict[str, str] | None = None) -> int:
     """The cap in bytes, from ``COMPILE_MEMORY_ENV`` (an integer byte count, or with a K/M/G/Ki/Mi/Gi suffix)."""
-    raw = (os.environ if environ is None else environ).get(COMPILE_MEMORY_ENV, "").strip()
-    if not raw:
-        return DEFAULT_COMPILE_MEMORY_MAX
-    value = parse_bytes(raw)
-    if value is None or value < MIN_COMPILE_MEMORY_MAX:
-        log.warning("%s=%r is not a byte count of at least %d; using %d", COMPILE_MEMORY_ENV, raw,
-                    MIN_COMPILE_MEMORY_MAX, DEFAULT_COMPILE_MEMORY_MAX)
-        return DEFAULT_COMPILE_MEMORY_MAX
-    return value
-
-
-_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
-
-
-def parse_bytes(text: str) -> int | None:
-    """``"2147483648"``, ``"512Mi"``, ``"2G"`` -> bytes (Kubernetes' quantity suffixes); None if it is not one."""
-    match = re.fullmatch(r"(\d+)\s*([kKmMgG]i?)?", text.strip())
-    if match is None:
-        return None
-    return int(match[1]) * _UNITS[(match[2] or "").lower()]
+    return byte_setting(COMPILE_MEMORY_ENV, DEFAULT_COMPILE_MEMORY_MAX, MIN_COMPILE_MEMORY_MAX, environ)
 
 
 _compiled_in_process = False

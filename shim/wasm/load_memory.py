@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
-import os
 import resource
 from collections.abc import Iterator, Mapping
 
-from runtime.compile_process import parse_bytes
+from runtime.byte_settings import byte_setting
 from runtime.errors import AppError, WasmResourceError
-
-log = logging.getLogger(__name__)
 
 LOAD_MEMORY_ENV = "SPIN_SHIM_LOAD_MEMORY_MAX"
 DEFAULT_LOAD_MEMORY_MAX = 4 << 30
@@ -43,15 +39,7 @@ class LoadMemoryError(AppError):
 
 
 def load_memory_max(environ: Mapping[str, str] | None = None) -> int:
-    raw = (os.environ if environ is None else environ).get(LOAD_MEMORY_ENV, "").strip()
-    if not raw:
-        return DEFAULT_LOAD_MEMORY_MAX
-    value = parse_bytes(raw)
-    if value is None or value < MIN_LOAD_MEMORY_MAX:
-        log.warning("%s=%r is not a byte count of at least %d; using %d", LOAD_MEMORY_ENV, raw, MIN_LOAD_MEMORY_MAX,
-                    DEFAULT_LOAD_MEMORY_MAX)
-        return DEFAULT_LOAD_MEMORY_MAX
-    return value
+    return byte_setting(LOAD_MEMORY_ENV, DEFAULT_LOAD_MEMORY_MAX, MIN_LOAD_MEMORY_MAX, environ)
 
 
 def data_size() -> int:

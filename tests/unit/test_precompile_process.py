@@ -16,12 +16,12 @@ import pytest
 import wasmtime
 
 from runtime import compile_process
+from runtime.byte_settings import parse_bytes
 from runtime.compile_process import (
     COMPILE_MEMORY_ENV,
     DEFAULT_COMPILE_MEMORY_MAX,
     child_outcome,
     compile_memory_max,
-    parse_bytes,
 )
 from runtime.engine import shared_engine
 from runtime.errors import WasmLoadError
