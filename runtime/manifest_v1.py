@@ -69,7 +69,7 @@ def convert_v1(doc: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[
     if unknown:
         raise V1Error(f"{unknown_keys_phrase(unknown, _APP_KEYS)} in a version 1 manifest (its top-level keys: "
                       "name, version, description, authors, trigger, variables, [[component]])",
-                      *sorted(unknown), *(f"[{key}" for key in sorted(unknown)))
+                      *(near for key in sorted(unknown)[:4] for near in (key, f"[{key}")))
     name = doc.get("name")
     if not isinstance(name, str) or not name:
         raise V1Error("`name` is required and must be a non-empty string (a version 1 manifest names the app at "
