@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 
 from runtime.errors import ManifestError
 from runtime.manifest import Component, GlobFiles, MappedFiles
-from runtime.paths import PathEscapeError, resolve_in_root
+from runtime.paths import PathEscapeError, quoted_path, resolve_in_root
 
 STAGING_DIR_NAME = "staging"
 #: Glob-matching steps (a path segment against a pattern segment) and files walked that one component's ``files``
@@ -157,12 +157,13 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
         try:
             source = resolve_in_root(root, mount.source)
         except PathEscapeError as exc:
-            raise ManifestError(f"{where}: source {mount.source!r}: {exc}") from None
+            raise ManifestError(f"{where}: source: {exc}") from None
         destination = "/" + "/".join(p for p in mount.destination.split("/") if p not in ("", "."))
         if ".." in destination.split("/"):
             raise ManifestError(f"{where}: destination {mount.destination!r} must not contain '..'")
         if _inside(source, private):
-            raise ManifestError(f"{where}: source {mount.source!r} is the runtime's own directory, not the app's")
+            raise ManifestError(
+                f"{where}: source {quoted_path(mount.source)} is the runtime's own directory, not the app's")
         if source.is_dir():
             files = _walk_files(source, work, private)
             rel_files = [(f, f.relative_to(source).as_posix()) for f in files]
@@ -177,10 +178,10 @@ def plan_component_files(app_dir: Path, manifest_path: Path, component: Componen
                     staged[guest] = _checked_file(root, host_file.relative_to(root).as_posix(), where, private)
         elif source.is_file():
             if destination == "/":
-                raise ManifestError(f"{where}: a single file {mount.source!r} cannot be placed at '/'")
+                raise ManifestError(f"{where}: a single file {quoted_path(mount.source)} cannot be placed at '/'")
             staged[destination] = source
         else:
-            raise ManifestError(f"{where}: source {mount.source!r} not found (looked for {source})")
+            raise ManifestError(f"{where}: source {quoted_path(mount.source)} not found (looked for {source})")
     return direct, staged
 
 
@@ -208,11 +209,11 @@ def _checked_file(root: Path, rel: str, where: str, private: Path | None = None)
     try:
         resolved = resolve_in_root(root, rel)
     except PathEscapeError as exc:
-        raise ManifestError(f"{where}: {rel!r}: {exc}") from None
+        raise ManifestError(f"{where}: {exc}") from None
     if not resolved.is_file():
-        raise ManifestError(f"{where}: {rel!r} is not a regular file")
+        raise ManifestError(f"{where}: {quoted_path(rel)} is not a regular file")
     if _inside(resolved, private):
-        raise ManifestError(f"{where}: {rel!r} leads into the runtime's own directory, not the app's")
+        raise ManifestError(f"{where}: {quoted_path(rel)} leads into the runtime's own directory, not the app's")
     return resolved
 
 

@@ -342,15 +342,16 @@ def _names_the_app(arg0: str) -> bool:
 def _load_bare_wasm(root_dir: Path, args: list[str], env: dict[str, str], settings: RuntimeSettings) -> LoadedApp:
     from runtime.files import StagedFiles
     from runtime.guest import GuestSetup
-    from runtime.paths import PathEscapeError, resolve_in_root
+    from runtime.paths import PathEscapeError, quoted_path, resolve_in_root
 
     try:
         wasm_path = resolve_in_root(root_dir, args[0])
     except PathEscapeError as exc:
-        raise AppNotFoundError(f"args[0] {args[0]!r}: {exc}") from None
+        raise AppNotFoundError(f"args[0]: {exc}") from None
     if not wasm_path.is_file():
         raise AppNotFoundError(
-            f"args[0] {args[0]!r}: no such file in the image (looked for {wasm_path}; no /{MANIFEST_FILE_NAME} either)"
+            f"args[0] {quoted_path(args[0])}: no such file in the image (looked for {quoted_path(wasm_path)}; no "
+            f"/{MANIFEST_FILE_NAME} either)"
         )
     name = PurePosixPath(args[0]).name
     setup = GuestSetup(name=name, argv=list(args), env=dict(env))

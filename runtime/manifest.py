@@ -525,7 +525,7 @@ def load_manifest(path: Path) -> Manifest:
     ``files`` entries are checked when the component's mounts are resolved (runtime.files), because globs are
     expanded there; an app whose component has a non-local source fails here with a clear message.
     """
-    from runtime.paths import PathEscapeError, resolve_in_root  # fs helpers; kept out of parse_manifest
+    from runtime.paths import PathEscapeError, quoted_path, resolve_in_root  # fs helpers; kept out of parse_manifest
 
     from runtime.capped_read import CappedReadError, read_capped
 
@@ -556,10 +556,10 @@ def load_manifest(path: Path) -> Manifest:
         try:
             resolved = resolve_in_root(app_dir, source.path)
         except PathEscapeError as exc:
-            raise ManifestError(f"{path}: component {component.id!r}: source {source.path!r}: {exc}") from None
+            raise ManifestError(f"{path}: component {component.id!r}: source: {exc}") from None
         if not resolved.is_file():
             raise ManifestError(
-                f"{path}: component {component.id!r}: source file {source.path!r} not found "
+                f"{path}: component {component.id!r}: source file {quoted_path(source.path)} not found "
                 f"(looked for {resolved})"
             )
         if component.dependencies:

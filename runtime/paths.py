@@ -20,6 +20,15 @@ _MAX_SYMLINKS = 40
 _MAX_PATH_BYTES = 4095
 
 
+def quoted_path(path: str | os.PathLike[str], limit: int = 160) -> str:
+    """``path`` quoted for a message; an image's path of up to PATH_MAX is cut to ``limit`` characters, so one
+    error line stays readable (and the part after it, which says what is wrong, survives the Create error's cut)."""
+    text = str(path)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 class PathEscapeError(ValueError):
     """The path cannot be resolved inside the root: it (or a symlink on the way) points outside, or the kernel
     refuses a lookup on the way (a name over 255 bytes, a path over PATH_MAX, a directory it may not search). The
@@ -46,7 +55,7 @@ def resolve_in_root(root: Path, path: str | os.PathLike[str]) -> Path:
             continue
         if part == "..":
             if not resolved:
-                raise PathEscapeError(f"{path!s} leads outside the app root ('..' above it)")
+                raise PathEscapeError(f"{quoted_path(path)} leads outside the app root ('..' above it)")
             resolved.pop()
             continue
         candidate = base.joinpath(*resolved, part)
@@ -59,24 +68,26 @@ def resolve_in_root(root: Path, path: str | os.PathLike[str]) -> Path:
             resolved.append(part)
             continue
         except OSError as exc:  # ENAMETOOLONG (a name over 255 bytes), EACCES, ELOOP: the image's path, not ours
-            raise PathEscapeError(f"{path!s}: cannot look up {'/'.join([*resolved, part])}: "
-                                  f"{exc.strerror or exc}") from None
+            looked_up = "/".join([*resolved, part])
+            where = "" if looked_up == str(path).strip("/") else f" (looking up {quoted_path(looked_up)})"
+            raise PathEscapeError(f"{quoted_path(path)}{where}: {exc.strerror or exc}") from None
         if not stat.S_ISLNK(mode):
             resolved.append(part)
             continue
         symlinks += 1
         if symlinks > _MAX_SYMLINKS:
-            raise PathEscapeError(f"{path!s}: too many levels of symbolic links")
+            raise PathEscapeError(f"{quoted_path(path)}: too many levels of symbolic links")
         try:
             target = os.readlink(candidate)
         except OSError as exc:  # replaced meanwhile: the image changes under a running shim only in an attack
-            raise PathEscapeError(f"{path!s}: cannot read symlink {'/'.join([*resolved, part])}: "
-                                  f"{exc.strerror or exc}") from None
+            link = quoted_path("/".join([*resolved, part]))
+            raise PathEscapeError(f"{quoted_path(path)}: cannot read symlink {link}: {exc.strerror or exc}") from None
         if target.startswith("/"):
             resolved = []  # absolute symlinks are relative to the image root
         elif _climbs_above(resolved, target):
             raise PathEscapeError(
-                f"{path!s}: symlink {'/'.join([*resolved, part])} -> {target} leads outside the app root"
+                f"{quoted_path(path)}: symlink {quoted_path('/'.join([*resolved, part]))} -> {quoted_path(target)} "
+                "leads outside the app root"
             )
         pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
     return base.joinpath(*resolved)
