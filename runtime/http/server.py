@@ -631,11 +631,26 @@ class _Connection(asyncio.Protocol):
 def _unsent_failure(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """A batch whose response head never reached the wire, ending in ``fail_started``: the failure's own answer
     instead of the head and body the guest queued before it failed (a fixed-length head waits for its body, so a
-    guest failing before it wrote its body is still "nothing sent")."""
+    guest failing before it wrote its body is still "nothing sent").
+
+    Except a streamed 5xx head with no body queued (what StarlingMonkey queues when a JS handler throws): that
+    head is the guest's own answer and ends empty, as when it went out in a batch of its own. Whether it did is a
+    race between the loop's flush and the guest's failure, and the client saw either an empty 500 or the failure's
+    text, run to run."""
     for index, item in enumerate(items):
         if item[0] is streams.FAIL_STARTED:
+            if _streamed_5xx_head_alone(items[:index]):
+                return items
             return [(streams.FAIL, item[1], item[2]), *items[index + 1:]]
     return items
+
+
+def _streamed_5xx_head_alone(items: list[tuple[Any, ...]]) -> bool:
+    heads = [item[1] for item in items if item[0] is streams.START]
+    if len(heads) != 1 or any(item[0] is streams.DATA for item in items):
+        return False
+    head: h11.Response = heads[0]
+    return head.status_code >= 500 and all(name.lower() != b"content-length" for name, _ in head.headers)
 
 
 def _run_guest(exchange: _Exchange, ticket: Ticket, log_fd: int) -> None:

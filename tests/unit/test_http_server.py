@@ -747,6 +747,21 @@ def test_throw_after_a_chunked_5xx_head_is_a_complete_empty_500_on_a_reusable_co
     assert client.response()[:3:2] == (200, b"again")
 
 
+def test_throw_after_a_chunked_5xx_head_still_queued_is_the_same_empty_500(running):
+    # The same guest without waiting for the client: its head and its failure meet in one batch (or not, as the
+    # loop's flush falls); the answer is the same either way.
+    for _ in range(20):
+        guest = FailsAfterHead(500, [(b"content-type", b"text/plain")], wait_for_client=False)
+        srv = running([("/fail", "fails"), ("/...", "echo")], {"fails": guest, "echo": Echo()})
+        client = srv.connect()
+        client.request(b"GET", b"/fail")
+        status, headers, body, _ = client.response()
+        assert (status, body) == (500, b"") and headers[b"content-type"] == b"text/plain"
+        client.next_cycle()
+        client.request(b"POST", b"/x", body=b"again")
+        assert client.response()[:3:2] == (200, b"again")
+
+
 def test_failure_before_a_queued_head_went_out_is_the_failures_own_answer(running):
     # A fixed-length head waits for its body, so a guest that fails before writing any is "nothing sent".
     guest = FailsAfterHead(200, [(b"content-length", b"10")], wait_for_client=False)
