@@ -175,7 +175,7 @@ def test_a_glob_of_many_double_stars_over_a_deep_tree_does_not_hold_up_create(co
     manifest = (http_apps["py-spin"] / "spin.toml").read_text().replace(
         'files = [{ source = "static", destination = "/static" }]',
         'files = [{ source = "static", destination = "/static" }, "' + "/".join(["**"] * 25) + '/x"]')
-    assert manifest.count("**/**") > 20
+    assert manifest.count("**/") == 25
     image = images_21.wasm_image("py-spin-glob-bomb", {
         "/": http_apps["py-spin"],
         "/spin.toml": manifest.encode(),
