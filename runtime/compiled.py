@@ -35,6 +35,28 @@ class ComponentLoad(NamedTuple):
     cache: CacheResult
 
 
+#: What this app's load has mapped, by (engine, cache dir, wasm sha256, kind): the compiled object, how it was
+#: obtained, and its blob file's identity (inode, size, mtime, ctime). Components of one app that share a wasm (a
+#: file server behind several routes) then map its blob once: each mapping costs ~1 ms and counts in full against
+#: the load's RLIMIT_DATA (shim.wasm.load_memory; 34-36 MB for the SDK test apps). A blob replaced or removed since
+#: is mapped again, as the cache would. runtime.loader.load_app empties it before and after each load: the memo
+#: never keeps a mapping alive past the app that uses it (a blob truncated under a live mapping is SIGBUS), and a
+#: process that loads several apps (tests) sees each go through the cache.
+_MAPPED: dict[tuple[int, str, str, str], tuple[Any, CacheResult, tuple[int, int, int, int]]] = {}
+
+
+def forget_mapped() -> None:
+    _MAPPED.clear()
+
+
+def _blob_identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 def compile_wasm(wasm_path: Path, what: str, name: str, settings: RuntimeSettings, *,
                  exports: ExportRequirement | None = None) -> tuple[Any, ComponentLoad, wasmtime.Engine]:
     """The precompiled module or component for ``wasm_path`` (from the cache, or compiled and cached).
@@ -48,11 +70,21 @@ def compile_wasm(wasm_path: Path, what: str, name: str, settings: RuntimeSetting
     from runtime.engine import shared_engine
     from runtime.precompile import PrecompileCache
 
+    from runtime.precompile import CacheResult
+
     kind, digest = _sniff(wasm_path, what, settings.cache_dir)
     engine = shared_engine()
-    cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify,
-                            store_factory=settings.precompiled_store)
-    compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest, exports=exports)
+    key = (id(engine), str(settings.cache_dir), digest, kind.value)
+    mapped = _MAPPED.get(key)
+    if mapped is not None and mapped[1].blob_path is not None and _blob_identity(mapped[1].blob_path) == mapped[2]:
+        compiled, result = mapped[0], CacheResult("hit", digest, mapped[1].blob_path, 0.0)
+    else:
+        cache = PrecompileCache(settings.cache_dir, engine, verify=settings.cache_verify,
+                                store_factory=settings.precompiled_store)
+        compiled, result = cache.load(wasm_path, kind, name=what, wasm_sha256=digest, exports=exports)
+        identity = _blob_identity(result.blob_path) if result.blob_path is not None else None
+        if identity is not None:
+            _MAPPED[key] = (compiled, result, identity)
     if exports is not None and result.outcome == "hit":
         # A cache hit skipped the check before a compile (a component cached for another trigger or app): the
         # loaded component's export names give the same answer in the same words, in ~0.1 ms, so a cold and a

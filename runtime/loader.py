@@ -25,7 +25,7 @@ import threading
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from runtime.compiled import ComponentLoad, compile_wasm
+from runtime.compiled import ComponentLoad, compile_wasm, forget_mapped
 from runtime.errors import AppError, AppNotFoundError, InvalidSettingError, ManifestError, UnsupportedTriggerError
 from runtime.settings import RuntimeSettings
 
@@ -126,11 +126,14 @@ def load_app(root_dir: Path, args: list[str], env: dict[str, str], settings: Run
     be mounted on the node: the user reading them knows the image, not the bundle path.
     """
     root_dir = Path(root_dir)
+    forget_mapped()  # components of this app share mappings; the app holds them after, not the memo
     try:
         return _load_app(root_dir, args, env, settings)
     except AppError as exc:
         exc.args = (_image_relative(str(exc), root_dir),) + exc.args[1:]
         raise
+    finally:
+        forget_mapped()
 
 
 def _image_relative(message: str, root_dir: Path) -> str:

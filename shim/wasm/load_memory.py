@@ -11,8 +11,9 @@ are applied and any request is served.
 
 RLIMIT_DATA counts each component's mapping of its compiled blob in full (a private, writable file mapping:
 34-36 MB for the JS and Python SDK test apps), though its pages stay the page cache's until written; components
-are mapped one by one even when they share a wasm. So the default leaves room for ~110 components of that size,
-and an attacker's load stops at 4 GiB of address space, most of it file pages.
+that share a wasm share one mapping (runtime.compiled: 60 js-echo components load in 60 MiB). So the default leaves
+room for ~110 distinct components of that size, and an attacker's load stops at 4 GiB of address space, most of it
+file pages.
 
 Past the cap, Python raises MemoryError and wasmtime's mappings fail with ENOMEM (runtime.precompile raises
 WasmResourceError for them, keeping the blob); both become one Create error that names the setting.
