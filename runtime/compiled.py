@@ -39,9 +39,9 @@ class ComponentLoad(NamedTuple):
 #: obtained, and its blob file's identity (inode, size, mtime, ctime). Components of one app that share a wasm (a
 #: file server behind several routes) then map its blob once: each mapping costs ~1 ms and counts in full against
 #: the load's RLIMIT_DATA (shim.wasm.load_memory; 34-36 MB for the SDK test apps). A blob replaced or removed since
-#: is mapped again, as the cache would. runtime.loader.load_app empties it before and after each load: the memo
-#: never keeps a mapping alive past the app that uses it (a blob truncated under a live mapping is SIGBUS), and a
-#: process that loads several apps (tests) sees each go through the cache.
+#: is mapped again, as the cache would. runtime.loader's load_app and load_locked_app empty it before and after
+#: each load: the memo never keeps a mapping alive past the app that uses it (a blob truncated under a live
+#: mapping is SIGBUS), and a process that loads several apps (tests) sees each go through the cache.
 _MAPPED: dict[tuple[int, str, str, str], tuple[Any, CacheResult, tuple[int, int, int, int]]] = {}
 
 

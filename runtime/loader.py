@@ -170,6 +170,7 @@ def load_locked_app(app_dir: Path, args: list[str], env: dict[str, str], setting
     from runtime.locked_app import LOCK_FILE_NAME
     from runtime.locked_app import load_locked_app as read_lock
 
+    forget_mapped()  # as in load_app
     try:
         settings = settings.with_task_env(env)
         manifest = read_lock(app_dir, name)
@@ -177,6 +178,8 @@ def load_locked_app(app_dir: Path, args: list[str], env: dict[str, str], setting
     except AppError as exc:  # later checks (triggers, files) name the lock by its path on the node
         exc.args = (str(exc).replace(str(app_dir / LOCK_FILE_NAME), name),) + exc.args[1:]
         raise
+    finally:
+        forget_mapped()
 
 
 # ---------------------------------------------------------------------------------------------------- Spin apps
