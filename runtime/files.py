@@ -73,7 +73,7 @@ class _Work:
             raise ManifestError(
                 f"{self.where}: matching the globs and exclude_files against the app's files takes more than "
                 f"{MAX_MATCH_WORK} steps (too many files under the app dir, or too many or too deep patterns); "
-                "map directories with {{ source, destination }} or narrow the globs")
+                "map directories with { source, destination } or narrow the globs")
 
 
 def _excluded(rel_path: str, exclude: tuple[str, ...], work: _Work) -> bool:
