@@ -8,6 +8,14 @@ So every message here names the file / component / import involved and says what
 from __future__ import annotations
 
 
+def quoted(text: str, limit: int) -> str:
+    """``text`` (a key, a path: image content) quoted for a message, cut to ``limit`` characters with its length
+    said, so one error line stays readable and the words after it survive the Create error's cut."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 class AppError(Exception):
     """A problem the user must fix in their app/image; ``str()`` is the user-facing message."""
 

@@ -13,6 +13,8 @@ import os
 import stat
 from pathlib import Path
 
+from runtime.errors import quoted
+
 #: Same bound as Linux's MAXSYMLINKS: a longer chain is a loop.
 _MAX_SYMLINKS = 40
 #: Linux's PATH_MAX less the terminating NUL: no longer path names a file, so one is refused before any lookup
@@ -21,12 +23,8 @@ _MAX_PATH_BYTES = 4095
 
 
 def quoted_path(path: str | os.PathLike[str], limit: int = 160) -> str:
-    """``path`` quoted for a message; an image's path of up to PATH_MAX is cut to ``limit`` characters, so one
-    error line stays readable (and the part after it, which says what is wrong, survives the Create error's cut)."""
-    text = str(path)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
+    """``path`` quoted for a message (runtime.errors.quoted): an image's path of up to PATH_MAX, cut."""
+    return quoted(str(path), limit)
 
 
 class PathEscapeError(ValueError):

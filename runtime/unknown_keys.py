@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from runtime.errors import quoted
+
 #: difflib's similarity ratio a known key needs to be offered. 0.6 (difflib's default) also offers ``version``
 #: for ``description``-like noise; 0.7 keeps the single-typo and missing-plural cases, which are what users write.
 _CUTOFF = 0.7
@@ -45,7 +47,7 @@ def keys_with_suggestions(unknown: Iterable[str], known: Iterable[str]) -> str:
     parts = []
     for key in keys[:MAX_KEYS_SHOWN]:
         if len(key) > MAX_KEY_CHARS:
-            parts.append(f"{key[:MAX_KEY_CHARS]!r}... ({len(key)} characters)")
+            parts.append(quoted(key, MAX_KEY_CHARS))
             continue
         match = closest_key(key, known_keys)
         parts.append(f"{key!r} (did you mean `{match}`?)" if match else repr(key))
