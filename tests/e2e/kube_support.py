@@ -26,6 +26,7 @@ import pytest
 from tests.e2e.cri_support import BUSYBOX_REF, build_busybox_tar, import_image
 from tests.e2e.node_install_support import installed_cri_containerd
 from tests.e2e.registry_support import Registry, push_app, trust_registry
+from tests.e2e.support import started_or_failed
 from kube_cluster import KubeCluster, KubeClusterError, kube_bin_dir  # noqa: E402  (scripts/ is on sys.path)
 from private_containerd import CRI_NAMESPACE, PrivateContainerd  # noqa: E402
 
@@ -199,19 +200,11 @@ def running_kube(version: str, tmp_path_factory: pytest.TempPathFactory, shim_ca
             yield Kube(cluster, ctrd, app_image, BUSYBOX_REF)
 
 
-@contextlib.contextmanager
-def started_cluster(ctrd: PrivateContainerd, workdir: Path, bin_dir: Path) -> Iterator[KubeCluster]:
+def started_cluster(ctrd: PrivateContainerd, workdir: Path,
+                    bin_dir: Path) -> contextlib.AbstractContextManager[KubeCluster]:
     """A kube-apiserver and a kubelet on ``ctrd``, stopped when the block ends; a start that fails fails the test
     with what the cluster reported (its components' logs)."""
-    cluster = KubeCluster(ctrd, workdir, bin_dir=bin_dir)
-    try:
-        cluster.start()
-    except KubeClusterError as exc:
-        pytest.fail(str(exc))
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    return started_or_failed(KubeCluster(ctrd, workdir, bin_dir=bin_dir), KubeClusterError)
 
 
 @pytest.fixture(scope="module")

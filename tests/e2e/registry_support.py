@@ -15,20 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.support import started_or_failed
+
 from local_registry import Registry, RegistryError, trust_registry  # noqa: E402  (scripts/ is on sys.path)
 
 
-@contextlib.contextmanager
-def running_registry(workdir: Path) -> Iterator[Registry]:
-    registry = Registry(workdir)
-    try:
-        registry.start()
-    except RegistryError as exc:
-        pytest.fail(str(exc))
-    try:
-        yield registry
-    finally:
-        registry.stop()
+def running_registry(workdir: Path) -> contextlib.AbstractContextManager[Registry]:
+    return started_or_failed(Registry(workdir), RegistryError)
 
 
 @pytest.fixture(scope="session")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -88,6 +90,29 @@ def assert_no_leaks(daemon, task_ids: list[str], namespace: str = "default") -> 
     listing = daemon.ctr("tasks", "ls", namespace=namespace).stdout
     for task_id in task_ids:
         assert task_id not in listing.split(), f"task {task_id} still listed:\n{listing}"
+
+
+class _Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Service)
+
+
+@contextlib.contextmanager
+def started_or_failed(service: _S, error: type[Exception]) -> Iterator[_S]:
+    """``service`` (a registry, a Kubernetes node) started for the block and stopped after it; a start that raises
+    ``error`` fails the test with its message, which carries what the service reported."""
+    try:
+        service.start()
+    except error as exc:
+        pytest.fail(str(exc))
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 def busybox_rootfs(rootfs: Path, applets: Iterable[str], extra_dirs: Iterable[str] = ()) -> Path:
