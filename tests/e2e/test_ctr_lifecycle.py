@@ -194,7 +194,8 @@ def test_kill_all_and_force_remove_of_a_running_task(containerd, loop_image):
 def test_shim_daemon_killed_under_a_running_task(containerd, loop_image):
     task_id = "shim-sigkill"
     try:
-        containerd.ctr("run", "-d", "--runtime", RUNTIME, loop_image, task_id)
+        # --fifo-dir: with the daemon killed, nobody would remove ctr's FIFOs from /run/containerd/fifo.
+        containerd.ctr("run", "-d", "--fifo-dir", str(containerd.fifo_dir), "--runtime", RUNTIME, loop_image, task_id)
         instance_pid = int(_task_line(containerd, task_id)[1])
         daemon_pid = int(open(f"/proc/{instance_pid}/stat").read().rsplit(")", 1)[1].split()[1])
         assert daemon_pid in shim_processes(containerd)

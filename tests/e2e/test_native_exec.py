@@ -147,7 +147,8 @@ def ctr_busybox(cri_containerd: tuple[PrivateContainerd, CriClient], cri_busybox
 
 
 def _run_detached(ctrd: PrivateContainerd, image: str, task_id: str) -> int:
-    ctrd.ctr("run", "-d", "--runtime", RUNTIME, image, task_id, "sleep", "3600")
+    # --fifo-dir: a test that kills the daemon would leave ctr's FIFOs in /run/containerd/fifo for good.
+    ctrd.ctr("run", "-d", "--fifo-dir", str(ctrd.fifo_dir), "--runtime", RUNTIME, image, task_id, "sleep", "3600")
     return _task_pid(ctrd, task_id)
 
 
@@ -225,7 +226,8 @@ def test_ctr_tasks_exec_into_a_native_container(cri_containerd, ctr_busybox):
         assert again.stdout == "again\n"
 
         # A detached exec: listed with its exec id by `ctr tasks ps`, a duplicate id is refused meanwhile.
-        ctrd.ctr("tasks", "exec", "--detach", "--exec-id", "bg", task_id, "sleep", "3600")
+        ctrd.ctr("tasks", "exec", "--detach", "--fifo-dir", str(ctrd.fifo_dir), "--exec-id", "bg", task_id,
+                 "sleep", "3600")
         assert wait_until(lambda: "bg" in ctrd.ctr("tasks", "ps", task_id).stdout), \
             ctrd.ctr("tasks", "ps", task_id).stdout
         listing = ctrd.ctr("tasks", "ps", task_id).stdout.splitlines()[1:]
@@ -272,7 +274,8 @@ def test_delete_after_the_shim_daemon_was_killed_leaves_no_runc_state(cri_contai
     pids: list[int] = []
     try:
         pids.append(_run_detached(ctrd, ctr_busybox, task_id))
-        ctrd.ctr("tasks", "exec", "--detach", "--exec-id", "bg", task_id, "sleep", "3600")
+        ctrd.ctr("tasks", "exec", "--detach", "--fifo-dir", str(ctrd.fifo_dir), "--exec-id", "bg", task_id,
+                 "sleep", "3600")
         assert wait_until(lambda: len(ctrd.ctr("tasks", "ps", task_id).stdout.splitlines()) == 3)
         pids += [int(line.split()[0]) for line in ctrd.ctr("tasks", "ps", task_id).stdout.splitlines()[1:]]
         assert (RUNC_STATE_ROOT / "default" / task_id / "state.json").exists()
