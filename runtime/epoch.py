@@ -42,6 +42,8 @@ class EpochTicker:
         self._thread: threading.Thread | None = None
         self._wake = threading.Condition()
         self._in_flight = 0
+        #: The thread waits for a call (not for the end of a tick): only then does ``enter`` notify it.
+        self._parked = False
 
     @classmethod
     def shared(cls, engine: wasmtime.Engine) -> EpochTicker:
@@ -65,7 +67,10 @@ class EpochTicker:
         self._ensure_thread()
         with self._wake:
             self._in_flight += 1
-            if self._in_flight == 1:
+            if self._parked:
+                # Only a parked thread is woken: a notify during a tick would end that tick early, and at one
+                # request at a time (in_flight 0 -> 1 at every request) it cost a thread wakeup per request.
+                self._parked = False
                 self._wake.notify()
 
     def leave(self) -> None:
@@ -90,6 +95,7 @@ class EpochTicker:
             # A fresh condition: the inherited one may be held by a thread that does not exist in this process.
             self._wake = threading.Condition()
             self._in_flight = 0
+            self._parked = False
             self._thread = threading.Thread(target=self._run, args=(self._wake,), name="epoch-ticker", daemon=True)
             self._thread.start()
             self._pid = pid
@@ -98,7 +104,9 @@ class EpochTicker:
         while True:
             with wake:
                 while self._in_flight == 0:
+                    self._parked = True
                     wake.wait()
+                self._parked = False
                 # Sleeping on the condition (not time.sleep) keeps the tick period while calls come and go.
                 wake.wait(self.interval)
             self.engine.increment_epoch()

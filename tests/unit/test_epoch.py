@@ -53,6 +53,25 @@ def test_overlapping_calls_keep_it_awake_until_the_last_one_ends() -> None:
     assert ticks_during(engine) == 0
 
 
+def test_calls_that_come_and_go_keep_the_tick_period() -> None:
+    """One request at a time takes the count from 0 to 1 at every request: that must not wake the thread in the
+    middle of a tick (each wakeup was an early tick and a thread switch per request)."""
+    engine = CountingEngine()
+    ticker = EpochTicker(engine)  # type: ignore[arg-type]
+    with ticker.running():
+        time.sleep(2 * ticker.interval)  # the thread is up and ticking
+    calls = 0
+    before = engine.ticks
+    deadline = time.monotonic() + WINDOW_S
+    while time.monotonic() < deadline:
+        with ticker.running():
+            time.sleep(0.0002)
+        calls += 1
+    ticks = engine.ticks - before
+    assert calls > 100  # hundreds of 0 -> 1 transitions in the window
+    assert 3 <= ticks <= 2 * WINDOW_S / ticker.interval + 5
+
+
 def test_calls_from_several_threads_share_one_thread() -> None:
     engine = CountingEngine()
     ticker = EpochTicker(engine)  # type: ignore[arg-type]
