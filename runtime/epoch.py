@@ -21,7 +21,7 @@ import contextlib
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 
 #: Seconds between two epoch increments while a guest runs: a deadline fires at most about this late.
 TICK_SECONDS = 0.010
+
+#: Called by every ticker thread after each tick (runtime.http.streams sends response bytes a guest left waiting
+#: for its finish). Each must be quick and must not raise; one that does is ignored, the ticker goes on.
+_tick_hooks: tuple[Callable[[], None], ...] = ()
+
+
+def add_tick_hook(hook: Callable[[], None]) -> None:
+    global _tick_hooks
+    if hook not in _tick_hooks:
+        _tick_hooks = (*_tick_hooks, hook)
 
 
 class EpochTicker:
@@ -110,3 +120,8 @@ class EpochTicker:
                 # Sleeping on the condition (not time.sleep) keeps the tick period while calls come and go.
                 wake.wait(self.interval)
             self.engine.increment_epoch()
+            for hook in _tick_hooks:
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - a hook's failure must not stop the deadlines of every guest
+                    pass

@@ -386,6 +386,69 @@ def test_a_content_length_head_goes_out_with_its_body(running):
     assert first.startswith(b"HTTP/1.1 200") and rest == b"body"
 
 
+def test_a_small_content_length_response_wakes_the_loop_once(running, monkeypatch):
+    """The write that completes a Content-Length body waits for the finish right after it: the loop takes the
+    head, body and end in one batch (one wakeup of the loop per small response, not two)."""
+    from runtime.http import streams
+    from runtime.http.server import _Connection
+
+    batches = []
+    take = streams.ResponseChannel.take
+
+    def recording_take(channel):
+        items = take(channel)
+        kinds = {item[0] for item in items} & {streams.START, streams.DATA, streams.END}
+        if kinds:
+            batches.append(kinds)
+        return items
+
+    monkeypatch.setattr(streams.ResponseChannel, "take", recording_take)
+    flushes = []
+    threadsafe = _Connection.threadsafe
+    monkeypatch.setattr(_Connection, "threadsafe",
+                        lambda conn, callback, *args: (flushes.append(callback.__name__),
+                                                       threadsafe(conn, callback, *args))[1])
+    srv = running([("/...", "echo")], {"echo": Echo()})
+    client = srv.connect()
+    for i in range(20):
+        client.request(b"POST", b"/", body=b"hello %d" % i)
+        assert client.response()[2] == b"hello %d" % i
+        client.next_cycle()
+    assert batches == [{streams.START, streams.DATA, streams.END}] * 20
+    # What is left is the job's own end, when it comes before the connection has moved on (a race).
+    assert 20 <= flushes.count("flush") < 40
+
+
+def test_bytes_left_waiting_for_a_finish_that_does_not_come_go_out_at_the_next_epoch_tick(running):
+    """A guest that keeps working after writing its whole answer: the client has it at the next tick, not when
+    the guest ends (the ticker runs while any guest call is in flight, as ComponentExecutor holds it)."""
+    from runtime.epoch import EpochTicker
+
+    class Engine:
+        def increment_epoch(self):
+            pass
+
+    ticker = EpochTicker(Engine())  # type: ignore[arg-type]
+
+    class WorksAfterItsAnswer:
+        component_id = "after"
+
+        def handle(self, head, body, sink):
+            with ticker.running():
+                sink.start(200, [(b"content-length", b"6")])
+                sink.write(b"answer")
+                time.sleep(2.0)  # e.g. an outbound call whose result the answer does not need
+                sink.finish()
+
+    srv = running([("/...", "after")], {"after": WorksAfterItsAnswer()})
+    client = srv.connect()
+    sent = time.monotonic()
+    client.request(b"GET", b"/")
+    status, _, body, _ = client.response()
+    assert (status, body) == (200, b"answer")
+    assert time.monotonic() - sent < 1.0  # a tick is 10 ms; the guest finishes after 2 s
+
+
 def test_request_head_carries_spin_headers_and_route(running):
     echo = Echo()
     srv = running([("/api/...", "echo")], {"echo": echo}, request_timeout=30)
