@@ -14,7 +14,12 @@ then loads each with wrk (1 thread) at 1 and 16 connections, alternating servers
 req/s, p50 and p99 for each, and ours/reference ratios (req/s: higher is better for us above 1.0; latency:
 below 1.0 is better). The machine is shared with wrk (2 cores), so only same-run ratios mean anything.
 
+``--baseline OTHER_SHIM`` (another build's containerd-shim-spin-v2, e.g. a checkout of main's .venv/bin one) adds
+a third server, the same app through that build in the same containerd, and the ratios this build/baseline: what a
+change gained, measured in one run.
+
 Usage (root): .venv/bin/python scripts/bench_http.py [--duration 8] [--rounds 2] [--apps js-echo,py-proxy]
+              [--baseline OTHER_SHIM]
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ from private_containerd import PrivateContainerd  # noqa: E402
 
 TOOLCHAINS = Path(os.environ.get("SPIN_SHIM_CACHE", "/var/cache/containerd-shim-spin-test")) / "toolchains"
 RUNTIME = "io.containerd.spin.v2"
+#: containerd finds runtime io.containerd.spinbaseline.v2 as this binary on its PATH (as scripts/bench_start.py).
+BASELINE_SHIM = "containerd-shim-spinbaseline-v2"
+BASELINE_RUNTIME = "io.containerd.spinbaseline.v2"
 WRK_PATH = "/hello"
 
 
@@ -100,19 +108,20 @@ class ShimServer:
     """The app served by this shim through a private containerd."""
 
     def __init__(self, daemon: PrivateContainerd, app_dir: Path, name: str, workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, runtime: str = RUNTIME) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._daemon = daemon
-        self._id = f"bench-{name}"
-        self.log_path = workdir / f"{name}.log"
+        suffix = "" if runtime == RUNTIME else "-baseline"
+        self._id = f"bench-{name}{suffix}"
+        self.log_path = workdir / f"{name}{suffix}.log"
         ref = f"docker.io/spin-shim-bench/{name}:latest"
         tar = workdir / f"{name}.tar"
         build_image_tar(app_dir, tar, ref, os_="wasip1", arch="wasm", entrypoint=["/"])
         daemon.ctr("images", "import", "--all-platforms", str(tar))
         # A CPU limit of the whole machine, as `wasmtime serve` has it: the shim runs one worker per CPU a task
         # may use, and without a limit ctr's default cpu.shares (1024) reads as one CPU.
-        daemon.ctr("run", "-d", "--net-host", "--runtime", RUNTIME, "--log-uri", f"file://{self.log_path}",
+        daemon.ctr("run", "-d", "--net-host", "--runtime", runtime, "--log-uri", f"file://{self.log_path}",
                    "--cpus", str(os.cpu_count() or 1),
                    *(f"--env={name}={value}" for name, value in (env or {}).items()),
                    "--env", f"SPIN_HTTP_LISTEN_ADDR=127.0.0.1:{self.port}", ref, self._id, "/")
@@ -155,6 +164,7 @@ def main() -> int:
     parser.add_argument("--apps", default="js-echo,py-proxy")
     parser.add_argument("--connections", default="1,16")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--baseline", type=Path, help="another build's containerd-shim-spin-v2 to compare with")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (it starts a private containerd)")
@@ -167,6 +177,8 @@ def main() -> int:
     shim_bin = workdir / "shim-bin"
     shim_bin.mkdir()
     (shim_bin / "containerd-shim-spin-v2").symlink_to(REPO / ".venv" / "bin" / "containerd-shim-spin-v2")
+    if args.baseline is not None:
+        (shim_bin / BASELINE_SHIM).symlink_to(args.baseline.absolute())
     daemon = PrivateContainerd("2.1", workdir / "containerd", shim_bin,
                                extra_env={"SPIN_SHIM_CACHE_DIR": str(workdir / "cache")})
     daemon.start()
@@ -179,7 +191,9 @@ def main() -> int:
             print(f"== {app} ({wasm.name}, {wasm.stat().st_size / 1e6:.1f} MB)", flush=True)
             ours = ShimServer(daemon, app_dir, app, workdir)
             reference = WasmtimeServe(wasm, workdir / f"{app}-wasmtime.log")
-            servers = {"shim": ours, "wasmtime serve": reference}
+            servers: dict[str, ShimServer | WasmtimeServe] = {"shim": ours, "wasmtime serve": reference}
+            if args.baseline is not None:
+                servers["baseline"] = ShimServer(daemon, app_dir, app, workdir, runtime=BASELINE_RUNTIME)
             try:
                 for server in servers.values():  # warm both: first requests pay lazy page faults
                     run_wrk(server.url, 4, 2)
@@ -190,13 +204,13 @@ def main() -> int:
                             try:
                                 result = run_wrk(server.url, conns, args.duration)
                             except RuntimeError as exc:
-                                log = ours.log_path if server is ours else reference.log_path
+                                log = server.log_path
                                 tail = log.read_text("utf-8", "replace")[-3000:] if log.exists() else ""
                                 raise SystemExit(f"{name}: {exc}\n--- {log}:\n{tail}") from None
                             results.setdefault((name, conns), []).append(result)
             finally:
-                ours.stop()
-                reference.stop()
+                for server in servers.values():
+                    server.stop()
             report[app] = print_table(app, results, connections, reference.version)
     finally:
         daemon.stop()
@@ -211,9 +225,10 @@ def print_table(app: str, results: dict[tuple[str, int], list[WrkResult]], conne
     """Median over rounds; ratios are ours / reference."""
     figures: dict = {"reference": reference_version}
     print(f"{'server':<16}{'conns':>6}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+    names = [name for name in ("shim", "wasmtime serve", "baseline") if (name, connections[0]) in results]
     for conns in connections:
         row = {}
-        for name in ("shim", "wasmtime serve"):
+        for name in names:
             runs = results[(name, conns)]
             rps = statistics.median(r.requests_per_second for r in runs)
             p50 = statistics.median(r.p50_ms for r in runs)
@@ -221,16 +236,21 @@ def print_table(app: str, results: dict[tuple[str, int], list[WrkResult]], conne
             errors = sum(r.errors for r in runs)
             row[name] = {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
             print(f"{name:<16}{conns:>6}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}{errors:>8}")
-        ratio = {
-            "rps": row["shim"]["rps"] / row["wasmtime serve"]["rps"],
-            "p50": row["shim"]["p50_ms"] / row["wasmtime serve"]["p50_ms"],
-            "p99": row["shim"]["p99_ms"] / row["wasmtime serve"]["p99_ms"],
-        }
-        print(f"{'ratio shim/ref':<16}{conns:>6}{ratio['rps']:>10.2f}{ratio['p50']:>10.2f}{ratio['p99']:>10.2f}")
-        figures[str(conns)] = {**row, "ratio": ratio}
+        reference_ratio = _print_ratio("ratio shim/ref", conns, row["shim"], row["wasmtime serve"])
+        figures[str(conns)] = {**row, "ratio": reference_ratio}
+        if "baseline" in row:
+            figures[str(conns)]["ratio_to_baseline"] = _print_ratio("shim/baseline", conns, row["shim"],
+                                                                    row["baseline"])
     print(f"(reference: {reference_version}; req/s ratio > 1.0 and latency ratio < 1.0 favour the shim)\n",
           flush=True)
     return figures
+
+
+def _print_ratio(label: str, conns: int, ours: dict, other: dict) -> dict:
+    ratio = {"rps": ours["rps"] / other["rps"], "p50": ours["p50_ms"] / other["p50_ms"],
+             "p99": ours["p99_ms"] / other["p99_ms"]}
+    print(f"{label:<16}{conns:>6}{ratio['rps']:>10.2f}{ratio['p50']:>10.2f}{ratio['p99']:>10.2f}")
+    return ratio
 
 
 if __name__ == "__main__":
