@@ -63,7 +63,7 @@ import h11
 
 from runtime import telemetry
 from runtime.http import streams
-from runtime.http.console import access_line, request_failure_line
+from runtime.http.console import access_line, request_failure_line, utc_timestamp
 from runtime.http.contract import ClientGone, Executor, GuestFailure, Headers, RequestHead
 from runtime.http.dispatch import DispatchPolicy, Dispatcher, Ticket, make_dispatcher
 from runtime.http.headers import format_addr, full_url, request_path, spin_request_headers, with_spin_headers
@@ -598,7 +598,9 @@ class _Connection(asyncio.Protocol):
                         self._resume("body")
         except h11.LocalProtocolError as exc:
             # The guest broke its own framing (more or fewer bytes than its Content-Length, ...).
-            log_line(self.options.log_fd, f"spin: {component}: invalid response: {exc}")
+            log_line(self.options.log_fd, request_failure_line(
+                time.time(), f"spin: {component}: invalid response: {exc}", exchange.head.method,
+                request_path(exchange.head.target)))
             channel.set_gone(f"invalid response: {exc}")
             self._write(out)
             self.abort()
@@ -822,7 +824,8 @@ class _Acceptor:
             self._starved = True
             name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
             log_line(self.server.options.log_fd,
-                     f"spin: http worker (pid {os.getpid()}) cannot accept connections: {exc.strerror} ({name}; "
+                     f"{utc_timestamp(time.time())} spin: http worker (pid {os.getpid()}) cannot accept connections: "
+                     f"{exc.strerror} ({name}; "
                      f"open files limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}); accepting again when "
                      f"one closes or every {self.backoff * 1000:.0f} ms; other workers keep accepting")
         if self._resume_timer is None:

@@ -777,6 +777,27 @@ def test_guest_failure_before_start_is_its_status_and_text_and_a_log_line(runnin
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z spin: fails: trap: unreachable \[GET /\]\n", err), err
 
 
+@pytest.mark.parametrize("body", [b"more than four", b"two"])
+def test_a_body_that_breaks_its_content_length_aborts_with_a_timestamped_line_naming_the_request(running, capfd,
+                                                                                                body):
+    class WrongLength:
+        component_id = "wrong"
+
+        def handle(self, head, _body, sink):
+            sink.start(200, [(b"content-length", b"4")])
+            sink.write(body)
+            sink.finish()
+
+    srv = running([("/...", "wrong")], {"wrong": WrongLength()})
+    client = srv.connect()
+    client.request(b"GET", b"/wrong?x=1")
+    assert client.closed_within(5)
+    time.sleep(0.05)
+    err = capfd.readouterr().err
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z spin: wrong: invalid response: .+ "
+                        r"\[GET /wrong\]\n", err), err
+
+
 def test_guest_failure_after_body_bytes_were_sent_closes_cleanly_after_them(running, capfd):
     guest = FailsAfterHead(200, [(b"content-length", b"100")], b"partial")
     srv = running([("/...", "fails")], {"fails": guest})
